@@ -1,0 +1,468 @@
+"""
+MiniCPM, the model (paper §6.1, muP scalings of §3.1; PAPER.md §1-2).
+
+A Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU, no biases) with the three muP
+multipliers of MiniCPM, in the paper's / official config's names:
+
+    h_0     = scale_emb * E[x]                                          # scale_emb = 12
+    h_{l+1} = h_l + scale_depth / sqrt(L) * Attn(RMSNorm(h_l))          # scale_depth = 1.4, L = num_hidden_layers
+    h_{l+1} = h'  + scale_depth / sqrt(L) * MLP(RMSNorm(h'))
+    logits  = lm_head( RMSNorm(h_L) / m ),  m = hidden_size / dim_model_base   # dim_model_base = 256
+
+and the muP initialisation: hidden matrices ~ N(0, (init_std / sqrt(m))^2), embedding ~ N(0, init_std^2).
+`use_mup=False` builds the same network in standard parametrisation (m := 1 for init, logits and lr).
+Module names equal the official checkpoint keys (model.layers.{i}.self_attn.q_proj, ...), so official
+weights load with no renaming.
+"""
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class MiniCPMConfig:
+    vocab_size: int = 320  # byte-level tokenizer (256 bytes + specials) padded to a multiple of 64
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 2
+    intermediate_size: int = 320
+    max_position_embeddings: int = 1024
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    scale_emb: float = 12.0  # paper §3.1 / official config: embedding output multiplier
+    scale_depth: float = 1.4  # residual branches are scaled by scale_depth / sqrt(num_hidden_layers)
+    dim_model_base: int = 256  # base width of the muP width multiplier m = hidden_size / dim_model_base
+    init_std: float = 0.1  # official config: initializer_range
+    tie_word_embeddings: bool = True
+    use_mup: bool = True  # False: standard parametrisation (no width multiplier anywhere)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "intermediate_size", "max_position_embeddings", "dim_model_base"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"MiniCPMConfig.{name}={v!r}: must be a positive integer")
+        for name in ("rms_norm_eps", "rope_theta", "scale_emb", "scale_depth", "init_std"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ValueError(f"MiniCPMConfig.{name}={v!r}: must be a positive number")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"MiniCPMConfig.num_attention_heads={self.num_attention_heads} does not divide "
+                             f"hidden_size={self.hidden_size}: pick a head count that divides it")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"MiniCPMConfig.num_key_value_heads={self.num_key_value_heads} does not divide "
+                             f"num_attention_heads={self.num_attention_heads}: pick a divisor of it")
+        if self.head_dim % 2:
+            raise ValueError(f"MiniCPMConfig: head_dim = hidden_size / num_attention_heads = {self.head_dim} is "
+                             f"odd, RoPE needs it even: change hidden_size or num_attention_heads")
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def width_mult(self):
+        """m = hidden_size / dim_model_base (paper §3.1); 1 in standard parametrisation."""
+        return self.hidden_size / self.dim_model_base if self.use_mup else 1.0
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+def _ladder(d, layers, vocab=320):
+    """A wind-tunnel size: head_dim 64 (2 heads below d=128), ffn = 2.5 d as in MiniCPM-2.4B (5760 / 2304)."""
+    heads = max(2, d // 64)
+    return dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=heads, intermediate_size=int(2.5 * d) // 64 * 64 or 64)
+
+
+PRESETS = {
+    # the released models (PAPER.md §1 table)
+    "minicpm-2.4b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
+                         num_key_value_heads=36, intermediate_size=5760, max_position_embeddings=4096),
+    "minicpm-1.2b": dict(vocab_size=73440, hidden_size=1536, num_hidden_layers=52, num_attention_heads=24,
+                         num_key_value_heads=8, intermediate_size=3840, max_position_embeddings=4096),
+    # the wind-tunnel ladder (named by non-embedding size, as the paper's 0.009B ... 0.3B models)
+    "tiny": _ladder(128, 4),
+    "wt-9m": _ladder(256, 12),
+    "wt-36m": _ladder(512, 12),
+    "wt-0.1b": _ladder(768, 16),
+    "wt-0.3b": _ladder(1024, 24),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layers
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (as the official code), weight applied in the input dtype."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
+
+
+def rope_cos_sin(positions, head_dim, theta):
+    """RoPE tables in fp32 for the given positions: (T, head_dim), frequencies theta^(-2i/d), rotate-half layout."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(positions.float(), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (n_layers, B, n_kv_heads, max_len, head_dim)."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, layer, start, k, v):
+        end = start + k.size(2)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_head * self.hd, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv * self.hd, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.hd, d, bias=False)
+
+    def forward(self, x, cos, sin, cache=None, start=0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, causal = None, T > 1
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, start, k, v)
+            if start > 0 and T > 1:  # a chunk after cached tokens: query i sees keys 0 .. start + i
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                causal = False
+            elif start > 0:
+                causal = False
+        # softmax scale 1/sqrt(head_dim): the paper keeps the standard scale, not muP's 1/head_dim (PAPER.md §1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+        # depth muP (paper §3.1): each residual branch is scaled by scale_depth / sqrt(L)
+        self.residual_scale = config.scale_depth / math.sqrt(config.num_hidden_layers)
+
+    def forward(self, x, cos, sin, cache=None, start=0):
+        x = torch.add(x, self.self_attn(self.input_layernorm(x), cos, sin, cache, start), alpha=self.residual_scale)
+        return torch.add(x, self.mlp(self.post_attention_layernorm(x)), alpha=self.residual_scale)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the model
+
+
+class MiniCPM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = nn.Module()  # an extra level so that parameter names equal the official keys
+        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.model.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                         bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """muP init (paper §3.1): hidden matrices N(0, (init_std/sqrt(m))^2); embedding (and an untied head,
+        which plays the embedding's role) N(0, init_std^2); norms 1."""
+        std, hidden_std = self.config.init_std, self.config.init_std / math.sqrt(self.config.width_mult)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            elif self.is_embedding(name):
+                p.normal_(0.0, std)
+            else:
+                p.normal_(0.0, hidden_std)
+
+    @staticmethod
+    def is_embedding(param_name):
+        return param_name in ("model.embed_tokens.weight", "lm_head.weight")
+
+    def num_params(self, non_embedding=True):
+        return sum(p.numel() for n, p in self.named_parameters() if not (non_embedding and self.is_embedding(n)))
+
+    def head_weight(self):
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden_states(self, idx, cache=None, start=0):
+        """Final normed hidden state divided by m, the input of the (tied or untied) head."""
+        B, T = idx.shape
+        if start + T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {start + T} tokens is longer than max_position_embeddings="
+                             f"{self.config.max_position_embeddings}: shorten the input or raise the limit")
+        positions = torch.arange(start, start + T, device=idx.device)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.model.embed_tokens(idx) * self.config.scale_emb  # paper §3.1: scale_emb on the embedding output
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, start)
+        # paper §3.1: the output is divided by the width multiplier m before the head
+        return self.model.norm(x) / self.config.width_mult
+
+    def forward(self, idx, targets=None):
+        logits = F.linear(self.hidden_states(idx), self.head_weight())
+        loss = None
+        if targets is not None:  # targets -100 are ignored (prompt tokens in SFT / DPO)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token_id=None):
+        """Sample max_new_tokens after idx (B, T) with a KV cache; top_k=1 (or temperature=0) is greedy."""
+        B, T = idx.shape
+        total = T + max_new_tokens
+        if total > self.config.max_position_embeddings:
+            raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = {total} exceeds "
+                             f"max_position_embeddings={self.config.max_position_embeddings}: shorten the prompt "
+                             f"or ask for fewer tokens")
+        if max_new_tokens <= 0:
+            return idx
+        dtype = self.model.embed_tokens.weight.dtype
+        if torch.is_autocast_enabled(idx.device.type):
+            dtype = torch.get_autocast_dtype(idx.device.type)
+        cache = KVCache(self.config, B, total, idx.device, dtype)
+        out = torch.empty(B, total, dtype=idx.dtype, device=idx.device)
+        out[:, :T] = idx
+        x, start = idx, 0
+        for i in range(max_new_tokens):
+            h = self.hidden_states(x, cache, start)[:, -1]
+            logits = F.linear(h, self.head_weight()).float()
+            start += x.size(1)
+            if top_k == 1 or temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            out[:, start] = nxt[:, 0]
+            x = nxt
+            if eos_token_id is not None and (out[:, T:start + 1] == eos_token_id).any(1).all():
+                return out[:, :start + 1]
+        return out
+
+    # ------------------------------------------------------------------------------------------------------
+    # official-format checkpoints (config.json + pytorch_model.bin / model.safetensors)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
+        """Load an official-format MiniCPM directory (tied or untied, single file or sharded with an index)."""
+        config = config_from_json(path)
+        state = read_weights(path)
+        with torch.device("meta"):
+            model = cls(config)
+        check_state_dict(model, state, path)
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+        return model.to(device)
+
+    def save_pretrained(self, path):
+        """Write the official MiniCPM format: config.json + model.safetensors (or pytorch_model.bin)."""
+        c = self.config
+        cfg = {"architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "hidden_act": "silu",
+               "initializer_range": c.init_std, "torch_dtype": str(self.head_weight().dtype).replace("torch.", ""),
+               **{k: v for k, v in asdict(c).items() if k not in ("init_std",)}}
+        write_weights(path, {k: v.detach() for k, v in self.state_dict().items()}, cfg)
+
+
+# official config.json fields that map onto MiniCPMConfig under another name
+_CONFIG_ALIASES = {"initializer_range": "init_std"}
+
+
+def config_from_json(path):
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} not found: from_pretrained needs a directory with config.json and weights")
+    try:
+        with open(file) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
+    if raw.get("rope_scaling") is not None:
+        raise ValueError(f"{file}: rope_scaling={raw['rope_scaling']} is not supported by this model.py yet; "
+                         f"remove it to load the weights with plain RoPE")
+    names = {f.name for f in fields(MiniCPMConfig)}
+    kw = {_CONFIG_ALIASES.get(k, k): v for k, v in raw.items() if _CONFIG_ALIASES.get(k, k) in names}
+    kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's default
+    return MiniCPMConfig(**kw)
+
+
+def read_weights(path):
+    """State dict of an HF-style directory: model.safetensors / pytorch_model.bin, or their sharded index."""
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json"):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        files = [file]
+        if name.endswith(".index.json"):
+            with open(file) as f:
+                files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+        state = {}
+        for fn in files:
+            state.update(_read_weight_file(fn))
+        return state
+    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin "
+                            f"(or their .index.json for sharded checkpoints)")
+
+
+def _read_weight_file(file):
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} not found (listed in the checkpoint's index): the download is incomplete")
+    if file.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(f"{file} is a safetensors file: pip install safetensors to read it") from None
+        try:
+            return load_file(file)
+        except Exception as e:
+            raise ValueError(f"{file} could not be read ({type(e).__name__}: {e}): the file is corrupt") from None
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{file} could not be read ({type(e).__name__}: {str(e).splitlines()[0]}): "
+                         f"the file is corrupt or truncated") from None
+
+
+def write_weights(path, state, config_json):
+    """Write config.json + weights (safetensors when installed) into path, each file atomically."""
+    os.makedirs(path, exist_ok=True)
+    state = {k: v.contiguous() for k, v in state.items()}
+    try:
+        from safetensors.torch import save_file
+        file = os.path.join(path, "model.safetensors")
+        save_file(state, file + ".tmp", metadata={"format": "pt"})
+    except ImportError:
+        file = os.path.join(path, "pytorch_model.bin")
+        torch.save(state, file + ".tmp")
+    os.replace(file + ".tmp", file)
+    with open(os.path.join(path, "config.json.tmp"), "w") as f:
+        json.dump(config_json, f, indent=2)
+    os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
+
+
+def check_state_dict(model, state, where):
+    """One clear line for missing keys, unexpected keys or shape mismatches."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and not k.endswith("rotary_emb.inv_freq")]
+    for k in unexpected:  # official tied checkpoints sometimes also carry lm_head.weight equal to the embedding
+        if k == "lm_head.weight" and model.lm_head is None:
+            if not torch.equal(state[k], state.get("model.embed_tokens.weight", state[k] + 1)):
+                raise ValueError(f"{where}: lm_head.weight differs from the embedding but config.json says "
+                                 f"tie_word_embeddings=true: set it to false")
+            state.pop(k)
+    unexpected = [k for k in unexpected if k in state]
+    if missing:
+        raise ValueError(f"{where}: missing keys {_some(missing)}: the weights do not belong to this config.json")
+    if unexpected:
+        raise ValueError(f"{where}: unexpected keys {_some(unexpected)}: the weights do not belong to this "
+                         f"config.json (a different architecture?)")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != tuple(shape):
+            raise ValueError(f"{where}: {k} has shape {tuple(state[k].shape)} but config.json implies "
+                             f"{tuple(shape)}: the config and the weights do not match")
+    for k in list(state):
+        if k.endswith("rotary_emb.inv_freq"):
+            state.pop(k)
+
+
+def _some(keys, n=3):
+    return ", ".join(keys[:n]) + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# export to plain Llama
+
+
+def llama_state_dict(model):
+    """The same function as a plain Llama (no multipliers): scale_emb folded into the embedding,
+    scale_depth/sqrt(L) into o_proj/down_proj, 1/m into an untied lm_head."""
+    c = model.config
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().clone()
+        if k == "model.embed_tokens.weight":
+            v = v * c.scale_emb
+        elif k.endswith(("o_proj.weight", "down_proj.weight")):
+            v = v * (c.scale_depth / math.sqrt(c.num_hidden_layers))
+        out[k] = v
+    out["lm_head.weight"] = model.head_weight().detach() / c.width_mult
+    return out
+
+
+def export_llama(model, path):
+    """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits."""
+    c = model.config
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+           "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+           "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+           "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+           "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+           "rope_theta": c.rope_theta, "rope_scaling": None, "tie_word_embeddings": False,
+           "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
+           "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
+    write_weights(path, llama_state_dict(model), cfg)
