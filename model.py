@@ -117,31 +117,33 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x):
-        return F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x) * self.weight
+    def forward(self, x):  # one fused kernel in fp32 (the .float() calls are no-ops for fp32 inputs)
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
 
 
 def rope_cos_sin(positions, head_dim, theta):
-    """RoPE tables in fp32 for the given positions: (T, head_dim), frequencies theta^(-2i/d), rotate-half layout."""
+    """RoPE tables in fp32 for the given positions, (T, head_dim), frequencies theta^(-2i/d) in the rotate-half
+    layout of the official code: pairs (i, i + d/2). The sin table carries the sign of the rotation:
+    rotate_half(x) * sin == roll(x, d/2) * cat(-sin, sin), one op fewer on the hot path."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     freqs = torch.outer(positions.float(), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
 
 
 def apply_rope(x, cos, sin):
     xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
+    return (xf * cos + xf.roll(x.size(-1) // 2, dims=-1) * sin).type_as(x)
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (n_layers, B, n_kv_heads, max_len, head_dim)."""
+    """Preallocated keys/values for every layer, (n_layers, B, n_kv_heads, max_len, head_dim), and the RoPE
+    tables of all max_len positions, computed once per generation instead of once per token."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.cos, self.sin = rope_cos_sin(torch.arange(max_len, device=device), config.head_dim, config.rope_theta)
 
     def update(self, layer, start, k, v):
         end = start + k.size(2)
@@ -167,14 +169,13 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask, causal = None, T > 1
+        mask, causal = None, True
         if cache is not None:
             k, v = cache.update(self.layer_idx, start, k, v)
-            if start > 0 and T > 1:  # a chunk after cached tokens: query i sees keys 0 .. start + i
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            if start > 0:  # one new token sees every cached key; a chunk's query i sees keys 0 .. start + i
                 causal = False
-            elif start > 0:
-                causal = False
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         # softmax scale 1/sqrt(head_dim): the paper keeps the standard scale, not muP's 1/head_dim (PAPER.md §1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv != self.n_head)
@@ -253,8 +254,10 @@ class MiniCPM(nn.Module):
         if start + T > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {start + T} tokens is longer than max_position_embeddings="
                              f"{self.config.max_position_embeddings}: shorten the input or raise the limit")
-        positions = torch.arange(start, start + T, device=idx.device)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        if cache is not None:
+            cos, sin = cache.cos[start:start + T], cache.sin[start:start + T]
+        else:
+            cos, sin = rope_cos_sin(torch.arange(T, device=idx.device), self.config.head_dim, self.config.rope_theta)
         x = self.model.embed_tokens(idx) * self.config.scale_emb  # paper §3.1: scale_emb on the embedding output
         for layer in self.model.layers:
             x = layer(x, cos, sin, cache, start)

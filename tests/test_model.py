@@ -248,5 +248,6 @@ def test_export_llama_loads_in_transformers(tmp_path, shape):
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
         ours = m.generate(idx[:, :5], 10, top_k=1)
-        theirs = hf.generate(idx[:, :5], max_new_tokens=10, do_sample=False, pad_token_id=0)
+        theirs = hf.generate(idx[:, :5], attention_mask=torch.ones_like(idx[:, :5]), max_new_tokens=10,
+                             do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)

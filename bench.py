@@ -1,0 +1,174 @@
+"""
+Benchmarks that print numbers (no timed tests).
+
+    python bench.py                 # CPU fp32: our train step (eager, compiled) and greedy KV-cache generation
+                                    # against transformers' LlamaForCausalLM on the same shapes and weights
+    python bench.py --device cuda --preset minicpm-1.2b --seq_len 4096 --batch_size 4 --modes mfu
+                                    # tokens/s and MFU with bf16 autocast + torch.compile
+
+The reference is our model exported with `model.export_llama` (the multipliers folded into the weights), so both
+compute the same function; runs alternate in one process so that machine noise hits both alike. transformers is an
+optional, benchmark-only dependency (`pip install transformers`).
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from model import MiniCPM, MiniCPMConfig, export_llama
+from mup import configure_optimizer
+
+# peak dense bf16 FLOP/s by device name (MFU denominator)
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(config, seq_len):
+    """Training FLOPs per token: 6 x (non-embedding matmul parameters + the head) + attention 12 L T d
+    (PaLM appendix B convention: the causal mask's saving is not subtracted)."""
+    c = config
+    kv = c.num_key_value_heads * c.head_dim
+    per_layer = c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    n = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
+    return 6 * n + 12 * c.num_hidden_layers * seq_len * c.hidden_size
+
+
+def timeit(fn, warmup, reps, sync=lambda: None):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def train_step_fn(model, x, y, hf=False):
+    opt = configure_optimizer(model, 1e-4) if not hf else torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                                                            betas=(0.9, 0.95))
+
+    def step():
+        loss = model(input_ids=x, labels=y).loss if hf else model(x, y)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_cpu(a):
+    import transformers
+    torch.manual_seed(0)
+    config = MiniCPMConfig.from_preset(a.preset, max_position_embeddings=max(1024, a.seq_len + a.new_tokens))
+    ours = MiniCPM(config)
+    with tempfile.TemporaryDirectory() as d:
+        export_llama(ours, d)
+        ref = transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa")
+    print(f"shape {a.preset}: {ours.num_params() / 1e6:.1f}M non-embedding params, batch {a.batch_size} x "
+          f"{a.seq_len}, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
+    x = torch.randint(0, config.vocab_size, (a.batch_size, a.seq_len))
+    y = torch.roll(x, -1, 1)
+    results = {}
+    if "train" in a.modes:
+        fns = {"reference": train_step_fn(ref, x, x, hf=True), "ours eager": train_step_fn(ours, x, y)}
+        if a.compile:
+            fns["ours compiled"] = train_step_fn(torch.compile(ours), x, y)
+        times = {k: [] for k in fns}
+        for k, f in fns.items():  # warm up (compiles)
+            timeit(f, 2, 0)
+        for _ in range(a.rounds):  # alternate to share machine noise
+            for k, f in fns.items():
+                times[k] += timeit(f, 0, a.reps)
+        tok = a.batch_size * a.seq_len
+        for k, t in times.items():
+            med = statistics.median(t)
+            results[k] = med
+            print(f"train step {k:14s}: {med * 1e3:8.1f} ms  {tok / med:9.0f} tok/s  "
+                  f"speed vs reference {times['reference'] and statistics.median(times['reference']) / med:.2f}x")
+    if "generate" in a.modes:
+        prompt = x[:1, :a.prompt_len]
+        mask = torch.ones_like(prompt)  # else transformers takes every token equal to pad_token_id for padding
+        ours.eval(), ref.eval()
+        with torch.no_grad():
+            o = ours.generate(prompt, a.new_tokens, top_k=1)
+            r = ref.generate(prompt, attention_mask=mask, max_new_tokens=a.new_tokens, do_sample=False,
+                             pad_token_id=0)
+        same = torch.equal(o, r)
+        fo = lambda: ours.generate(prompt, a.new_tokens, top_k=1)  # noqa: E731
+        fr = lambda: ref.generate(prompt, attention_mask=mask, max_new_tokens=a.new_tokens,  # noqa: E731
+                                  do_sample=False, pad_token_id=0)
+        to, tr = [], []
+        with torch.no_grad():
+            for _ in range(a.rounds):
+                tr += timeit(fr, 1, 1)
+                to += timeit(fo, 1, 1)
+        mo, mr = statistics.median(to), statistics.median(tr)
+        print(f"greedy generate {a.prompt_len}+{a.new_tokens} tokens: ours {a.new_tokens / mo:7.1f} tok/s, "
+              f"reference {a.new_tokens / mr:7.1f} tok/s, speedup {mr / mo:.2f}x, identical tokens: {same}")
+        results["generate_speedup"] = mr / mo
+    return results
+
+
+def bench_mfu(a):
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    config = MiniCPMConfig.from_preset(a.preset, max_position_embeddings=max(4096, a.seq_len))
+    model = MiniCPM(config).to(device)
+    opt = configure_optimizer(model, 1e-4)
+    step_model = torch.compile(model) if a.compile else model
+    x = torch.randint(0, config.vocab_size, (a.batch_size, a.seq_len), device=device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss = step_model(x, x)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t = statistics.median(timeit(step, 3, a.reps, sync))
+    tok_s = a.batch_size * a.seq_len / t
+    peak = peak_flops(device)
+    mfu = flops_per_token(config, a.seq_len) * tok_s / peak if peak else float("nan")
+    print(f"{a.preset} batch {a.batch_size} x {a.seq_len} on {torch.cuda.get_device_name(device) if peak else device} "
+          f"{dtype} compile={a.compile}: {t * 1e3:.1f} ms/step, {tok_s:,.0f} tok/s, MFU {mfu:.1%}")
+    return dict(tok_s=tok_s, mfu=mfu)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="wt-9m")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--modes", nargs="+", default=["train", "generate"], help="train generate (CPU) | mfu")
+    p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prompt_len", type=int, default=32)
+    p.add_argument("--new_tokens", type=int, default=128)
+    a = p.parse_args()
+    if "mfu" in a.modes:
+        bench_mfu(a)
+    else:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise SystemExit("error: the reference benchmark needs the optional package: pip install transformers")
+        bench_cpu(a)
+
+
+if __name__ == "__main__":
+    main()
