@@ -1,0 +1,237 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tiktoken
+import torch
+
+import corpus
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(preset="tiny", hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            intermediate_size=128, seq_len=32, batch_size=8, max_steps=12, warmup_steps=2, decay_steps=3,
+            eval_interval=6, eval_steps=2, ckpt_interval=100, sample_tokens=0, device="cpu", lr=0.01)
+
+
+def cfg(tmp_path, **kw):
+    return {**TINY, "out_dir": str(tmp_path), **kw}
+
+
+def rows(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out_dir):
+    return [(r["step"], r["train_loss"]) for r in rows(out_dir) if "train_loss" in r]
+
+
+def run_cli(args, env_extra=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+
+
+def cli_args(c):
+    return [f"--{k}={v}" for k, v in c.items()]
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(train.ConfigError, match="unknown config key 'lrr': did you mean 'lr'"):
+        train.get_config(["--lrr=0.1"])
+    with pytest.raises(train.ConfigError, match="batch_size='eight' has type str, expected int"):
+        train.get_config(["--batch_size=eight"])
+    with pytest.raises(train.ConfigError, match="hidden_size=64.5 has type float, expected int"):
+        train.get_config(["--hidden_size=64.5"])
+    with pytest.raises(train.ConfigError, match="num_attention_heads=3 does not divide hidden_size=128"):
+        train.get_config(["--num_attention_heads=3"])
+    with pytest.raises(train.ConfigError, match="W=700 > T=540"):
+        train.get_config(["--warmup_steps=700", "--max_steps=600", "--decay_steps=60"])
+    with pytest.raises(train.ConfigError, match="decay='step'"):
+        train.get_config(["--decay=step"])
+    c = train.get_config(["--lr=1", "--preset=wt-9m", "--compile=False"])
+    assert c["lr"] == 1.0 and isinstance(c["lr"], float) and train.model_config(c).hidden_size == 256
+
+
+def test_config_file_and_overrides(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("import math\nlr = 3e-3\nhidden_size = 256\nnum_attention_heads = 4\nmax_steps = 100\n")
+    c = train.get_config([str(f), "--max_steps=200"])
+    assert c["lr"] == 3e-3 and c["max_steps"] == 200 and train.model_config(c).num_attention_heads == 4
+    f.write_text("learning_rate = 1e-3\n")
+    with pytest.raises(train.ConfigError, match="unknown config key 'learning_rate'"):
+        train.get_config([str(f)])
+
+
+def test_cli_error_is_one_line(tmp_path):
+    r = run_cli(["train.py", "--lrr=0.1"])
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown config key 'lrr': did you mean 'lr'?"
+    r = run_cli(["train.py", f"--out_dir={tmp_path}", "--resume=True"])
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: checkpoint") and "not found" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def test_offline_default_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "DATA_DIR", str(tmp_path))
+    d = corpus.TokenData("embedded")
+    enc = d.encoding()
+    assert isinstance(enc, tiktoken.Encoding) and enc.n_vocab == 259 and enc.eot_token == 256
+    assert enc.decode(enc.encode("def f(x): return x ü")) == "def f(x): return x ü"
+    assert d.meta["train_tokens"] > 300_000 and d.meta["val_tokens"] > 30_000
+    first = hashlib.sha256(open(tmp_path / "embedded" / "val.bin", "rb").read()).hexdigest()
+    corpus.prepare(str(tmp_path / "again"), corpus.embedded_documents())
+    assert hashlib.sha256(open(tmp_path / "again" / "val.bin", "rb").read()).hexdigest() == first  # deterministic
+    x, y = d.batch("train", 1, 5, 8, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    a, _ = d.batch("train", 1, 5, 8, 16, rows=slice(4, 8))
+    assert torch.equal(a, x[4:])  # a process's rows are a slice of the global batch
+    assert not torch.equal(d.batch("train", 1, 6, 8, 16)[0], x) and not torch.equal(d.batch("train", 2, 5, 8, 16)[0], x)
+
+
+def test_prepare_local_files_and_uint32(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("hello world " * 50)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "first doc"}) + "\n\n" + json.dumps({"text": "second"}) + "\n")
+    docs = corpus.read_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")])
+    assert docs[1:] == ["first doc", "second"]
+    meta = corpus.prepare(str(tmp_path / "small"), docs)
+    assert meta["dtype"] == "uint16"
+    d = corpus.TokenData(str(tmp_path / "small"))
+    allt = np.concatenate([d.split["train"], d.split["val"]])
+    assert d.encoding().decode(allt.tolist()).endswith("first doc<|endoftext|>second<|endoftext|>")
+    big = tiktoken.Encoding(name="big", pat_str=corpus._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={"<|endoftext|>": 70_000})
+    monkeypatch.setattr(corpus, "get_encoding", lambda name: big)
+    meta = corpus.prepare(str(tmp_path / "big"), docs, tokenizer="big")
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_001
+    assert int(np.fromfile(tmp_path / "big" / "val.bin", dtype=np.uint32)[-1]) == 70_000
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a \"text\" field"):
+        corpus.read_documents([str(tmp_path / "bad.jsonl")])
+    with pytest.raises(FileNotFoundError, match="meta.json not found"):
+        corpus.TokenData(str(tmp_path / "nothing"))
+
+
+def test_uncached_bpe_offline_is_one_clear_line(monkeypatch):
+    def no_network(name):
+        raise ConnectionError("Max retries exceeded with url: https://openaipublic.blob.core.windows.net/...")
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+    with pytest.raises(RuntimeError, match="tiktoken BPE 'gpt2' is not cached and could not be downloaded"):
+        corpus.get_encoding("gpt2")
+    with pytest.raises(ValueError, match="unknown tokenizer 'gpt5'"):
+        corpus.get_encoding("gpt5")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_tiny_run_loss_falls_and_writes_outputs(tmp_path):
+    res = train.train(cfg(tmp_path, max_steps=40, decay_steps=8, eval_interval=20, warmup_steps=4), quiet=True)
+    first, last = res["train_loss"][:3], res["train_loss"][-3:]
+    assert sum(last) / 3 < sum(first) / 3 - 1.5
+    assert res["val_loss"][0][1] > res["val_loss"][-1][1]
+    r = rows(tmp_path)
+    step_rows = [x for x in r if "train_loss" in x]
+    assert len(step_rows) == 40 and {"step", "train_loss", "lr", "grad_norm", "tokens", "tok_per_s"} <= set(r[0])
+    assert step_rows[-1]["tokens"] == 40 * 8 * 32
+    assert [x["step"] for x in r if "val_bpb" in x] == [20, 40]
+    assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "loss.png")
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ck["step"] == 40 and ck["config"]["hidden_size"] == 64 and "rng" in ck and "data" in ck
+    # the logged lr is the WSD schedule
+    assert [x["lr"] for x in step_rows[:5]] == pytest.approx([0.0, 0.0025, 0.005, 0.0075, 0.01])  # W = 4
+
+
+def test_batch_split_invariance_1x8_1x4x2_torchrun_2x4(tmp_path):
+    a = train.train(cfg(tmp_path / "a", batch_size=8, grad_accum=1), quiet=True)
+    b = train.train(cfg(tmp_path / "b", batch_size=4, grad_accum=2), quiet=True)
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose([v for _, v in a["val_loss"]], [v for _, v in b["val_loss"]], rtol=2e-5)
+    c = cfg(tmp_path / "c", batch_size=4, grad_accum=1)
+    r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *cli_args(c)],
+                timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ddp = [v for _, v in losses(tmp_path / "c")]
+    np.testing.assert_allclose(a["train_loss"], ddp, rtol=2e-5, atol=2e-5)
+    val = [x["val_loss"] for x in rows(tmp_path / "c") if "val_loss" in x]
+    np.testing.assert_allclose([v for _, v in a["val_loss"]], val, rtol=2e-5)
+
+
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
+    full = train.train(cfg(tmp_path / "full", max_steps=60, decay_steps=10, eval_interval=30), quiet=True)
+    c = cfg(tmp_path / "cut", max_steps=60, decay_steps=10, eval_interval=30)
+    p = subprocess.Popen([sys.executable, "train.py", *cli_args(c)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    stopped = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"]
+    assert 5 <= stopped < 60, "the run was not interrupted"
+    assert "stopped by signal" in out
+    res = train.train({**c, "resume": True}, quiet=True)
+    assert res["step"] == 60
+    np.testing.assert_allclose([v for _, v in losses(tmp_path / "cut")], full["train_loss"], rtol=1e-5, atol=1e-5)
+    assert [s for s, _ in losses(tmp_path / "cut")] == list(range(1, 61))  # no duplicated or missing rows
+
+
+def test_periodic_checkpoint_resume_equality(tmp_path, monkeypatch):
+    """A run that dies after step 7 restarts from its step-5 periodic checkpoint and logs what it would have."""
+    saved = {}
+    real_save = train.save_checkpoint
+
+    def save_and_keep(path, state):
+        real_save(path, state)
+        saved[state["step"]] = open(path, "rb").read()
+    monkeypatch.setattr(train, "save_checkpoint", save_and_keep)
+    c = cfg(tmp_path, ckpt_interval=5)
+    full = train.train(c, quiet=True)
+    assert sorted(saved) == [5, 10, 12]
+    (tmp_path / "ckpt.pt").write_bytes(saved[5])  # the state on disk of a run killed during steps 6-7
+    res = train.train({**c, "resume": True}, quiet=True)
+    assert res["train_loss"] == full["train_loss"][5:]  # bit-identical on CPU
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 13))
+
+
+def _checkpoint_error(c):
+    with pytest.raises(train.CheckpointError) as e:
+        train.train({**c, "resume": True}, quiet=True)
+    return str(e.value)
+
+
+def test_bad_checkpoints_are_reported_and_left_in_place(tmp_path):
+    c = cfg(tmp_path, max_steps=4, decay_steps=1, warmup_steps=1, eval_interval=4)
+    train.train(c, quiet=True)
+    path = tmp_path / "ckpt.pt"
+    good = path.read_bytes()
+    msg = _checkpoint_error({**c, "hidden_size": 128, "lr": 0.02})
+    assert str(path) in msg and "hidden_size (64 vs 128)" in msg and "lr (0.01 vs 0.02)" in msg
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    msg = _checkpoint_error(c)
+    assert str(path) in msg and "corrupt or truncated" in msg
+    assert len(path.read_bytes()) == len(good) // 2  # left in place, not overwritten
+    path.write_bytes(b"\x00garbage" * 10)
+    assert "corrupt or truncated" in _checkpoint_error(c) and path.read_bytes() == b"\x00garbage" * 10
+    torch.save({"weights": torch.zeros(2)}, path)
+    assert "not a train.py checkpoint" in _checkpoint_error(c)
+
+
+def test_vocab_and_length_checks(tmp_path):
+    with pytest.raises(train.ConfigError, match="vocab_size=200 is smaller than the data's tokenizer vocabulary"):
+        train.train(cfg(tmp_path, vocab_size=200), quiet=True)
+    with pytest.raises(train.ConfigError, match="seq_len=2048 exceeds max_position_embeddings=1024"):
+        train.train(cfg(tmp_path, seq_len=2048), quiet=True)

@@ -1,0 +1,509 @@
+"""
+Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4, PAPER.md §2, §4), nanoGPT style.
+
+    python train.py                                   # tiny model on the embedded corpus, CPU, a few minutes
+    python train.py config/wt_9m.py --max_steps=2000  # a config file, then --key=value overrides
+    torchrun --standalone --nproc_per_node=8 train.py config/x.py               # one node, DDP
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d \\
+        --rdzv_endpoint=$HEAD_NODE:29500 --rdzv_id=$JOB_ID train.py config/x.py # many nodes: same command on each
+
+Every key below can be set in a config file or as --key=value; model keys left at None come from `preset`.
+The global batch of step s is a function of (seed, s) only: batch_size x grad_accum x world_size rows, split
+across processes and micro-steps, so any split logs the same losses. `train(config)` runs one training and returns
+its metrics, for experiment scripts that run many in one process.
+"""
+
+import ast
+import difflib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+
+import torch
+import torch.distributed as dist
+
+from corpus import TokenData
+from model import MiniCPM, MiniCPMConfig
+from mup import configure_optimizer, set_lr
+from wsd import cosine_lr, cosine_loop_lr, wsd_lr
+
+# ---------------------------------------------------------------------------------------------------- config
+# I/O
+out_dir = "out"  # checkpoints, metrics.jsonl, loss.png; "" writes nothing (in-process experiments)
+resume = False  # continue out_dir/ckpt.pt exactly where it stopped
+eval_interval = 100  # steps between validation evaluations (and at the last step)
+eval_steps = 10  # validation batches per evaluation
+ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM / Ctrl-C)
+sample_tokens = 300  # tokens sampled from the model at the end (0: none)
+# data
+data = "embedded"  # "embedded" (Python's own docs, offline) or a directory prepared by corpus.py
+# model: a preset from model.PRESETS, each field below overrides it when not None
+preset = "tiny"
+for _f in fields(MiniCPMConfig):
+    globals()[_f.name] = None
+# optimisation (paper §3: AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1.0, muP lr ~0.01)
+lr = 0.01  # the base lr eta; hidden matrices get lr / m (mup.py)
+weight_decay = 0.1
+grad_clip = 1.0  # 0: no clipping (the norm is still logged)
+batch_size = 16  # rows per process per micro-step
+grad_accum = 1  # micro-steps per step
+seq_len = 256
+seed = 1337
+# schedule (wsd.py): S = max_steps, W = warmup_steps, T = S - decay_steps
+schedule = "wsd"  # "wsd" | "cosine" (Cosine(T), T = cosine_steps) | "cosine_loop"
+max_steps = 600
+warmup_steps = 30
+decay_steps = 60  # ~10% of S: the paper finds 10% of the tokens enough for the decay
+decay = "exp"  # exp | linear | cosine | 1-sqrt
+final_lr_ratio = 0.1
+half_life = 0.0  # exp decay half-life in steps; 0: end the decay at final_lr_ratio
+cosine_steps = 0  # T of Cosine(T) / CosineLoop(T); 0: = max_steps
+# system
+device = "auto"  # auto: cuda if available, else cpu
+dtype = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
+compile = "auto"  # auto: torch.compile on CUDA, eager on CPU
+
+CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not callable(globals()[k])
+               and not isinstance(globals()[k], type(sys)) and k.islower() and k not in ("CONFIG_KEYS",)]
+MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
+# keys that may change when resuming without changing the run's numbers
+RESUMABLE_CHANGES = {"out_dir", "resume", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
+                     "device", "dtype", "compile"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def default_config():
+    g = globals()
+    return {k: g[k] for k in CONFIG_KEYS}
+
+
+def _expected_type(key, defaults):
+    if key in MODEL_KEYS:
+        return {f.name: f.type for f in fields(MiniCPMConfig)}[key]
+    if key in ("compile",):
+        return (bool, str)
+    return type(defaults[key])
+
+
+def _check_value(key, value, defaults):
+    want = _expected_type(key, defaults)
+    if isinstance(want, str):  # dataclass annotations may be strings
+        want = {"int": int, "float": float, "bool": bool}.get(want, object)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
+    if not ok:
+        names = want.__name__ if isinstance(want, type) else "/".join(t.__name__ for t in want)
+        raise ConfigError(f"config key {key}={value!r} has type {type(value).__name__}, expected {names}")
+    return value
+
+
+def _unknown(key, valid):
+    close = difflib.get_close_matches(key, valid, n=1)
+    return ConfigError(f"unknown config key {key!r}" + (f": did you mean {close[0]!r}?" if close else ""))
+
+
+def get_config(argv=(), base=None):
+    """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
+    cfg = dict(base or default_config())
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                raise ConfigError(f"config file {arg} not found")
+            scope = dict(cfg)
+            exec(open(arg).read(), {}, scope)
+            for k, v in scope.items():
+                if k.startswith("_") or isinstance(v, type(sys)) or callable(v):
+                    continue
+                if k not in cfg:
+                    raise _unknown(k, list(cfg))
+                cfg[k] = v if v is None and k in MODEL_KEYS else _check_value(k, v, cfg)
+            continue
+        key, eq, val = arg[2:].partition("=")
+        if not eq:
+            raise ConfigError(f"argument {arg!r}: write --key=value")
+        if key not in cfg:
+            raise _unknown(key, list(cfg))
+        try:
+            v = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            v = val  # a plain string
+        cfg[key] = _check_value(key, v, cfg)
+    return validate_config(cfg)
+
+
+def validate_config(cfg):
+    for k in cfg:
+        if k not in CONFIG_KEYS:
+            raise _unknown(k, CONFIG_KEYS)
+    for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_steps", "eval_interval", "ckpt_interval"):
+        if not cfg[k] >= 1:
+            raise ConfigError(f"config key {k}={cfg[k]} must be >= 1")
+    if cfg["schedule"] not in ("wsd", "cosine", "cosine_loop"):
+        raise ConfigError(f"config key schedule={cfg['schedule']!r}: use wsd, cosine or cosine_loop")
+    if not 0 <= cfg["decay_steps"] <= cfg["max_steps"]:
+        raise ConfigError(f"decay_steps={cfg['decay_steps']} must be within [0, max_steps={cfg['max_steps']}]")
+    if cfg["lr"] <= 0:
+        raise ConfigError(f"config key lr={cfg['lr']} must be > 0")
+    lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
+    model_config(cfg)
+    return cfg
+
+
+def model_config(cfg):
+    overrides = {k: cfg[k] for k in MODEL_KEYS if cfg.get(k) is not None}
+    try:
+        return MiniCPMConfig.from_preset(cfg["preset"], **overrides) if cfg["preset"] else MiniCPMConfig(**overrides)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def lr_at(cfg, step):
+    S, W = cfg["max_steps"], cfg["warmup_steps"]
+    kw = dict(lr=cfg["lr"], W=W, final_lr_ratio=cfg["final_lr_ratio"])
+    try:
+        if cfg["schedule"] == "wsd":
+            return wsd_lr(step, T=S - cfg["decay_steps"], S=S, decay=cfg["decay"],
+                          half_life=cfg["half_life"] or None, **kw)
+        fn = cosine_lr if cfg["schedule"] == "cosine" else cosine_loop_lr
+        return fn(step, T=cfg["cosine_steps"] or S, **kw)
+    except ValueError as e:
+        raise ConfigError(f"schedule: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(path, state):
+    """Atomic: write a temporary file in the same directory, then rename over the old checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found: train first, or drop --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]}); it is left in place: delete it or pick another "
+                              f"out_dir") from None
+    missing = {"model", "optimizer", "step", "config"} - set(ckpt) if isinstance(ckpt, dict) else {"everything"}
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}: not a train.py checkpoint")
+    return ckpt
+
+
+def config_diff(a, b, ignore=()):
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+
+
+def model_from_checkpoint(path, device="cpu"):
+    """(model, config dict) from a train.py checkpoint, for sampling and evaluation."""
+    ckpt = load_checkpoint(path)
+    model = MiniCPM(model_config(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt["config"]
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def setup_distributed(device_type):
+    """(rank, local_rank, world_size) from torchrun's environment; one process without it."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
+
+
+def all_mean(x, world):
+    if world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= world
+    return x
+
+
+class StopFlag:
+    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the end of the step and exits cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self.old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread: no handler
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+
+
+def resolve_system(cfg):
+    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={dev!r} but CUDA is not available: use --device=cpu")
+    dt = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
+    if dt not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype={dt!r}: use float32, bfloat16 or float16")
+    comp = cfg["compile"] if cfg["compile"] != "auto" else dev.startswith("cuda")
+    if not isinstance(comp, bool):
+        raise ConfigError(f"compile={cfg['compile']!r}: use True, False or 'auto'")
+    return dev, getattr(torch, dt), comp
+
+
+def train(cfg, quiet=False):
+    """Run one training described by a config dict (see the module-level keys); returns its metrics."""
+    cfg = validate_config({**default_config(), **cfg})
+    dev, ptdtype, use_compile = resolve_system(cfg)
+    rank, local_rank, world = setup_distributed(dev.split(":")[0])
+    if dev == "cuda":
+        dev = f"cuda:{local_rank}"
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    device = torch.device(dev)
+    master = rank == 0
+    log = (lambda *a: None) if quiet or not master else print
+
+    data_ = TokenData(cfg["data"])
+    mcfg = model_config(cfg)
+    if mcfg.vocab_size < data_.vocab_size:
+        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's tokenizer vocabulary "
+                          f"({data_.vocab_size}, {data_.meta['tokenizer']}): set --vocab_size={data_.vocab_size}")
+    if cfg["seq_len"] > mcfg.max_position_embeddings:
+        raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
+                          f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")
+
+    torch.manual_seed(cfg["seed"])
+    model = MiniCPM(mcfg).to(device)
+    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
+    step, rows_log = 0, []
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt") if cfg["out_dir"] else None
+    metrics_path = os.path.join(cfg["out_dir"], "metrics.jsonl") if cfg["out_dir"] else None
+    if cfg["resume"]:
+        if not ckpt_path:
+            raise ConfigError("resume=True needs an out_dir")
+        ckpt = load_checkpoint(ckpt_path)
+        diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES)
+        if diff:
+            raise CheckpointError(f"checkpoint {ckpt_path} was written with another config; differing keys: " +
+                                  ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model ({str(e).splitlines()[0]})") \
+                from None
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        if master and metrics_path and os.path.isfile(metrics_path):  # drop rows logged after the checkpoint
+            with open(metrics_path) as f:
+                rows_log = [r for r in map(json.loads, f) if r["step"] <= step]
+            _write_jsonl(metrics_path, rows_log)
+        log(f"resumed {ckpt_path} at step {step}")
+    elif master and metrics_path:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        if ckpt_path and os.path.isfile(ckpt_path):
+            log(f"starting fresh: {ckpt_path} will be overwritten (--resume=True continues it)")
+        _write_jsonl(metrics_path, [])
+
+    raw_model = model
+    if use_compile:
+        model = torch.compile(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+
+    B, A, T = cfg["batch_size"], cfg["grad_accum"], cfg["seq_len"]
+    global_batch = B * A * world
+    tokens_per_step = global_batch * T
+    peak = None
+    if device.type == "cuda":
+        from bench import flops_per_token, peak_flops
+        peak = peak_flops(device)
+        flops_tok = flops_per_token(mcfg, T)
+    log(f"model: {raw_model.num_params() / 1e6:.2f}M non-embedding params ({raw_model.num_params(False) / 1e6:.2f}M "
+        f"total), m = {mcfg.width_mult:g}; {world} process(es) x {A} micro-steps x {B} rows x {T} tokens = "
+        f"{tokens_per_step:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, compile={use_compile})")
+
+    def evaluate():
+        model.eval()
+        losses = torch.zeros((), device=device)
+        with torch.no_grad():
+            for i in range(cfg["eval_steps"]):
+                for micro in range(A):  # the same global batch and split as training: equal for any split
+                    lo = (rank * A + micro) * B
+                    x, y = data_.batch("val", cfg["seed"], i, global_batch, T, rows=slice(lo, lo + B))
+                    with autocast:
+                        _, loss = raw_model(x.to(device), y.to(device))
+                    losses += loss.float()
+        model.train()
+        val = all_mean(losses / (cfg["eval_steps"] * A), world).item()
+        return val, val / math.log(2) / data_.meta["bytes_per_token"]
+
+    def checkpoint():
+        if master and ckpt_path:
+            save_checkpoint(ckpt_path, dict(
+                model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, config=cfg,
+                data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch),
+                rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda"
+                         else None)))
+        if world > 1:
+            dist.barrier()
+
+    def log_row(row):
+        rows_log.append(row)
+        if master and metrics_path:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    from tqdm import tqdm
+    bar = tqdm(total=cfg["max_steps"], initial=step, disable=not master or quiet, dynamic_ncols=True)
+    history = dict(train_loss=[], val_loss=[], val_bpb=[])
+    stopped = False
+    with StopFlag() as stop:
+        while step < cfg["max_steps"]:
+            t0 = time.perf_counter()
+            lr_now = lr_at(cfg, step)
+            set_lr(optimizer, lr_now)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(A):
+                # rows of the global batch owned by this process and micro-step: a function of (seed, step) only
+                lo = (rank * A + micro) * B
+                x, y = data_.batch("train", cfg["seed"], step, global_batch, T, rows=slice(lo, lo + B))
+                sync = model.no_sync() if world > 1 and micro < A - 1 else nullcontext()
+                with sync, autocast:
+                    _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                (loss / A).backward()
+                loss_sum += loss.detach().float()
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = all_mean(loss_sum / A, world).item()
+            step += 1
+            dt = time.perf_counter() - t0
+            row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm.item(),
+                       tokens=step * tokens_per_step, tok_per_s=tokens_per_step / dt)
+            if peak:
+                row["mfu"] = flops_tok * tokens_per_step / dt / (peak * world)
+            log_row(row)
+            history["train_loss"].append(train_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise FloatingPointError(f"train loss is {train_loss} at step {step}: lower lr (now {cfg['lr']}) "
+                                         f"or check the data")
+            if step % cfg["eval_interval"] == 0 or step == cfg["max_steps"]:
+                val, bpb = evaluate()
+                log_row(dict(step=step, val_loss=val, val_bpb=bpb))
+                history["val_loss"].append((step, val))
+                history["val_bpb"].append((step, bpb))
+                bar.write(f"step {step}: train {train_loss:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)") if master \
+                    and not quiet else None
+            stop_now = torch.tensor(float(stop.set), device=device)
+            if world > 1:  # every process stops at the same step
+                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
+            if stop_now.item() or step % cfg["ckpt_interval"] == 0 or step == cfg["max_steps"]:
+                checkpoint()
+            if stop_now.item():
+                stopped = True
+                break
+    bar.close()
+    if stopped:
+        log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
+    result = dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
+                  tok_per_s=_median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
+                  final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
+                  final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
+                  final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None)
+    if master and cfg["out_dir"] and not stopped:
+        plot_metrics(metrics_path, os.path.join(cfg["out_dir"], "loss.png"))
+    if master and not quiet and not stopped and cfg["sample_tokens"] > 0:
+        enc = data_.encoding()
+        prompt = torch.tensor([enc.encode("The ")], device=device)
+        torch.manual_seed(cfg["seed"])
+        raw_model.eval()
+        with autocast:
+            out = raw_model.generate(prompt, min(cfg["sample_tokens"], mcfg.max_position_embeddings - 4),
+                                     temperature=0.8, top_k=40)
+        print("-" * 40 + " sample " + "-" * 40)
+        print(enc.decode(out[0].tolist()))
+        print("-" * 88)
+    result["model"] = raw_model
+    return result
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def _write_jsonl(path, rows):
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+
+
+def plot_metrics(metrics_path, file):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f]
+    tr = [r for r in rows if "train_loss" in r]
+    va = [r for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8, label="train")
+    ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
+    ax.set(xlabel="step", ylabel="loss (nats/token)")
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], "k:", lw=1, label="lr")
+    ax2.set_ylabel("lr")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    try:
+        cfg = get_config(argv)
+        train(cfg)
+    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
