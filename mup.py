@@ -127,6 +127,7 @@ def plot_coord_check(results, widths, steps, lr, file):
         for k in KINDS:
             ax.plot(widths, results[mode][k], marker="o", label=f"{k} (slope {growth(results[mode][k], widths):+.2f})")
         ax.set(xscale="log", yscale="log", xlabel="hidden_size", title=f"{mode}: after {steps} steps at lr={lr}")
+        ax.minorticks_off()
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean |activation|")

@@ -195,7 +195,7 @@ def save_checkpoint(path, state):
 
 def load_checkpoint(path):
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found: train first, or drop --resume")
+        raise CheckpointError(f"checkpoint {path} not found: train into {os.path.dirname(path) or '.'} first")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -307,6 +307,8 @@ def train(cfg, quiet=False):
     if cfg["resume"]:
         if not ckpt_path:
             raise ConfigError("resume=True needs an out_dir")
+        if not os.path.isfile(ckpt_path):
+            raise CheckpointError(f"checkpoint {ckpt_path} not found: nothing to resume, drop --resume=True")
         ckpt = load_checkpoint(ckpt_path)
         diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES)
         if diff:

@@ -1,0 +1,61 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+import train
+from model import MiniCPM, MiniCPMConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args):
+    return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_sample_from_out_dir(tmp_path):
+    from test_train import cfg
+    train.train(cfg(tmp_path, max_steps=3, decay_steps=1, warmup_steps=1, eval_interval=3), quiet=True)
+    r = run([f"--out_dir={tmp_path}", "--prompt=Hello", "--max_new_tokens=20", "--num_samples=2"])
+    assert r.returncode == 0, r.stderr
+    outs = [s for s in r.stdout.split("-" * 80 + "\n") if s.strip()]
+    assert len(outs) == 2 and all(o.startswith("Hello") for o in outs)
+    model, encode, decode, eos = sample.load(out_dir=str(tmp_path))
+    assert decode(encode("abc")) == "abc" and eos == 256
+
+
+def test_sample_errors_are_one_line(tmp_path):
+    r = run([f"--out_dir={tmp_path}"])
+    assert r.returncode == 2 and r.stderr.strip() == f"error: checkpoint {tmp_path}/ckpt.pt not found: train into " \
+                                                     f"{tmp_path} first"
+    MiniCPM(MiniCPMConfig()).save_pretrained(tmp_path)
+    r = run([f"--model_dir={tmp_path}"])
+    assert r.returncode == 2 and r.stderr.strip() == f"error: no tokenizer.json or tokenizer.model in {tmp_path}"
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        r = run([f"--model_dir={tmp_path}"])
+        assert r.stderr.strip() == f"error: {tmp_path}/tokenizer.model needs the optional package: " \
+                                   f"pip install sentencepiece"
+
+
+def test_sample_from_official_directory_with_tokenizer_json(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="optional: tokenizers is not installed")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate("the cat sat on a mat".split())}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    MiniCPM(MiniCPMConfig(vocab_size=len(vocab))).save_pretrained(tmp_path)
+    model, encode, decode, eos = sample.load(model_dir=str(tmp_path))
+    assert encode("the cat") == [3, 4] and eos == 2 and decode([3, 4]) == "the cat"
+    r = run([f"--model_dir={tmp_path}", "--prompt=the cat", "--max_new_tokens=5", "--num_samples=1", "--top_k=1"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the cat")
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["MiniCPMForCausalLM"]
