@@ -139,7 +139,10 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--val_fraction", type=float, default=0.1)
     a = p.parse_args()
-    docs = read_documents(a.input)
+    try:
+        docs = read_documents(a.input)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {e}") from None
     if a.hf_dataset:
         try:
             import datasets
@@ -149,7 +152,10 @@ def main():
         docs += [row["text"] for row, _ in zip(ds, range(a.hf_max_docs))]
     if not docs:
         raise SystemExit("error: no documents: give --input files or --hf_dataset")
-    meta = prepare(a.out, docs, a.tokenizer, a.val_fraction)
+    try:
+        meta = prepare(a.out, docs, a.tokenizer, a.val_fraction)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps(meta))
 
 

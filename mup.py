@@ -20,12 +20,14 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 
 from model import MiniCPM, MiniCPMConfig
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.abspath(__file__))
+ASSETS = os.path.join(ROOT, "assets")
+RESULTS = os.path.join(ROOT, "results")
 
 
 def param_groups(model):
@@ -156,19 +158,95 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS):
     return results
 
 
+# ----------------------------------------------------------------------------------------------------------
+# learning-rate transfer (paper §3.3, Fig. 3): the loss-vs-lr curves of several widths share their minimum
+
+
+def lr_transfer(quick=False, out=ROOT):
+    from train import sweep
+    lrs = [0.000625, 0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04]
+    if quick:  # 2-core CPU, ~6 minutes
+        widths, layers, seq, rows, steps = [64, 128, 256, 512], 2, 64, 8, 100
+    else:  # one GPU
+        widths, layers, seq, rows, steps = [128, 256, 512, 1024], 4, 256, 32, 1500
+    runs = {}
+    for mode in ("muP", "SP"):
+        for w in widths:
+            c = width_config(w, mode == "muP", layers)
+            model = {k: getattr(c, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                "num_key_value_heads", "intermediate_size", "use_mup")}
+            for lr in lrs:
+                runs[f"{mode}_w{w}_lr{lr}"] = dict(preset="tiny", **model, out_dir="", lr=lr, batch_size=rows,
+                                                   seq_len=seq, max_steps=steps, warmup_steps=steps // 10,
+                                                   decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
+                                                   sample_tokens=0, seed=1)
+    tag = "_quick" if quick else ""
+    res = sweep(os.path.join(out, "results", f"lr_transfer{tag}.json"), runs, desc="lr transfer")
+    table = {mode: {w: [res[f"{mode}_w{w}_lr{lr}"]["final_val_loss"] for lr in lrs] for w in widths}
+             for mode in ("muP", "SP")}
+    summary = {"lrs": lrs, "widths": widths, "val_loss": table}
+    print(f"final val loss (nats/token) after {steps} steps; columns: lr")
+    for mode in ("muP", "SP"):
+        best = {w: best_lr(lrs, table[mode][w]) for w in widths}
+        shift = math.log2(max(best.values()) / min(best.values()))
+        summary[mode] = dict(best_lr=best, shift_octaves=shift)
+        for w in widths:
+            print(f"{mode:3s} width {w:5d}: " + " ".join(f"{v:7.4f}" for v in table[mode][w]) +
+                  f"   best lr {best[w]:.4f}")
+        print(f"{mode}: the best lr moves by a factor {2 ** shift:.2f} ({shift:.2f} octaves) across an "
+              f"{widths[-1] // widths[0]}x width range")
+    with open(os.path.join(out, "results", f"lr_transfer_summary{tag}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    plot_lr_transfer(summary, os.path.join(out, "assets", f"lr_transfer{tag}.png"))
+    return summary
+
+
+def best_lr(lrs, losses):
+    """The lr of lowest loss, refined by a parabola in log2(lr) through the minimum and its two neighbours
+    (a grid point when the minimum is at the edge of the grid)."""
+    i = int(np.nanargmin(losses))
+    if i == 0 or i == len(lrs) - 1:
+        return lrs[i]
+    x, y = np.log2(lrs[i - 1:i + 2]), np.asarray(losses[i - 1:i + 2])
+    a, b, _ = np.polyfit(x, y, 2)
+    return float(2 ** (-b / (2 * a)))
+
+
+def plot_lr_transfer(summary, file):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, mode in zip(axes, ("muP", "SP")):
+        for w in summary["widths"]:
+            ax.plot(summary["lrs"], summary["val_loss"][mode][w], "o-", label=f"width {w}")
+        ax.set(xscale="log", xlabel="base lr", title=f"{mode}: best lr moves {2 ** summary[mode]['shift_octaves']:.2f}x")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("final val loss")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    fig.savefig(file, dpi=120)
+    plt.close(fig)
+
+
 def main():
-    p = argparse.ArgumentParser(description="muP coordinate check (paper §3.1): mean |activation| vs width, "
-                                            "muP against standard parametrisation")
-    p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512, 1024])
+    p = argparse.ArgumentParser(description="muP experiments (paper §3): the coordinate check (mean |activation| vs "
+                                            "width) and learning-rate transfer, muP against standard parametrisation")
+    p.add_argument("experiment", nargs="?", choices=["coord", "transfer", "all"], default="all")
+    p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512, 1024], help="coordinate check widths")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="widths 64..512, one seed")
+    p.add_argument("--quick", action="store_true", help="2-core CPU sizes: coord widths 64..512 with one seed; "
+                                                        "tiny lr-transfer sweep")
     a = p.parse_args()
     if a.quick:
         a.widths, a.seeds = [64, 128, 256, 512], 1
-    run_coord_check(a.widths, a.steps, a.lr, tuple(range(a.seeds)), a.layers)
+    if a.experiment in ("coord", "all"):
+        run_coord_check(a.widths, a.steps, a.lr, tuple(range(a.seeds)), a.layers)
+    if a.experiment in ("transfer", "all"):
+        lr_transfer(quick=a.quick)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ from wsd import cosine_lr, cosine_loop_lr, wsd_lr
 # I/O
 out_dir = "out"  # checkpoints, metrics.jsonl, loss.png; "" writes nothing (in-process experiments)
 resume = False  # continue out_dir/ckpt.pt exactly where it stopped
+init_from = ""  # start from another run's checkpoint (file or out_dir): weights, optimizer and step, with this
+#                run's schedule; how WSD branches a decay off a stable run (paper §4.3)
+keep_ckpts = False  # also keep every periodic checkpoint as ckpt_{step:06d}.pt (decay branch points)
 eval_interval = 100  # steps between validation evaluations (and at the last step)
 eval_steps = 10  # validation batches per evaluation
 ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM / Ctrl-C)
@@ -314,13 +317,7 @@ def train(cfg, quiet=False):
         if diff:
             raise CheckpointError(f"checkpoint {ckpt_path} was written with another config; differing keys: " +
                                   ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model ({str(e).splitlines()[0]})") \
-                from None
-        step = ckpt["step"]
+        step = _load_state(model, optimizer, ckpt, ckpt_path)
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -329,7 +326,19 @@ def train(cfg, quiet=False):
                 rows_log = [r for r in map(json.loads, f) if r["step"] <= step]
             _write_jsonl(metrics_path, rows_log)
         log(f"resumed {ckpt_path} at step {step}")
-    elif master and metrics_path:
+    else:
+        if cfg["init_from"]:
+            src = cfg["init_from"]
+            src = os.path.join(src, "ckpt.pt") if os.path.isdir(src) else src
+            ckpt = load_checkpoint(src)
+            diff = config_diff({k: ckpt["config"].get(k) for k in MODEL_KEYS + ["preset"]},
+                               {k: cfg[k] for k in MODEL_KEYS + ["preset"]})
+            if diff:
+                raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
+                                      ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg[k]!r})" for k in diff))
+            step = _load_state(model, optimizer, ckpt, src)
+            log(f"initialised from {src} at step {step}")
+    if not cfg["resume"] and master and metrics_path:
         os.makedirs(cfg["out_dir"], exist_ok=True)
         if ckpt_path and os.path.isfile(ckpt_path):
             log(f"starting fresh: {ckpt_path} will be overwritten (--resume=True continues it)")
@@ -377,6 +386,11 @@ def train(cfg, quiet=False):
                 data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch),
                 rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda"
                          else None)))
+            if cfg["keep_ckpts"]:
+                kept = os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt")
+                if os.path.exists(kept):
+                    os.remove(kept)
+                os.link(ckpt_path, kept)  # the same bytes, no copy; ckpt.pt is later replaced, not rewritten
         if world > 1:
             dist.barrier()
 
@@ -461,6 +475,40 @@ def train(cfg, quiet=False):
         print("-" * 88)
     result["model"] = raw_model
     return result
+
+
+def _load_state(model, optimizer, ckpt, path):
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({str(e).splitlines()[0]})") from None
+    return ckpt["step"]
+
+
+def sweep(results_file, runs, desc="runs"):
+    """Train every {name: config} in `runs` in this process, saving each run's metrics into results_file (JSON) as
+    it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes."""
+    from tqdm import tqdm
+    done = {}
+    if os.path.isfile(results_file):
+        with open(results_file) as f:
+            done = json.load(f)
+    for name, cfg in tqdm(runs.items(), desc=desc):
+        cfg = validate_config({**default_config(), **cfg})
+        if name in done and done[name]["config"] == cfg:
+            continue
+        t0 = time.perf_counter()
+        res = train(cfg, quiet=True)
+        res.pop("model")
+        if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
+            raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
+        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0)
+        os.makedirs(os.path.dirname(results_file) or ".", exist_ok=True)
+        with open(results_file + ".tmp", "w") as f:
+            json.dump(done, f)
+        os.replace(results_file + ".tmp", results_file)
+    return {name: done[name]["metrics"] for name in runs}
 
 
 def _median(xs):

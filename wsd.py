@@ -15,15 +15,19 @@ the whole loss-vs-data curve (O(mC) instead of O(m^2 C) for m data sizes), and i
 Baselines: Cosine(T) (warmup, then cosine from eta to final_lr_ratio * eta over T steps, flat after T) and
 CosineLoop(T) (the cosine keeps going after T, rising back towards eta: our reading of the paper's Fig. 4).
 
-`python wsd.py` draws every schedule to assets/wsd_schedules.png.
+`python wsd.py` draws every schedule to assets/wsd_schedules.png, then reruns §4.3 small: Cosine(T) with T = S,
+T < S, T > S, CosineLoop, WSD with 2.5-20% decays and four shapes, and decays branched off one stable run
+(`--quick`: a tiny model on a 2-core CPU).
 """
 
 import argparse
+import json
 import math
 import os
 
 DECAYS = ("exp", "linear", "cosine", "1-sqrt")
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+ROOT = os.path.dirname(os.path.abspath(__file__))
+ASSETS = os.path.join(ROOT, "assets")
 
 
 def _check(W, T, S, final_lr_ratio):
@@ -112,14 +116,106 @@ def plot_schedules(file, S=1000, W=20, lr=0.01):
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# experiment (paper §4.3, Fig. 4-6): WSD vs Cosine, decay length, decay shape, decays branched off one stable run
+
+
+def experiment(quick=False, out=ROOT, S=None):
+    from train import sweep
+    if quick:  # 2-core CPU, ~5 minutes
+        model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=2, intermediate_size=320)
+        S_, rows, seq = 400, 8, 64
+    else:  # one GPU
+        model, S_, rows, seq = dict(preset="wt-9m"), 8000, 32, 256
+    S = S or S_
+    W = S // 40
+    base = dict(**model, out_dir="", lr=0.01, batch_size=rows, seq_len=seq, max_steps=S, warmup_steps=W,
+                eval_interval=S // 10, eval_steps=8, sample_tokens=0, seed=1)
+    runs = {}
+    for T in (int(0.75 * S), S, int(1.25 * S)):
+        runs[f"Cosine(T={T})"] = dict(base, schedule="cosine", cosine_steps=T, decay_steps=0)
+    runs[f"CosineLoop(T={S // 2})"] = dict(base, schedule="cosine_loop", cosine_steps=S // 2, decay_steps=0)
+    for frac in (0.025, 0.05, 0.1, 0.2):
+        runs[f"WSD exp {frac:.1%}"] = dict(base, decay="exp", decay_steps=int(frac * S))
+    for shape in ("linear", "cosine", "1-sqrt"):
+        runs[f"WSD {shape} 10.0%"] = dict(base, decay=shape, decay_steps=S // 10)
+    tag = "_quick" if quick else ""
+    stable_dir = os.path.join(out, f"out-wsd-stable{tag}")
+    runs["stable"] = dict(base, out_dir=stable_dir, decay_steps=0, keep_ckpts=True, ckpt_interval=S // 4)
+    branches = [S // 4 * i for i in range(1, 5)]
+    for s in branches:
+        d = s // 9  # the decay is 10% of the branch's steps
+        runs[f"branch {s}+{d}"] = dict(base, init_from=os.path.join(stable_dir, f"ckpt_{s:06d}.pt"),
+                                       max_steps=s + d, decay_steps=d, eval_interval=max(1, d // 4))
+    res = sweep(os.path.join(out, "results", f"wsd{tag}.json"), runs, desc="WSD sweep")
+    final = {k: r["final_val_loss"] for k, r in res.items()}
+    cos_s = final[f"Cosine(T={S})"]
+    summary = dict(S=S, final_val_loss=final, gap_wsd10_minus_cosineS=final["WSD exp 10.0%"] - cos_s,
+                   branches={k: dict(tokens=r["tokens"], val_loss=r["final_val_loss"]) for k, r in res.items()
+                             if k.startswith("branch")})
+    with open(os.path.join(out, "results", f"wsd_summary{tag}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"final validation loss (nats/token) at S = {S} steps:")
+    for k, v in final.items():
+        if not k.startswith(("branch", "stable")):
+            print(f"  {k:22s} {v:.4f}  ({v - cos_s:+.4f} vs Cosine(S))")
+    print(f"WSD (exp, 10% decay) - Cosine(S) = {summary['gap_wsd10_minus_cosineS']:+.4f}")
+    for k, b in summary["branches"].items():
+        print(f"  {k:22s} {b['tokens']:>10,} tokens  val {b['val_loss']:.4f}")
+    plot_experiment(res, S, os.path.join(out, "assets", f"wsd_vs_cosine{tag}.png"))
+    return summary
+
+
+def plot_experiment(res, S, file):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax = axes[0]
+    for k, r in res.items():
+        if k.startswith(("Cosine", "WSD exp 10")):
+            ax.plot(*zip(*r["val_loss"]), "o-" if k.startswith("WSD") else "-", ms=3, label=k)
+    ax.set(xlabel="step", ylabel="val loss", title=f"WSD vs Cosine (S = {S})")
+    ax.set_ylim(top=min(r["val_loss"][0][1] for r in res.values()))
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    keys = [k for k in res if k.startswith("WSD")]
+    ax.barh(keys, [res[k]["final_val_loss"] for k in keys], color=["C0"] * 4 + ["C1"] * 3)
+    cos = res[f"Cosine(T={S})"]["final_val_loss"]
+    ax.axvline(cos, color="k", ls="--", label=f"Cosine(T={S})")
+    lo = min(res[k]["final_val_loss"] for k in keys + [f"Cosine(T={S})"])
+    ax.set_xlim(lo - 0.05, max(res[k]["final_val_loss"] for k in keys) + 0.02)
+    ax.set(xlabel="final val loss", title="decay length (exp) and shape (10%)")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    st = res["stable"]
+    tok_step = st["tokens"] / st["step"]
+    ax.plot([s * tok_step for s, _ in st["val_loss"]], [v for _, v in st["val_loss"]], "k-", label="stable (lr = eta)")
+    for k, r in res.items():
+        if k.startswith("branch"):
+            ax.plot([s * tok_step for s, _ in r["val_loss"]], [v for _, v in r["val_loss"]], "o-", ms=3, label=k)
+    ax.set(xlabel="tokens", ylabel="val loss", title="decays branched off one stable run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
+
+
 def main():
-    p = argparse.ArgumentParser(description="Warmup-Stable-Decay (paper §4): draw the schedules")
-    p.add_argument("--S", type=int, default=1000)
+    p = argparse.ArgumentParser(description="Warmup-Stable-Decay (paper §4): draw the schedules, then compare WSD "
+                                            "with Cosine, decay lengths and shapes, and branched decays")
+    p.add_argument("--S", type=int, default=1000, help="steps of the schedule drawing")
     p.add_argument("--W", type=int, default=20)
+    p.add_argument("--plot_only", action="store_true", help="only draw the schedules")
+    p.add_argument("--quick", action="store_true", help="tiny model on a 2-core CPU, ~5 minutes")
     a = p.parse_args()
     file = os.path.join(ASSETS, "wsd_schedules.png")
     plot_schedules(file, a.S, a.W)
     print(f"figure: {file}")
+    if not a.plot_only:
+        experiment(quick=a.quick)
 
 
 if __name__ == "__main__":

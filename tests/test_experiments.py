@@ -1,0 +1,27 @@
+import json
+import os
+
+import pytest
+
+import train
+import wsd
+
+
+def test_wsd_quick_experiment_end_to_end_and_resumable(tmp_path, monkeypatch):
+    s = wsd.experiment(quick=True, out=str(tmp_path), S=40)
+    for f in ("results/wsd_quick.json", "results/wsd_summary_quick.json", "assets/wsd_vs_cosine_quick.png",
+              "out-wsd-stable_quick/ckpt_000020.pt"):
+        assert os.path.isfile(tmp_path / f), f
+    final = s["final_val_loss"]
+    assert len(final) == 16 and all(2.0 < v < 5.0 for v in final.values())  # trained: well below ln(320) = 5.77
+    assert s["gap_wsd10_minus_cosineS"] == pytest.approx(final["WSD exp 10.0%"] - final["Cosine(T=40)"])
+    assert final["WSD exp 10.0%"] < final["stable"]  # the decay lowers the loss of the same run
+    tokens = [b["tokens"] for b in s["branches"].values()]
+    assert tokens == sorted(tokens) and len(tokens) == 4
+    saved = json.loads((tmp_path / "results/wsd_quick.json").read_text())
+    assert saved["branch 20+2"]["config"]["init_from"].endswith("ckpt_000020.pt")
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(train, "train", no_training)  # a rerun reads every finished run from results/
+    assert wsd.experiment(quick=True, out=str(tmp_path), S=40)["final_val_loss"] == final

@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pytest
+
+import batchsize
+import scaling_law as sl
+
+
+# ------------------------------------------------------------------------------------------ batch size (§3.2)
+
+def test_optimal_batch_size_is_the_papers_law():
+    assert batchsize.optimal_batch_size(2.5) == pytest.approx(1.21e9 / 2.5 ** 6.24)
+    assert batchsize.optimal_batch_size(2.5) == pytest.approx(3.97e6, rel=5e-3)  # PAPER.md: 3.97M tokens at L=2.5
+    assert batchsize.optimal_batch_size([2.0, 3.0]) == pytest.approx([1.21e9 / 2 ** 6.24, 1.21e9 / 3 ** 6.24])
+
+
+def test_fit_batch_size_law_recovers_parameters():
+    rng = np.random.default_rng(0)
+    L = rng.uniform(2.0, 4.0, 40)
+    bs = 1.21e9 / L ** 6.24 * np.exp(rng.normal(0, 0.05, 40))
+    a, b = batchsize.fit_batch_size_law(L, bs)
+    assert b == pytest.approx(6.24, abs=0.15) and math.log(a) == pytest.approx(math.log(1.21e9), abs=0.25)
+    with pytest.raises(ValueError, match="positive"):
+        batchsize.fit_batch_size_law([2.0, -1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="equal-length"):
+        batchsize.fit_batch_size_law([2.0, 3.0], [1.0])
+
+
+def test_best_batch_per_loss_on_synthetic_curves():
+    # curves L(t) = 2 + c_bs / t^0.5 where a large batch wastes tokens early and wins late
+    t = np.geomspace(1e3, 1e7, 200)
+    curves = {bs: (t, 2 + (bs / 1e3) ** 0.3 * 30 / t ** 0.5 + 5e-3 * 1e3 / bs) for bs in (1e3, 4e3, 1.6e4)}
+    levels = [2.8, 2.1, 2.02]
+    best = batchsize.best_batch_per_loss(curves, levels)
+    # brute force on a fine grid: the batch whose curve first gets below each level
+    for level, bs, tok in best:
+        first = {b: t[np.nonzero(c[1] <= level)[0][0]] for b, c in curves.items() if (c[1] <= level).any()}
+        assert bs == min(first, key=first.get)
+        assert tok <= first[bs] and tok >= t[max(0, np.searchsorted(t, first[bs]) - 1)]
+    assert [b for _, b, _ in best] == sorted(b for _, b, _ in best)  # lower loss -> larger optimal batch
+    assert batchsize.tokens_to_reach([0, 10], [3.0, 1.0], 2.0) == pytest.approx(5.0)
+    assert batchsize.tokens_to_reach([0, 10], [3.0, 2.5], 2.0) is None
+
+
+# ------------------------------------------------------------------------------------------ scaling law (§4.5)
+
+def test_law_values_and_key_access():
+    law = sl.ScalingLaw(C_N=2.0, alpha=0.5, C_D=3.0, beta=0.25, L0=1.0)
+    assert law(4.0, 16.0) == pytest.approx(2 / 2 + 3 / 2 + 1)
+    assert law["alpha"] == 0.5 and law.C_D == 3.0
+    p = sl.PAPER_LAW
+    assert p(1e9, 1e9) == pytest.approx(0.0715 + 0.300 + 0.31)  # N = D = 1 billion
+
+
+def test_compute_optimal_closed_form_matches_brute_force():
+    for law in (sl.PAPER_LAW, sl.ScalingLaw(C_N=406.4, alpha=0.34, C_D=410.7, beta=0.28, L0=1.69)):
+        for C in (1e18, 1e21, 1e23):
+            n, d = sl.compute_optimal(C, law)
+            assert 6 * n * d == pytest.approx(C)
+            grid = np.geomspace(n / 100, n * 100, 200001)
+            brute = grid[np.argmin(law(grid, C / (6 * grid)))]
+            assert n == pytest.approx(brute, rel=2e-3)
+    n, d = sl.compute_optimal(6 * 1e9 * 186.2e9, sl.PAPER_LAW)  # PAPER.md: ~190 tokens per parameter at N = 1B
+    assert n == pytest.approx(1e9, rel=0.02) and d / n == pytest.approx(186, rel=0.05)
+
+
+def test_fit_scaling_law_recovers_known_parameters():
+    rng = np.random.default_rng(0)
+    true = sl.ScalingLaw(C_N=406.4, alpha=0.34, C_D=410.7, beta=0.28, L0=1.69)  # Chinchilla's law
+    N = np.repeat(np.geomspace(1e7, 1e9, 6), 6)
+    D = np.concatenate([n * np.geomspace(10, 60, 6) for n in np.geomspace(1e7, 1e9, 6)])
+    L = true(N, D) * np.exp(rng.normal(0, 0.002, len(N)))
+    fit = sl.fit_scaling_law(N, D, L)
+    assert fit.alpha == pytest.approx(0.34, abs=0.05) and fit.beta == pytest.approx(0.28, abs=0.05)
+    assert fit.L0 == pytest.approx(1.69, abs=0.08)
+    assert np.abs(np.log(fit(N, D)) - np.log(L)).max() < 0.01
+
+
+@pytest.mark.parametrize("args, msg", [
+    (([1, 2, 3], [1, 2, 3], [1, 2, 3]), "need >= 5"),
+    (([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4]), "equal length"),
+    (([1, 2, 3, 4, -5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]), "positive"),
+    (([1, 2, 3, 4, 5], [1, 2, 0, 4, 5], [1, 2, 3, 4, 5]), "positive")])
+def test_fit_scaling_law_rejects_degenerate_input(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        sl.fit_scaling_law(*args)
