@@ -116,7 +116,7 @@ def fit_scaling_law(N, D, L, delta=1e-3, top_k=32):
 def experiment(quick=False, out=ROOT):
     from train import sweep
     if quick:
-        widths, layers, seq, rows, S, every, lr = [16, 32, 48, 64], 2, 64, 16, 640, 160, 0.004
+        widths, layers, seq, rows, S, every, lr = [16, 24, 32, 48, 64], 2, 64, 16, 1280, 320, 0.004
     else:
         widths, layers, seq, rows, S, every, lr = [128, 256, 384, 512, 768], 8, 256, 32, 8000, 2000, 0.01
     tag = "_quick" if quick else ""
@@ -174,7 +174,7 @@ def plot(points, law, file):
     for i, n in enumerate(sorted({p["N"] for p in points})):
         pts = sorted((p["D"], p["L"]) for p in points if p["N"] == n)
         c = f"C{i}"
-        ax.plot(*zip(*pts), "o", color=c, label=f"N = {n / 1e6:.2f}M")
+        ax.plot(*zip(*pts), "o", color=c, label=f"N = {n / 1e3:.1f}K")
         grid = np.geomspace(pts[0][0] * 0.7, pts[-1][0] * 1.5, 50)
         ax.plot(grid, law(n, grid), "-", color=c, lw=1)
     ax.set(xscale="log", xlabel="tokens D", ylabel="val loss (nats/byte)",

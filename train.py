@@ -139,7 +139,7 @@ def get_config(argv=(), base=None):
             v = ast.literal_eval(val)
         except (ValueError, SyntaxError):
             v = val  # a plain string
-        cfg[key] = _check_value(key, v, cfg)
+        cfg[key] = v if v is None and key in MODEL_KEYS else _check_value(key, v, cfg)
     return validate_config(cfg)
 
 
@@ -493,7 +493,7 @@ def sweep(results_file, runs, desc="runs"):
     done = {}
     if os.path.isfile(results_file):
         with open(results_file) as f:
-            done = json.load(f)
+            done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = validate_config({**default_config(), **cfg})
         if name in done and done[name]["config"] == cfg:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +43,10 @@ def test_coordinate_check_flat_under_mup_growing_under_sp():
 def test_growth_slope_exact():
     assert mup.growth([1, 2, 4, 8], [1, 2, 4, 8]) == pytest.approx(1.0)
     assert mup.growth([3, 3, 3], [10, 20, 40]) == pytest.approx(0.0)
+
+
+def test_best_lr_parabola_vertex():
+    lrs = [0.001, 0.002, 0.004, 0.008, 0.016]
+    losses = [(np.log2(lr) - np.log2(0.003)) ** 2 + 2 for lr in lrs]  # a parabola in log2(lr), minimum at 0.003
+    assert mup.best_lr(lrs, losses) == pytest.approx(0.003)
+    assert mup.best_lr(lrs, [1, 2, 3, 4, 5]) == 0.001  # minimum at the grid's edge: the grid point

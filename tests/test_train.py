@@ -235,3 +235,21 @@ def test_vocab_and_length_checks(tmp_path):
         train.train(cfg(tmp_path, vocab_size=200), quiet=True)
     with pytest.raises(train.ConfigError, match="seq_len=2048 exceeds max_position_embeddings=1024"):
         train.train(cfg(tmp_path, seq_len=2048), quiet=True)
+
+
+def test_init_from_branches_off_a_kept_checkpoint(tmp_path):
+    """WSD's O(mC) trick: a decay branched off a stable run's step-6 checkpoint continues it exactly."""
+    c = cfg(tmp_path / "stable", ckpt_interval=6, keep_ckpts=True, decay_steps=0)
+    stable = train.train(c, quiet=True)
+    assert os.path.isfile(tmp_path / "stable" / "ckpt_000006.pt") and os.path.isfile(tmp_path / "stable" / "ckpt_000012.pt")
+    same = train.train({**c, "out_dir": "", "keep_ckpts": False, "init_from": str(tmp_path / "stable" / "ckpt_000006.pt")},
+                       quiet=True)
+    assert same["step"] == 12 and same["train_loss"] == stable["train_loss"][6:]
+    branch = train.train({**c, "out_dir": "", "keep_ckpts": False, "decay_steps": 4, "max_steps": 10,
+                          "init_from": str(tmp_path / "stable" / "ckpt_000006.pt")}, quiet=True)
+    # the branch's decay starts at T = 10 - 4 = 6: its first step uses the same lr (f(0) = 1), then it decays
+    assert branch["train_loss"][0] == stable["train_loss"][6] and branch["train_loss"][1] == stable["train_loss"][7]
+    assert branch["train_loss"][3] != stable["train_loss"][9]
+    with pytest.raises(train.CheckpointError, match=r"init_from checkpoint .* has another model; differing keys: "
+                                                    r"hidden_size \(64 vs 128\)"):
+        train.train({**c, "hidden_size": 128, "init_from": str(tmp_path / "stable")}, quiet=True)
