@@ -118,10 +118,8 @@ def experiment(quick=False, out=ROOT):
 
 
 def plot(curves_all, points, a, b, file):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(curves_all) + 1, figsize=(5 * (len(curves_all) + 1), 4))
+    from plots import save, subplots
+    fig, axes = subplots(1, len(curves_all) + 1, figsize=(5 * (len(curves_all) + 1), 4))
     for ax, (name, curves) in zip(axes, curves_all.items()):
         for bs, (t, l_) in sorted(curves.items()):
             ax.plot(t, l_, label=f"bs {bs}")
@@ -142,10 +140,7 @@ def plot(curves_all, points, a, b, file):
     bss = sorted({p["batch_size"] for p in points})
     ax.set_yticks(bss, [str(b) for b in bss])
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    save(fig, file, dpi=110)
 
 
 def main():

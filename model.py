@@ -46,6 +46,10 @@ class MiniCPMConfig:
     init_std: float = 0.1  # official config: initializer_range
     tie_word_embeddings: bool = True
     use_mup: bool = True  # False: standard parametrisation (no width multiplier anywhere)
+    # MiniCPM-MoE (paper §7.3, moe.py): num_experts > 0 makes every MLP a top_k mixture of experts
+    num_experts: int = 0
+    top_k: int = 2
+    router_aux_loss_coef: float = 0.01
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -63,6 +67,9 @@ class MiniCPMConfig:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"MiniCPMConfig.num_key_value_heads={self.num_key_value_heads} does not divide "
                              f"num_attention_heads={self.num_attention_heads}: pick a divisor of it")
+        if self.num_experts < 0 or (self.num_experts and not 1 <= self.top_k <= self.num_experts):
+            raise ValueError(f"MiniCPMConfig: top_k={self.top_k} must be within [1, num_experts={self.num_experts}] "
+                             f"(and num_experts >= 0; 0 is the dense model)")
         if self.head_dim % 2:
             raise ValueError(f"MiniCPMConfig: head_dim = hidden_size / num_attention_heads = {self.head_dim} is "
                              f"odd, RoPE needs it even: change hidden_size or num_attention_heads")
@@ -200,7 +207,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        if config.num_experts:
+            from moe import MoE  # the sparse MLP lives with its upcycling (moe.py)
+            self.mlp = MoE(config)
+        else:
+            self.mlp = MLP(config)
         # depth muP (paper §3.1): each residual branch is scaled by scale_depth / sqrt(L)
         self.residual_scale = config.scale_depth / math.sqrt(config.num_hidden_layers)
 
@@ -269,6 +280,9 @@ class MiniCPM(nn.Module):
         loss = None
         if targets is not None:  # targets -100 are ignored (prompt tokens in SFT / DPO)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            if self.config.num_experts:  # the load-balancing auxiliary loss of every MoE layer (moe.py)
+                from moe import model_aux_loss
+                loss = loss + self.config.router_aux_loss_coef * model_aux_loss(self)
         return logits, loss
 
     @torch.no_grad()

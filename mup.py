@@ -10,6 +10,13 @@ the change O(1) as width grows; the logits' 1/m does the same for the head, whos
 together. Then the optimal base lr (~0.01 in the paper, Fig. 3) no longer depends on width, and hyper-parameters
 tuned on a tiny model transfer to 2.4B.
 
+MoE router (moe.py, paper §7.3): the router W_router (E x hidden_size) is a hidden matrix here: init
+N(0, (init_std/sqrt(m))^2), lr / m, weight decay. Its fan-in is hidden_size, which grows with width, so the same
+argument applies to it as to q/k/v: each of its E outputs sums hidden_size coordinates that move together, and
+lr / m keeps the change of the router logits O(1) per step as the model widens. Its fan-out E does not grow with
+width, so no output multiplier is needed (unlike the vocabulary head, whose logits take the 1/m). The stacked expert
+weights (E, out, in) are hidden matrices too.
+
 `python mup.py` runs the coordinate check: models of several widths trained a few steps at one lr, muP against
 standard parametrisation (use_mup=False: m := 1 in init, logits and lr), the mean |activation| of each layer kind
 against width. Under muP the curves are flat; under SP they grow with width.
@@ -41,7 +48,7 @@ def param_groups(model):
             norms.append(p)
         elif model.is_embedding(name):
             embed.append(p)
-        else:  # q, k, v, o, gate, up, down (and an MoE router): hidden matrices
+        else:  # q, k, v, o, gate, up, down, and the MoE router and stacked experts: hidden matrices
             hidden.append(p)
     return [("hidden", hidden, 1.0 / m, True), ("embedding", embed, 1.0, True), ("norm", norms, 1.0, False)]
 
@@ -121,10 +128,8 @@ def growth(values, widths):
 
 
 def plot_coord_check(results, widths, steps, lr, file):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    from plots import save, subplots
+    fig, axes = subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, mode in zip(axes, ("muP", "SP")):
         for k in KINDS:
             ax.plot(widths, results[mode][k], marker="o", label=f"{k} (slope {growth(results[mode][k], widths):+.2f})")
@@ -133,13 +138,10 @@ def plot_coord_check(results, widths, steps, lr, file):
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean |activation|")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    fig.savefig(file, dpi=120)
-    plt.close(fig)
+    save(fig, file, dpi=120)
 
 
-def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS):
+def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
     from tqdm import tqdm
     results = {}
     for mode in tqdm(("muP", "SP"), desc="coord check"):
@@ -150,11 +152,11 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS):
         for k in KINDS:
             v = results[mode][k]
             print(f"{mode + ' ' + k:16s}" + "".join(f"{x:9.3f}" for x in v) + f"   {growth(v, widths):+.3f}")
-    plot_coord_check(results, widths, steps, lr, os.path.join(out, "coord_check.png"))
+    plot_coord_check(results, widths, steps, lr, os.path.join(out, f"coord_check{tag}.png"))
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "coord_check.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"coord_check{tag}.json"), "w") as f:
         json.dump(dict(widths=widths, steps=steps, lr=lr, seeds=list(seeds), results=results), f, indent=1)
-    print(f"figure: {os.path.join(out, 'coord_check.png')}")
+    print(f"figure: {os.path.join(out, f'coord_check{tag}.png')}")
     return results
 
 
@@ -213,20 +215,15 @@ def best_lr(lrs, losses):
 
 
 def plot_lr_transfer(summary, file):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    from plots import save, subplots
+    fig, axes = subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, mode in zip(axes, ("muP", "SP")):
         for w in summary["widths"]:
             ax.plot(summary["lrs"], summary["val_loss"][mode][w], "o-", label=f"width {w}")
         ax.set(xscale="log", xlabel="base lr", title=f"{mode}: best lr moves {2 ** summary[mode]['shift_octaves']:.2f}x")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("final val loss")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    fig.savefig(file, dpi=120)
-    plt.close(fig)
+    save(fig, file, dpi=120)
 
 
 def main():
@@ -244,7 +241,7 @@ def main():
     if a.quick:
         a.widths, a.seeds = [64, 128, 256, 512], 1
     if a.experiment in ("coord", "all"):
-        run_coord_check(a.widths, a.steps, a.lr, tuple(range(a.seeds)), a.layers)
+        run_coord_check(a.widths, a.steps, a.lr, tuple(range(a.seeds)), a.layers, tag="_quick" if a.quick else "")
     if a.experiment in ("transfer", "all"):
         lr_transfer(quick=a.quick)
 

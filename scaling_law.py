@@ -167,10 +167,8 @@ def experiment(quick=False, out=ROOT):
 
 
 def plot(points, law, file):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from plots import save, subplots
+    fig, ax = subplots(figsize=(7, 4.5))
     for i, n in enumerate(sorted({p["N"] for p in points})):
         pts = sorted((p["D"], p["L"]) for p in points if p["N"] == n)
         c = f"C{i}"
@@ -180,10 +178,7 @@ def plot(points, law, file):
     ax.set(xscale="log", xlabel="tokens D", ylabel="val loss (nats/byte)",
            title=f"L = {law.C_N:.3g} N^-{law.alpha:.2f} + {law.C_D:.3g} D^-{law.beta:.2f} + {law.L0:.2f}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    save(fig, file, dpi=110)
 
 
 def main():

@@ -74,6 +74,7 @@ compile = "auto"  # auto: torch.compile on CUDA, eager on CPU
 CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not callable(globals()[k])
                and not isinstance(globals()[k], type(sys)) and k.islower() and k not in ("CONFIG_KEYS",)]
 MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
+MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
 # keys that may change when resuming without changing the run's numbers
 RESUMABLE_CHANGES = {"out_dir", "resume", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
                      "device", "dtype", "compile"}
@@ -331,13 +332,27 @@ def train(cfg, quiet=False):
             src = cfg["init_from"]
             src = os.path.join(src, "ckpt.pt") if os.path.isdir(src) else src
             ckpt = load_checkpoint(src)
-            diff = config_diff({k: ckpt["config"].get(k) for k in MODEL_KEYS + ["preset"]},
-                               {k: cfg[k] for k in MODEL_KEYS + ["preset"]})
-            if diff:
+            src_cfg = model_config(ckpt["config"])
+            a, b = asdict(src_cfg), asdict(mcfg)
+            diff = config_diff(a, b)
+            if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
+                # sparse upcycling (paper §7.3): every expert a copy of the dense MLP, a new router; AdamW's moments
+                # and the step count (so the WSD schedule) continue
+                from moe import upcycle, upcycle_optimizer_state
+                dense = MiniCPM(src_cfg)
+                dense_opt = configure_optimizer(dense, cfg["lr"], cfg["weight_decay"])
+                step = _load_state(dense, dense_opt, ckpt, src)
+                model = upcycle(dense, mcfg.num_experts, mcfg.top_k, seed=cfg["seed"]).to(device)
+                model.config = mcfg
+                optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
+                upcycle_optimizer_state(dense, dense_opt, model, optimizer)
+                log(f"upcycled {src} (step {step}) to {mcfg.num_experts} experts, top-{mcfg.top_k}")
+            elif diff:
                 raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
-                                      ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg[k]!r})" for k in diff))
-            step = _load_state(model, optimizer, ckpt, src)
-            log(f"initialised from {src} at step {step}")
+                                      ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
+            else:
+                step = _load_state(model, optimizer, ckpt, src)
+                log(f"initialised from {src} at step {step}")
     if not cfg["resume"] and master and metrics_path:
         os.makedirs(cfg["out_dir"], exist_ok=True)
         if ckpt_path and os.path.isfile(ckpt_path):
@@ -349,7 +364,9 @@ def train(cfg, quiet=False):
         model = torch.compile(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        # experts that get no token in a step have no gradient: DDP must expect unused parameters
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
+                    find_unused_parameters=mcfg.num_experts > 0)
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
 
     B, A, T = cfg["batch_size"], cfg["grad_accum"], cfg["seq_len"]
@@ -360,6 +377,10 @@ def train(cfg, quiet=False):
         from bench import flops_per_token, peak_flops
         peak = peak_flops(device)
         flops_tok = flops_per_token(mcfg, T)
+    if mcfg.num_experts:
+        from moe import param_counts
+        log(f"MoE: {mcfg.num_experts} experts, top-{mcfg.top_k}: {param_counts(raw_model)[1] / 1e6:.2f}M active "
+            f"non-embedding params per token")
     log(f"model: {raw_model.num_params() / 1e6:.2f}M non-embedding params ({raw_model.num_params(False) / 1e6:.2f}M "
         f"total), m = {mcfg.width_mult:g}; {world} process(es) x {A} micro-steps x {B} rows x {T} tokens = "
         f"{tokens_per_step:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, compile={use_compile})")
@@ -429,6 +450,11 @@ def train(cfg, quiet=False):
                        tokens=step * tokens_per_step, tok_per_s=tokens_per_step / dt)
             if peak:
                 row["mfu"] = flops_tok * tokens_per_step / dt / (peak * world)
+            if mcfg.num_experts:  # of this process's last micro-batch
+                from moe import expert_load, model_aux_loss
+                with torch.no_grad():
+                    row["aux_loss"] = model_aux_loss(raw_model).item()
+                row["expert_load"] = [round(v, 4) for v in expert_load(raw_model).tolist()]
             log_row(row)
             history["train_loss"].append(train_loss)
             bar.update(1)
@@ -523,14 +549,12 @@ def _write_jsonl(path, rows):
 
 
 def plot_metrics(metrics_path, file):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plots import save, subplots
     with open(metrics_path) as f:
         rows = [json.loads(line) for line in f]
     tr = [r for r in rows if "train_loss" in r]
     va = [r for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8, label="train")
     ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
     ax.set(xlabel="step", ylabel="loss (nats/token)")
@@ -538,9 +562,7 @@ def plot_metrics(metrics_path, file):
     ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], "k:", lw=1, label="lr")
     ax2.set_ylabel("lr")
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    save(fig, file, dpi=110)
 
 
 def main(argv):

@@ -90,11 +90,9 @@ def cosine_loop_lr(s, *, lr, T, W=0, final_lr_ratio=0.1):
 
 
 def plot_schedules(file, S=1000, W=20, lr=0.01):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plots import save, subplots
     steps = range(S + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = subplots(1, 2, figsize=(12, 4))
     ax = axes[0]
     for T, ls in ((S, "-"), (int(0.6 * S), "--"), (int(1.4 * S), ":")):
         ax.plot(steps, [cosine_lr(s, lr=lr, T=T, W=W) for s in steps], ls, label=f"Cosine(T={T})")
@@ -110,10 +108,7 @@ def plot_schedules(file, S=1000, W=20, lr=0.01):
             label=f"exp, half_life={S // 20}")
     ax.set(title="WSD decay shapes (20% decay, final_lr_ratio 0.1)", xlabel="step s")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    fig.savefig(file, dpi=120)
-    plt.close(fig)
+    save(fig, file, dpi=120)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,10 +165,8 @@ def experiment(quick=False, out=ROOT, S=None):
 
 
 def plot_experiment(res, S, file):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    from plots import save, subplots
+    fig, axes = subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
     for k, r in res.items():
         if k.startswith(("Cosine", "WSD exp 10")):
@@ -200,10 +193,7 @@ def plot_experiment(res, S, file):
             ax.plot([s * tok_step for s, _ in r["val_loss"]], [v for _, v in r["val_loss"]], "o-", ms=3, label=k)
     ax.set(xlabel="tokens", ylabel="val loss", title="decays branched off one stable run")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    save(fig, file, dpi=110)
 
 
 def main():

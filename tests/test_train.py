@@ -189,15 +189,9 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert [s for s, _ in losses(tmp_path / "cut")] == list(range(1, 61))  # no duplicated or missing rows
 
 
-def test_periodic_checkpoint_resume_equality(tmp_path, monkeypatch):
+def test_periodic_checkpoint_resume_equality(tmp_path, kept_checkpoints):
     """A run that dies after step 7 restarts from its step-5 periodic checkpoint and logs what it would have."""
-    saved = {}
-    real_save = train.save_checkpoint
-
-    def save_and_keep(path, state):
-        real_save(path, state)
-        saved[state["step"]] = open(path, "rb").read()
-    monkeypatch.setattr(train, "save_checkpoint", save_and_keep)
+    saved = kept_checkpoints
     c = cfg(tmp_path, ckpt_interval=5)
     full = train.train(c, quiet=True)
     assert sorted(saved) == [5, 10, 12]

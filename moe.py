@@ -1,0 +1,301 @@
+"""
+MiniCPM-MoE by sparse upcycling (paper §7.3, PAPER.md §7).
+
+Every MLP of a trained dense MiniCPM becomes `num_experts` experts, each an exact copy of that MLP, plus a new
+bias-free router. Per token x:
+
+    p = softmax(W_router x)                  # over the E experts
+    K = top_k(p)                             # the k experts kept (k = 2 for MiniCPM-MoE-8x2B)
+    y = sum_{i in K} p_i / (sum_{j in K} p_j) * Expert_i(x)
+
+At upcycling time all experts are equal and the kept weights sum to 1, so the MoE computes the dense function
+(up to float rounding) and training continues from the dense loss instead of from scratch. A Switch-style
+load-balancing loss keeps the router from collapsing onto a few experts:
+
+    aux = E * sum_i f_i * P_i    f_i: fraction of the token slots routed to expert i, P_i: mean router probability
+
+which is 1 for perfectly balanced routing and ~E/k when every token goes to the same k experts. It is added to the
+training loss with `router_aux_loss_coef` (0.01).
+
+Dispatch is dropless: token slots are sorted by expert, each expert runs one matmul on its contiguous group, and the
+results are scattered back with their weights (a loop over experts, never over tokens).
+
+`python moe.py` trains a dense model, then continues it (a) dense and (b) upcycled 8x top-2 on the same tokens
+(`--quick`: tiny models on a 2-core CPU); `python moe.py --bench` times one MoE layer against the dense MLP.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class MoE(nn.Module):
+    """A top-k mixture of SwiGLU experts; expert weights are stacked (E, out, in) so that the optimizer, FSDP and
+    checkpoints see three tensors per layer, as for the dense MLP."""
+
+    def __init__(self, config):
+        super().__init__()
+        E, d, f = config.num_experts, config.hidden_size, config.intermediate_size
+        self.num_experts, self.top_k = E, config.top_k
+        self.router = nn.Linear(d, E, bias=False)
+        self.gate_proj = nn.Parameter(torch.empty(E, f, d))
+        self.up_proj = nn.Parameter(torch.empty(E, f, d))
+        self.down_proj = nn.Parameter(torch.empty(E, d, f))
+        self.router_logits = None  # of the last forward, for the auxiliary loss and the load statistics
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits = self.router(x)
+        self.router_logits = logits
+        probs = F.softmax(logits.float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        # group the N*k token slots by expert: slot s = token s // k routed to experts.view(-1)[s]
+        flat = experts.view(-1)
+        order = flat.argsort(stable=True)
+        token = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        outs = []
+        for e, h in enumerate(x[token].split(counts)):  # one contiguous group of token slots per expert
+            if len(h):
+                outs.append(F.linear(F.silu(F.linear(h, self.gate_proj[e])) * F.linear(h, self.up_proj[e]),
+                                     self.down_proj[e]))
+        out = torch.cat(outs) * weights.view(-1)[order, None]
+        y = torch.zeros_like(x).index_add_(0, token, out)
+        return y.view(shape)
+
+
+def upcycle(dense, num_experts=8, top_k=2, seed=0):
+    """A MoE MiniCPM whose every expert is a copy of the dense MLP of its layer, with a new N(0, hidden std) router;
+    everything else (embeddings, attention, norms) is the dense model's."""
+    from model import MiniCPM
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"num_experts={num_experts!r}: upcycling needs at least 1 expert")
+    if dense.config.num_experts:
+        raise ValueError("the model is already a MoE: upcycle a dense model")
+    cfg = copy.deepcopy(dense.config)
+    cfg.num_experts, cfg.top_k = num_experts, top_k
+    cfg.__post_init__()  # validates top_k against num_experts
+    with torch.device("meta"):
+        moe = MiniCPM(cfg)
+    state = {}
+    for k, v in dense.state_dict().items():
+        if ".mlp." in k:  # model.layers.i.mlp.gate_proj.weight (f, d) -> model.layers.i.mlp.gate_proj (E, f, d)
+            state[k.removesuffix(".weight")] = v.unsqueeze(0).repeat(num_experts, 1, 1)
+        else:
+            state[k] = v.clone()
+    g = torch.Generator().manual_seed(seed)
+    std = cfg.init_std / math.sqrt(cfg.width_mult)  # muP: the router is a hidden matrix (mup.py)
+    ref = next(dense.parameters())
+    for i in range(cfg.num_hidden_layers):
+        state[f"model.layers.{i}.mlp.router.weight"] = (torch.randn(num_experts, cfg.hidden_size, generator=g)
+                                                         * std).to(ref.dtype).to(ref.device)
+    moe.load_state_dict(state, assign=True)
+    return moe
+
+
+@torch.no_grad()
+def upcycle_optimizer_state(dense, dense_opt, moe, moe_opt):
+    """Carry AdamW's moments over: each expert starts from its dense MLP's moments, the router from none, so the
+    first MoE steps continue the dense run's optimisation instead of restarting it with raw sign-like updates."""
+    moe_params = dict(moe.named_parameters())
+    for name, p in dense.named_parameters():
+        st = dense_opt.state.get(p)
+        if not st:
+            continue
+        if ".mlp." in name:
+            q = moe_params[name.removesuffix(".weight")]
+            moe_opt.state[q] = {k: v.clone() if v.dim() == 0 else v.unsqueeze(0).repeat(q.size(0), 1, 1).to(q.device)
+                                for k, v in st.items()}
+        else:
+            q = moe_params[name]
+            moe_opt.state[q] = {k: v.clone().to(q.device) for k, v in st.items()}
+
+
+def load_balancing_loss(router_logits, top_k):
+    """Switch/Mixtral auxiliary loss E * sum_i f_i P_i for router logits (tokens, E): 1 when balanced, ~E/k when
+    collapsed onto k experts."""
+    E = router_logits.size(-1)
+    probs = F.softmax(router_logits.float(), dim=-1)
+    chosen = probs.topk(top_k, dim=-1).indices
+    f = F.one_hot(chosen, E).sum(1).float().mean(0) / top_k  # fraction of token slots per expert (sums to 1)
+    P = probs.mean(0)
+    return E * (f * P).sum()
+
+
+def _moe_layers(model):
+    return [layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE)]
+
+
+def model_aux_loss(model):
+    """The balancing loss over all layers' tokens of the last forward, concatenated."""
+    return load_balancing_loss(torch.cat([m.router_logits for m in _moe_layers(model)]), model.config.top_k)
+
+
+@torch.no_grad()
+def expert_load(model):
+    """Fraction of token slots each expert received in the last forward, averaged over layers: (E,)."""
+    loads = [torch.bincount(m.router_logits.topk(m.top_k, -1).indices.view(-1), minlength=m.num_experts).float()
+             for m in _moe_layers(model)]
+    load = torch.stack(loads).sum(0)
+    return load / load.sum()
+
+
+def param_counts(model):
+    """(total, active per token) non-embedding parameters: a token uses top_k of the E experts (and the router)."""
+    total = model.num_params()
+    c = model.config
+    if not c.num_experts:
+        return total, total
+    per_expert = 3 * c.hidden_size * c.intermediate_size
+    return total, total - c.num_hidden_layers * (c.num_experts - c.top_k) * per_expert
+
+
+# ----------------------------------------------------------------------------------------------------------
+# benchmark: one MoE layer against the dense MLP of the same width
+
+
+def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
+    import statistics
+
+    from bench import timeit
+    from model import MLP, MiniCPMConfig
+    cfg = MiniCPMConfig(hidden_size=d, intermediate_size=f, num_attention_heads=max(2, d // 64),
+                        num_key_value_heads=max(2, d // 64), num_experts=E, top_k=k)
+    torch.manual_seed(0)
+    mlp, moe = MLP(cfg).to(device), MoE(cfg).to(device)
+    for p in moe.parameters():
+        nn.init.normal_(p, std=0.02)
+    x = torch.randn(tokens, d, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(fn):
+        return statistics.median(timeit(fn, 3, reps, sync))
+    results = {}
+    with torch.no_grad():
+        td, tm = timed(lambda: mlp(x)), timed(lambda: moe(x))
+    results["forward"] = tm / td
+    xg = x.clone().requires_grad_(True)
+    td2 = timed(lambda: mlp(xg).sum().backward())
+    tm2 = timed(lambda: moe(xg).sum().backward())
+    results["forward+backward"] = tm2 / td2
+    print(f"MoE layer ({E} experts, top-{k}, d={d}, ffn={f}, {tokens} tokens, {device}): forward "
+          f"{tm / tokens * 1e6:.2f} us/token vs dense {td / tokens * 1e6:.2f} us/token = {tm / td:.2f}x; "
+          f"forward+backward {tm2 / td2:.2f}x (the experts do {k}x the dense FLOPs)")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# experiment
+
+
+def experiment(quick=False, out=ROOT, steps=None):
+    from train import sweep
+    if quick:  # 2-core CPU
+        model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=2, intermediate_size=320)
+        S1, S2, rows, seq, lr = 400, 1000, 16, 64, 0.004
+    else:  # one GPU
+        model, S1, S2, rows, seq, lr = dict(preset="wt-9m"), 4000, 2000, 32, 256, 0.01
+    if steps:
+        S1, S2 = steps, steps // 2
+    tag = "_quick" if quick else ""
+    dense_dir = os.path.join(out, f"out-moe-dense{tag}")
+    base = dict(**model, lr=lr, batch_size=rows, seq_len=seq, sample_tokens=0, seed=1, eval_steps=8,
+                warmup_steps=S1 // 20)
+    from model import MiniCPM
+    from train import model_config
+    with torch.device("meta"):
+        dense_n = MiniCPM(model_config(dict(base))).num_params()
+        total, active = param_counts(MiniCPM(model_config(dict(base, num_experts=8, top_k=2))))
+    ratio = active / dense_n  # active compute per token, MoE / dense (non-embedding matmuls)
+    S2d = int(round(S2 * ratio))  # the dense continuation runs long enough to compare at equal compute
+    ev = max(1, S2 // 8)
+    ck = os.path.join(dense_dir, "ckpt.pt")
+    runs = {
+        "dense": dict(base, out_dir=dense_dir, max_steps=S1, decay_steps=0, eval_interval=S1 // 4),
+        "dense continued": dict(base, out_dir="", init_from=ck, max_steps=S1 + S2d, decay_steps=0, eval_interval=ev),
+        "MoE 8x top-2": dict(base, out_dir=os.path.join(out, f"out-moe{tag}"), init_from=ck, num_experts=8, top_k=2,
+                             max_steps=S1 + S2, decay_steps=0, eval_interval=ev, ckpt_interval=10 ** 9),
+    }
+    res = sweep(os.path.join(out, "results", f"moe{tag}.json"), runs, desc="MoE sweep")
+    tok_step = rows * seq
+    d_curve = [(s * tok_step, v) for s, v in res["dense continued"]["val_loss"]]
+    m_curve = [(s * tok_step, v) for s, v in res["MoE 8x top-2"]["val_loss"]]
+    m_end, m_loss = m_curve[-1]
+    d_equal_tokens = _interp(d_curve, m_end)
+    d_equal_compute = _interp(d_curve, S1 * tok_step + (m_end - S1 * tok_step) * ratio)
+    summary = dict(dense_params=dense_n, moe_total=total, moe_active=active, active_ratio=ratio,
+                   moe_val=m_loss, dense_val_equal_tokens=d_equal_tokens, dense_val_equal_compute=d_equal_compute,
+                   gap_equal_tokens=m_loss - d_equal_tokens, gap_equal_compute=m_loss - d_equal_compute)
+    loads = [(r["step"], r["expert_load"]) for r in _rows(os.path.join(out, f"out-moe{tag}")) if "expert_load" in r]
+    summary["final_expert_load"] = loads[-1][1] if loads else None
+    with open(os.path.join(out, "results", f"moe_summary{tag}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"non-embedding params: dense {dense_n / 1e6:.3f}M; MoE {total / 1e6:.3f}M total, {active / 1e6:.3f}M "
+          f"active ({ratio:.2f}x the dense compute per token)")
+    print(f"val loss after {S2} more steps: MoE {m_loss:.4f}; dense at equal tokens {d_equal_tokens:.4f} "
+          f"(gap {summary['gap_equal_tokens']:+.4f}); dense at equal active compute {d_equal_compute:.4f} "
+          f"(gap {summary['gap_equal_compute']:+.4f})")
+    plot(res, loads, S1 * tok_step, tok_step, os.path.join(out, "assets", f"moe{tag}.png"))
+    return summary
+
+
+def _rows(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _interp(curve, x):
+    xs, ys = zip(*curve)
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+def plot(res, loads, branch_tokens, tok_step, file):
+    from plots import save, subplots
+    fig, axes = subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    for name, r in res.items():
+        ax.plot([s * tok_step for s, _ in r["val_loss"]], [v for _, v in r["val_loss"]], "o-", ms=3, label=name)
+    ax.axvline(branch_tokens, color="k", ls=":", lw=1)
+    ax.set(xlabel="tokens", ylabel="val loss", title="upcycled MoE vs dense continuation")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    if loads:
+        import numpy as np
+        im = ax.imshow(np.array([l_ for _, l_ in loads]).T, aspect="auto", cmap="viridis",
+                       extent=[loads[0][0], loads[-1][0], len(loads[0][1]) - 0.5, -0.5])
+        fig.colorbar(im, ax=ax, label="fraction of token slots")
+        ax.set(xlabel="step", ylabel="expert", title="expert load over training (mean over layers)")
+    save(fig, file, dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description="MiniCPM-MoE by sparse upcycling (paper §7.3)")
+    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
+    p.add_argument("--bench", action="store_true", help="time one MoE layer against the dense MLP")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    if a.bench:
+        bench(device=a.device)
+    else:
+        experiment(quick=a.quick)
+
+
+if __name__ == "__main__":
+    main()
