@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longctx import check_rope_scaling, rope_base, rope_inv_freq
+
 
 # ----------------------------------------------------------------------------------------------------------
 # config
@@ -40,6 +42,7 @@ class MiniCPMConfig:
     max_position_embeddings: int = 1024
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: dict = None  # None | {"type": "dynamic", "factor": f} | {"type": "ntk", "factor": s} (longctx.py)
     scale_emb: float = 12.0  # paper §3.1 / official config: embedding output multiplier
     scale_depth: float = 1.4  # residual branches are scaled by scale_depth / sqrt(num_hidden_layers)
     dim_model_base: int = 256  # base width of the muP width multiplier m = hidden_size / dim_model_base
@@ -70,6 +73,7 @@ class MiniCPMConfig:
         if self.num_experts < 0 or (self.num_experts and not 1 <= self.top_k <= self.num_experts):
             raise ValueError(f"MiniCPMConfig: top_k={self.top_k} must be within [1, num_experts={self.num_experts}] "
                              f"(and num_experts >= 0; 0 is the dense model)")
+        check_rope_scaling(self.rope_scaling)
         if self.head_dim % 2:
             raise ValueError(f"MiniCPMConfig: head_dim = hidden_size / num_attention_heads = {self.head_dim} is "
                              f"odd, RoPE needs it even: change hidden_size or num_attention_heads")
@@ -77,6 +81,15 @@ class MiniCPMConfig:
     @property
     def head_dim(self):
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_length(self):
+        """The longest sequence the model accepts: max_position_embeddings, times the factor of a `dynamic`
+        rope_scaling (whose base grows past max_position_embeddings, longctx.py)."""
+        rs = self.rope_scaling
+        if rs is not None and rs.get("type", rs.get("rope_type")) == "dynamic":
+            return int(self.max_position_embeddings * rs["factor"])
+        return self.max_position_embeddings
 
     @property
     def width_mult(self):
@@ -132,8 +145,7 @@ def rope_cos_sin(positions, head_dim, theta):
     """RoPE tables in fp32 for the given positions, (T, head_dim), frequencies theta^(-2i/d) in the rotate-half
     layout of the official code: pairs (i, i + d/2). The sin table carries the sign of the rotation:
     rotate_half(x) * sin == roll(x, d/2) * cat(-sin, sin), one op fewer on the hot path."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    freqs = torch.outer(positions.float(), inv_freq)
+    freqs = torch.outer(positions.float(), rope_inv_freq(head_dim, theta).to(positions.device))
     return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
 
 
@@ -150,7 +162,8 @@ class KVCache:
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.cos, self.sin = rope_cos_sin(torch.arange(max_len, device=device), config.head_dim, config.rope_theta)
+        self.cos, self.sin = rope_cos_sin(torch.arange(max_len, device=device), config.head_dim,
+                                          rope_base(config, max_len))
 
     def update(self, layer, start, k, v):
         end = start + k.size(2)
@@ -262,13 +275,15 @@ class MiniCPM(nn.Module):
     def hidden_states(self, idx, cache=None, start=0):
         """Final normed hidden state divided by m, the input of the (tied or untied) head."""
         B, T = idx.shape
-        if start + T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_position_embeddings="
-                             f"{self.config.max_position_embeddings}: shorten the input or raise the limit")
+        if start + T > self.config.max_length:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the model supports "
+                             f"(max_position_embeddings={self.config.max_position_embeddings}, rope_scaling="
+                             f"{self.config.rope_scaling}): shorten the input or extend the context (longctx.py)")
         if cache is not None:
             cos, sin = cache.cos[start:start + T], cache.sin[start:start + T]
         else:
-            cos, sin = rope_cos_sin(torch.arange(T, device=idx.device), self.config.head_dim, self.config.rope_theta)
+            cos, sin = rope_cos_sin(torch.arange(T, device=idx.device), self.config.head_dim,
+                                    rope_base(self.config, T))
         x = self.model.embed_tokens(idx) * self.config.scale_emb  # paper §3.1: scale_emb on the embedding output
         for layer in self.model.layers:
             x = layer(x, cos, sin, cache, start)
@@ -290,10 +305,10 @@ class MiniCPM(nn.Module):
         """Sample max_new_tokens after idx (B, T) with a KV cache; top_k=1 (or temperature=0) is greedy."""
         B, T = idx.shape
         total = T + max_new_tokens
-        if total > self.config.max_position_embeddings:
-            raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = {total} exceeds "
-                             f"max_position_embeddings={self.config.max_position_embeddings}: shorten the prompt "
-                             f"or ask for fewer tokens")
+        if total > self.config.max_length:
+            raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = {total} exceeds the "
+                             f"{self.config.max_length} tokens the model supports (max_position_embeddings="
+                             f"{self.config.max_position_embeddings}): shorten the prompt or ask for fewer tokens")
         if max_new_tokens <= 0:
             return idx
         dtype = self.model.embed_tokens.weight.dtype
@@ -357,9 +372,6 @@ def config_from_json(path):
             raw = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
-    if raw.get("rope_scaling") is not None:
-        raise ValueError(f"{file}: rope_scaling={raw['rope_scaling']} is not supported by this model.py yet; "
-                         f"remove it to load the weights with plain RoPE")
     names = {f.name for f in fields(MiniCPMConfig)}
     kw = {_CONFIG_ALIASES.get(k, k): v for k, v in raw.items() if _CONFIG_ALIASES.get(k, k) in names}
     kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's default
@@ -471,6 +483,10 @@ def llama_state_dict(model):
     return out
 
 
+def _rope_kind(c):
+    return None if c.rope_scaling is None else c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
+
+
 def export_llama(model, path):
     """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits."""
     c = model.config
@@ -479,7 +495,9 @@ def export_llama(model, path):
            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
            "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
-           "rope_theta": c.rope_theta, "rope_scaling": None, "tie_word_embeddings": False,
+           "rope_theta": rope_base(c, 0) if _rope_kind(c) != "dynamic" else c.rope_theta,  # ntk: a fixed base
+           "rope_scaling": {"rope_type": "dynamic", "factor": c.rope_scaling["factor"]}
+           if _rope_kind(c) == "dynamic" else None, "tie_word_embeddings": False,
            "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
            "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
     write_weights(path, llama_state_dict(model), cfg)

@@ -80,7 +80,7 @@ def main(argv=None):
         if not ids:
             raise ValueError("the prompt encodes to no tokens: give a non-empty --prompt")
         x = torch.tensor([ids], device=a.device)
-        n = min(a.max_new_tokens, model.config.max_position_embeddings - x.size(1))
+        n = min(a.max_new_tokens, model.config.max_length - x.size(1))
         torch.manual_seed(a.seed)
         for _ in range(a.num_samples):
             y = model.generate(x, n, temperature=a.temperature, top_k=a.top_k, eos_token_id=eos)

@@ -120,9 +120,9 @@ def test_sampling_respects_top_k_and_seed():
 
 def test_too_long_is_a_clear_error():
     m = MiniCPM(small())
-    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+    with pytest.raises(ValueError, match="= 65 exceeds the 64 tokens the model supports"):
         m.generate(torch.zeros(1, 60, dtype=torch.long), 5)
-    with pytest.raises(ValueError, match="longer than max_position_embeddings"):
+    with pytest.raises(ValueError, match="65 tokens is longer than the model supports"):
         m(torch.zeros(1, 65, dtype=torch.long))
 
 
