@@ -74,3 +74,120 @@ def untie(model):
         model.lm_head.weight.copy_(emb)
     model.config.tie_word_embeddings = False
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# long/short data mix and the passkey task
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+INTRO = "Remember the pass key. "
+QUESTION = " What is the pass key? The pass key is "
+
+
+def passkey_sample(rng, n_tokens, depth, encode, digits=5):
+    """A prompt of exactly n_tokens tokens: intro, filler, the key sentence at `depth` (0 = start of the filler,
+    1 = end), more filler, the question. Returns (prompt token ids, key string)."""
+    key = str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
+    intro, needle, question = encode(INTRO), encode(f" The pass key is {key}. "), \
+        encode(QUESTION)
+    budget = n_tokens - len(intro) - len(needle) - len(question)
+    if budget < 0:
+        raise ValueError(f"passkey prompt of {n_tokens} tokens is too short: it needs at least "
+                         f"{n_tokens - budget} tokens")
+    filler = encode(FILLER * (budget // max(1, len(encode(FILLER))) + 2))[:budget]
+    pos = int(round(depth * budget))
+    return intro + filler[:pos] + needle + filler[pos:] + question, key
+
+
+def score_passkey(answer, key):
+    """True when the generated answer starts (after spaces) with exactly the key's digits."""
+    digits = ""
+    for ch in answer.lstrip():
+        if not ch.isdigit():
+            break
+        digits += ch
+    return digits == key
+
+
+def passkey_document(rng, n_tokens, encode, digits=5):
+    """A training document of exactly n_tokens tokens: a passkey prompt at a random depth followed by its answer."""
+    answer_len = len(encode("0" * digits + "."))
+    prompt, key = passkey_sample(rng, n_tokens - answer_len, float(rng.random()), encode, digits)
+    return prompt + encode(key + ".")
+
+
+def mixed_batch(data, seed, step, global_batch, seq_len, rows=None, long_ratio=1.0, short_len=0, passkey_ratio=0.0,
+                split="train"):
+    """The global batch of (seed, step) as a long/short mix (paper §7.2: 44% long, 56% short): a fraction
+    `long_ratio` of the rows are contiguous windows of seq_len tokens, the others concatenations of independent
+    short_len-token windows (short-range text only); a fraction passkey_ratio of all rows are passkey documents."""
+    import numpy as np
+    import torch
+    g = np.random.default_rng([seed, 2 if split == "train" else 3, step])
+    n_pass = int(round(passkey_ratio * global_batch))
+    n_long = int(round(long_ratio * (global_batch - n_pass)))
+    kinds = np.array(["passkey"] * n_pass + ["long"] * n_long + ["short"] * (global_batch - n_pass - n_long))
+    kinds = kinds[g.permutation(global_batch)]
+    tokens = data.split[split]
+    encode = data.encoding().encode_ordinary
+    out = []
+    for kind in kinds:
+        if kind == "passkey":
+            row = passkey_document(g, seq_len + 1, encode)
+        elif kind == "long":
+            o = int(g.integers(0, len(tokens) - seq_len - 1))
+            row = tokens[o:o + seq_len + 1]
+        else:
+            parts, n = [], 0
+            while n < seq_len + 1:
+                o = int(g.integers(0, len(tokens) - short_len))
+                parts.append(tokens[o:o + min(short_len, seq_len + 1 - n)])
+                n += len(parts[-1])
+            row = np.concatenate(parts)
+        out.append(np.asarray(row, dtype=np.int64))
+    t = torch.from_numpy(np.stack(out))
+    if rows is not None:
+        t = t[rows]
+        kinds = kinds[rows]
+    return t[:, :-1], t[:, 1:], [str(k) for k in kinds]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# passkey evaluation
+
+
+def passkey_accuracy(model, encode, decode, lengths, depths, trials=8, seed=0, digits=5):
+    """Accuracy of greedy KV-cache retrieval for each (context length, depth): {length: [acc per depth]}."""
+    import numpy as np
+    import torch
+    device = next(model.parameters()).device
+    for L in lengths:
+        if L + digits + 1 > model.config.max_length:
+            raise ValueError(f"passkey context of {L} tokens (+{digits + 1} to answer) exceeds the "
+                             f"{model.config.max_length} tokens the model supports: evaluate shorter lengths or "
+                             f"extend the context (rope_scaling / max_position_embeddings)")
+    rng = np.random.default_rng(seed)
+    grid = {}
+    model.eval()
+    for L in lengths:
+        grid[L] = []
+        for depth in depths:
+            samples = [passkey_sample(rng, L, depth, encode, digits) for _ in range(trials)]
+            x = torch.tensor([s[0] for s in samples], device=device)
+            out = model.generate(x, digits + 1, top_k=1)[:, L:]
+            grid[L].append(sum(score_passkey(decode(o.tolist()), key) for o, (_, key) in zip(out, samples)) / trials)
+    return grid
+
+
+def plot_passkey(grids, lengths, depths, file):
+    """Heatmaps of passkey accuracy, one per {title: grid}."""
+    import numpy as np
+    from plots import save, subplots
+    fig, axes = subplots(1, len(grids), figsize=(4.2 * len(grids), 3.6), squeeze=False)
+    for ax, (title, grid) in zip(axes[0], grids.items()):
+        im = ax.imshow(np.array([grid[L] for L in lengths]).T, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        ax.set(xlabel="context length (tokens)", ylabel="key depth", title=title)
+    fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
+    save(fig, file)

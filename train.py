@@ -45,6 +45,9 @@ ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM
 sample_tokens = 300  # tokens sampled from the model at the end (0: none)
 # data
 data = "embedded"  # "embedded" (Python's own docs, offline) or a directory prepared by corpus.py
+long_ratio = 1.0  # long-context mix (paper §7.2: 0.44): the fraction of rows that are seq_len-long windows ...
+short_len = 0  # ... the others are made of independent short_len-token windows
+passkey_ratio = 0.0  # the fraction of rows that are passkey documents (longctx.py)
 # model: a preset from model.PRESETS, each field below overrides it when not None
 preset = "tiny"
 for _f in fields(MiniCPMConfig):
@@ -75,6 +78,7 @@ CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not calla
                and not isinstance(globals()[k], type(sys)) and k.islower() and k not in ("CONFIG_KEYS",)]
 MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
 MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
+CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
 # keys that may change when resuming without changing the run's numbers
 RESUMABLE_CHANGES = {"out_dir", "resume", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
                      "device", "dtype", "compile"}
@@ -155,6 +159,11 @@ def validate_config(cfg):
         raise ConfigError(f"config key schedule={cfg['schedule']!r}: use wsd, cosine or cosine_loop")
     if not 0 <= cfg["decay_steps"] <= cfg["max_steps"]:
         raise ConfigError(f"decay_steps={cfg['decay_steps']} must be within [0, max_steps={cfg['max_steps']}]")
+    for k in ("long_ratio", "passkey_ratio"):
+        if not 0 <= cfg[k] <= 1:
+            raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
+    if cfg["long_ratio"] < 1 and not 1 <= cfg["short_len"] <= cfg["seq_len"]:
+        raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
     if cfg["lr"] <= 0:
         raise ConfigError(f"config key lr={cfg['lr']} must be > 0")
     lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
@@ -347,6 +356,21 @@ def train(cfg, quiet=False):
                 optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
                 upcycle_optimizer_state(dense, dense_opt, model, optimizer)
                 log(f"upcycled {src} (step {step}) to {mcfg.num_experts} experts, top-{mcfg.top_k}")
+            elif set(diff) <= CONTEXT_KEYS and not (mcfg.tie_word_embeddings and not src_cfg.tie_word_embeddings):
+                # context extension (paper §7.2): the same weights under a new RoPE base / scaling / length limit,
+                # untied if asked; AdamW's moments carry over (the new untied head starts without)
+                model = MiniCPM(src_cfg).to(device)
+                optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
+                step = _load_state(model, optimizer, ckpt, src)
+                if src_cfg.tie_word_embeddings and not mcfg.tie_word_embeddings:
+                    from longctx import untie
+                    old = optimizer
+                    untie(model)
+                    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
+                    optimizer.state.update(old.state)
+                model.config = mcfg
+                log(f"initialised from {src} at step {step} with " +
+                    ", ".join(f"{k}={b[k]!r}" for k in diff))
             elif diff:
                 raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
                                       ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
@@ -434,7 +458,12 @@ def train(cfg, quiet=False):
             for micro in range(A):
                 # rows of the global batch owned by this process and micro-step: a function of (seed, step) only
                 lo = (rank * A + micro) * B
-                x, y = data_.batch("train", cfg["seed"], step, global_batch, T, rows=slice(lo, lo + B))
+                if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:
+                    from longctx import mixed_batch
+                    x, y, _ = mixed_batch(data_, cfg["seed"], step, global_batch, T, slice(lo, lo + B),
+                                          cfg["long_ratio"], cfg["short_len"], cfg["passkey_ratio"])
+                else:
+                    x, y = data_.batch("train", cfg["seed"], step, global_batch, T, rows=slice(lo, lo + B))
                 sync = model.no_sync() if world > 1 and micro < A - 1 else nullcontext()
                 with sync, autocast:
                     _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))

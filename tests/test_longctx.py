@@ -93,3 +93,83 @@ def test_untie_keeps_logits_and_makes_tensors_independent():
     assert not torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)
     assert "lm_head.weight" in m.state_dict()
     assert not torch.equal(m(idx)[0], before)
+
+
+# ------------------------------------------------------------------------------------------ data and passkey
+
+import numpy as np  # noqa: E402
+
+import corpus  # noqa: E402
+import train  # noqa: E402
+from test_train import cfg  # noqa: E402
+
+ENC = corpus.get_encoding()
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 1.0])
+def test_passkey_sample_places_the_key_at_the_asked_depth(depth):
+    prompt, key = longctx.passkey_sample(np.random.default_rng(3), 300, depth, ENC.encode_ordinary)
+    text = ENC.decode(prompt)
+    assert len(prompt) == 300 and len(key) == 5 and text.startswith(longctx.INTRO)
+    assert text.endswith(longctx.QUESTION)
+    needle = f" The pass key is {key}. "
+    filler_start, filler_len = len(longctx.INTRO), 300 - len(ENC.encode(longctx.INTRO + needle + longctx.QUESTION))
+    assert text.index(needle) - filler_start == round(depth * filler_len)  # position within the filler
+    with pytest.raises(ValueError, match="too short"):
+        longctx.passkey_sample(np.random.default_rng(0), 40, 0.5, ENC.encode_ordinary)
+
+
+def test_passkey_scorer():
+    assert longctx.score_passkey(" 12345. ", "12345") and longctx.score_passkey("12345", "12345")
+    assert not longctx.score_passkey("123456", "12345")  # extra digits are wrong
+    assert not longctx.score_passkey("1234", "12345") and not longctx.score_passkey("x12345", "12345")
+
+
+def test_long_short_mix_ratio_and_determinism(tmp_path):
+    d = corpus.TokenData()
+    kinds = []
+    for step in range(40):
+        x, y, k = longctx.mixed_batch(d, 1, step, 25, 128, long_ratio=0.44, short_len=8, passkey_ratio=0.0)
+        assert x.shape == (25, 128) and torch.equal(x[:, 1:], y[:, :-1])
+        kinds += k
+    assert kinds.count("long") / len(kinds) == pytest.approx(0.44, abs=0.01)  # 11 of every 25 rows
+    a = longctx.mixed_batch(d, 1, 7, 25, 128, long_ratio=0.44, short_len=8, passkey_ratio=0.2)
+    b = longctx.mixed_batch(d, 1, 7, 25, 128, rows=slice(10, 20), long_ratio=0.44, short_len=8, passkey_ratio=0.2)
+    assert torch.equal(a[0][10:20], b[0]) and a[2][10:20] == b[2] and a[2].count("passkey") == 5
+    row = a[0][a[2].index("passkey")]
+    assert ENC.decode(row.tolist()).startswith(longctx.INTRO)
+
+
+def test_passkey_accuracy_with_known_answers_and_length_errors(monkeypatch):
+    torch.manual_seed(0)
+    m = MiniCPM(small(vocab_size=320, max_position_embeddings=256))
+    keys = []
+    real = longctx.passkey_sample
+
+    def sample(*a, **k):
+        p, key = real(*a, **k)
+        keys.append(key)
+        return p, key
+    monkeypatch.setattr(longctx, "passkey_sample", sample)
+
+    def oracle(self, idx, n, **kw):  # answers right for even trials, wrong for odd ones
+        ans = [ENC.encode(keys[-idx.size(0) + i] + "." if i % 2 == 0 else "00000.") for i in range(idx.size(0))]
+        return torch.cat([idx, torch.tensor(ans)], 1)
+    monkeypatch.setattr(MiniCPM, "generate", oracle)
+    grid = longctx.passkey_accuracy(m, ENC.encode_ordinary, ENC.decode, [96, 128], [0.0, 1.0], trials=4)
+    assert grid == {96: [0.5, 0.5], 128: [0.5, 0.5]}
+    with pytest.raises(ValueError, match="passkey context of 256 tokens .* exceeds the 256 tokens the model supports"):
+        longctx.passkey_accuracy(m, ENC.encode_ordinary, ENC.decode, [256], [0.5])
+
+
+def test_train_continues_at_longer_length_with_abf_and_untie(tmp_path):
+    short = cfg(tmp_path / "short", max_position_embeddings=96, seq_len=96, decay_steps=0, passkey_ratio=0.25)
+    train.train(short, quiet=True)
+    res = train.train(cfg(tmp_path / "long", init_from=str(tmp_path / "short"), max_position_embeddings=192,
+                          seq_len=192, rope_theta=1e6, tie_word_embeddings=False, long_ratio=0.44, short_len=16,
+                          max_steps=16, decay_steps=4), quiet=True)
+    m = res["model"]
+    assert res["step"] == 16 and m.config.rope_theta == 1e6 and m.lm_head is not None
+    assert not torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)  # trained apart after untying
+    with pytest.raises(train.ConfigError, match="set short_len"):
+        train.train(cfg(tmp_path / "x", long_ratio=0.5), quiet=True)
