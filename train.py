@@ -357,8 +357,9 @@ def train(cfg, quiet=False):
                 upcycle_optimizer_state(dense, dense_opt, model, optimizer)
                 log(f"upcycled {src} (step {step}) to {mcfg.num_experts} experts, top-{mcfg.top_k}")
             elif set(diff) <= CONTEXT_KEYS and not (mcfg.tie_word_embeddings and not src_cfg.tie_word_embeddings):
-                # context extension (paper §7.2): the same weights under a new RoPE base / scaling / length limit,
-                # untied if asked; AdamW's moments carry over (the new untied head starts without)
+                # the same model (a WSD decay branch), or a context extension (paper §7.2): the same weights under a
+                # new RoPE base / scaling / length limit, untied if asked; AdamW's moments carry over (an untied
+                # head starts without)
                 model = MiniCPM(src_cfg).to(device)
                 optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
                 step = _load_state(model, optimizer, ckpt, src)
@@ -369,14 +370,10 @@ def train(cfg, quiet=False):
                     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
                     optimizer.state.update(old.state)
                 model.config = mcfg
-                log(f"initialised from {src} at step {step} with " +
-                    ", ".join(f"{k}={b[k]!r}" for k in diff))
-            elif diff:
+                log(f"initialised from {src} at step {step}" + "".join(f", {k}={b[k]!r}" for k in diff))
+            else:
                 raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
                                       ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
-            else:
-                step = _load_state(model, optimizer, ckpt, src)
-                log(f"initialised from {src} at step {step}")
     if not cfg["resume"] and master and metrics_path:
         os.makedirs(cfg["out_dir"], exist_ok=True)
         if ckpt_path and os.path.isfile(ckpt_path):
