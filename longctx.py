@@ -81,14 +81,16 @@ def untie(model):
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 INTRO = "Remember the pass key. "
-QUESTION = " What is the pass key? The pass key is "
+QUESTION = " What is the pass key? The pass key:"
 
 
 def passkey_sample(rng, n_tokens, depth, encode, digits=5):
     """A prompt of exactly n_tokens tokens: intro, filler, the key sentence at `depth` (0 = start of the filler,
-    1 = end), more filler, the question. Returns (prompt token ids, key string)."""
+    1 = end), more filler, the question. Returns (prompt token ids, key string). The ':' before the key occurs
+    nowhere in the filler, so retrieval is one unambiguous lookup (an induction head), as in the usual passkey test
+    where the key sentence is the only one of its kind."""
     key = str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
-    intro, needle, question = encode(INTRO), encode(f" The pass key is {key}. "), \
+    intro, needle, question = encode(INTRO), encode(f" The pass key:{key}. "), \
         encode(QUESTION)
     budget = n_tokens - len(intro) - len(needle) - len(question)
     if budget < 0:

@@ -112,7 +112,7 @@ def test_passkey_sample_places_the_key_at_the_asked_depth(depth):
     text = ENC.decode(prompt)
     assert len(prompt) == 300 and len(key) == 5 and text.startswith(longctx.INTRO)
     assert text.endswith(longctx.QUESTION)
-    needle = f" The pass key is {key}. "
+    needle = f" The pass key:{key}. "
     filler_start, filler_len = len(longctx.INTRO), 300 - len(ENC.encode(longctx.INTRO + needle + longctx.QUESTION))
     assert text.index(needle) - filler_start == round(depth * filler_len)  # position within the filler
     with pytest.raises(ValueError, match="too short"):
