@@ -17,9 +17,11 @@ lr / m keeps the change of the router logits O(1) per step as the model widens. 
 width, so no output multiplier is needed (unlike the vocabulary head, whose logits take the 1/m). The stacked expert
 weights (E, out, in) are hidden matrices too.
 
-`python mup.py` runs the coordinate check: models of several widths trained a few steps at one lr, muP against
+`python mup.py coord` runs the coordinate check: models of several widths trained a few steps at one lr, muP against
 standard parametrisation (use_mup=False: m := 1 in init, logits and lr), the mean |activation| of each layer kind
-against width. Under muP the curves are flat; under SP they grow with width.
+against width. Under muP the curves are flat; under SP they grow with width. `python mup.py transfer` reruns
+Fig. 3: loss against lr for several widths, whose minima line up under muP and slide under SP. Plain
+`python mup.py` runs both (`--quick` for a 2-core CPU).
 """
 
 import argparse
