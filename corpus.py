@@ -14,6 +14,7 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
 """
 
 import argparse
+import functools
 import json
 import os
 
@@ -27,8 +28,10 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
 _PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
+@functools.lru_cache(maxsize=None)
 def get_encoding(name="bytes"):
-    """A tiktoken Encoding: "bytes" (offline, vocab 256 + specials) or a tiktoken BPE name (gpt2, cl100k_base)."""
+    """A tiktoken Encoding: "bytes" (offline, vocab 256 + specials) or a tiktoken BPE name (gpt2, cl100k_base).
+    Built once per name: batch builders (longctx.mixed_batch) ask for it every step."""
     if name == "bytes":
         return tiktoken.Encoding(name="bytes", pat_str=_PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
                                  special_tokens={t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)})
