@@ -39,13 +39,19 @@ def dynamic_ntk_base(base, factor, seq_len, max_position_embeddings, head_dim):
 ROPE_SCALING_TYPES = ("dynamic", "ntk")
 
 
+def rope_scaling_type(rope_scaling):
+    """"dynamic", "ntk" or None; official configs name the key "type", newer transformers ones "rope_type"."""
+    if not isinstance(rope_scaling, dict):
+        return None
+    return rope_scaling.get("type", rope_scaling.get("rope_type"))
+
+
 def check_rope_scaling(rope_scaling):
     """None, {"type": "dynamic", "factor": f} (the released 128K config) or {"type": "ntk", "factor": s}."""
     if rope_scaling is None:
         return
-    if not isinstance(rope_scaling, dict) or rope_scaling.get("type", rope_scaling.get("rope_type")) \
-            not in ROPE_SCALING_TYPES or not isinstance(rope_scaling.get("factor"), (int, float)) \
-            or not rope_scaling["factor"] >= 1:
+    if rope_scaling_type(rope_scaling) not in ROPE_SCALING_TYPES \
+            or not isinstance(rope_scaling.get("factor"), (int, float)) or not rope_scaling["factor"] >= 1:
         raise ValueError(f"MiniCPMConfig.rope_scaling={rope_scaling!r}: use None, {{'type': 'dynamic', 'factor': f}} "
                          f"or {{'type': 'ntk', 'factor': s}} with a factor >= 1 (for ABF, set rope_theta instead)")
 
@@ -55,8 +61,7 @@ def rope_base(config, seq_len):
     rs, base, d = config.rope_scaling, config.rope_theta, config.head_dim
     if rs is None:
         return base
-    kind = rs.get("type", rs.get("rope_type"))
-    if kind == "ntk":
+    if rope_scaling_type(rs) == "ntk":
         return ntk_scaled_base(base, rs["factor"], d)
     return dynamic_ntk_base(base, rs["factor"], seq_len, config.max_position_embeddings, d)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longctx import check_rope_scaling, rope_base, rope_inv_freq
+from longctx import check_rope_scaling, rope_base, rope_inv_freq, rope_scaling_type
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -86,9 +86,8 @@ class MiniCPMConfig:
     def max_length(self):
         """The longest sequence the model accepts: max_position_embeddings, times the factor of a `dynamic`
         rope_scaling (whose base grows past max_position_embeddings, longctx.py)."""
-        rs = self.rope_scaling
-        if rs is not None and rs.get("type", rs.get("rope_type")) == "dynamic":
-            return int(self.max_position_embeddings * rs["factor"])
+        if rope_scaling_type(self.rope_scaling) == "dynamic":
+            return int(self.max_position_embeddings * self.rope_scaling["factor"])
         return self.max_position_embeddings
 
     @property
@@ -483,10 +482,6 @@ def llama_state_dict(model):
     return out
 
 
-def _rope_kind(c):
-    return None if c.rope_scaling is None else c.rope_scaling.get("type", c.rope_scaling.get("rope_type"))
-
-
 def export_llama(model, path):
     """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits."""
     c = model.config
@@ -495,9 +490,10 @@ def export_llama(model, path):
            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
            "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
-           "rope_theta": rope_base(c, 0) if _rope_kind(c) != "dynamic" else c.rope_theta,  # ntk: a fixed base
+           # ntk scaling is a fixed base: export it as rope_theta; dynamic scaling has its Llama equivalent
+           "rope_theta": rope_base(c, 0) if rope_scaling_type(c.rope_scaling) != "dynamic" else c.rope_theta,
            "rope_scaling": {"rope_type": "dynamic", "factor": c.rope_scaling["factor"]}
-           if _rope_kind(c) == "dynamic" else None, "tie_word_embeddings": False,
+           if rope_scaling_type(c.rope_scaling) == "dynamic" else None, "tie_word_embeddings": False,
            "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
            "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
     write_weights(path, llama_state_dict(model), cfg)
