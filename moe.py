@@ -29,7 +29,6 @@ import copy
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn as nn
@@ -200,7 +199,9 @@ def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
 
 
 def experiment(quick=False, out=ROOT, steps=None):
-    from train import sweep
+    import numpy as np
+
+    from train import read_jsonl, sweep
     if quick:  # 2-core CPU
         model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, intermediate_size=320)
@@ -233,12 +234,14 @@ def experiment(quick=False, out=ROOT, steps=None):
     d_curve = [(s * tok_step, v) for s, v in res["dense continued"]["val_loss"]]
     m_curve = [(s * tok_step, v) for s, v in res["MoE 8x top-2"]["val_loss"]]
     m_end, m_loss = m_curve[-1]
-    d_equal_tokens = _interp(d_curve, m_end)
-    d_equal_compute = _interp(d_curve, S1 * tok_step + (m_end - S1 * tok_step) * ratio)
+    d_tok, d_val = zip(*d_curve)  # np.interp holds the end values outside the curve
+    d_equal_tokens = float(np.interp(m_end, d_tok, d_val))
+    d_equal_compute = float(np.interp(S1 * tok_step + (m_end - S1 * tok_step) * ratio, d_tok, d_val))
     summary = dict(dense_params=dense_n, moe_total=total, moe_active=active, active_ratio=ratio,
                    moe_val=m_loss, dense_val_equal_tokens=d_equal_tokens, dense_val_equal_compute=d_equal_compute,
                    gap_equal_tokens=m_loss - d_equal_tokens, gap_equal_compute=m_loss - d_equal_compute)
-    loads = [(r["step"], r["expert_load"]) for r in _rows(os.path.join(out, f"out-moe{tag}")) if "expert_load" in r]
+    loads = [(r["step"], r["expert_load"]) for r in read_jsonl(os.path.join(out, f"out-moe{tag}", "metrics.jsonl"))
+             if "expert_load" in r]
     summary["final_expert_load"] = loads[-1][1] if loads else None
     with open(os.path.join(out, "results", f"moe_summary{tag}.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -249,21 +252,6 @@ def experiment(quick=False, out=ROOT, steps=None):
           f"(gap {summary['gap_equal_compute']:+.4f})")
     plot(res, loads, S1 * tok_step, tok_step, os.path.join(out, "assets", f"moe{tag}.png"))
     return summary
-
-
-def _rows(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _interp(curve, x):
-    xs, ys = zip(*curve)
-    if x <= xs[0]:
-        return ys[0]
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x0 <= x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return ys[-1]
 
 
 def plot(res, loads, branch_tokens, tok_step, file):

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -332,8 +333,7 @@ def train(cfg, quiet=False):
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         if master and metrics_path and os.path.isfile(metrics_path):  # drop rows logged after the checkpoint
-            with open(metrics_path) as f:
-                rows_log = [r for r in map(json.loads, f) if r["step"] <= step]
+            rows_log = [r for r in read_jsonl(metrics_path) if r["step"] <= step]
             _write_jsonl(metrics_path, rows_log)
         log(f"resumed {ckpt_path} at step {step}")
     else:
@@ -508,7 +508,7 @@ def train(cfg, quiet=False):
     if stopped:
         log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
     result = dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
-                  tok_per_s=_median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
+                  tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
                   final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
                   final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
                   final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None)
@@ -548,7 +548,8 @@ def sweep(results_file, runs, desc="runs"):
             done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = validate_config({**default_config(), **cfg})
-        if name in done and done[name]["config"] == cfg:
+        # a finished run counts when its config matches; keys added to train.py since it ran take their defaults
+        if name in done and {**default_config(), **done[name]["config"]} == cfg:
             continue
         t0 = time.perf_counter()
         res = train(cfg, quiet=True)
@@ -563,9 +564,9 @@ def sweep(results_file, runs, desc="runs"):
     return {name: done[name]["metrics"] for name in runs}
 
 
-def _median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _write_jsonl(path, rows):
@@ -576,8 +577,7 @@ def _write_jsonl(path, rows):
 
 def plot_metrics(metrics_path, file):
     from plots import save, subplots
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_jsonl(metrics_path)
     tr = [r for r in rows if "train_loss" in r]
     va = [r for r in rows if "val_loss" in r]
     fig, ax = subplots(figsize=(7, 4))

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -107,7 +106,7 @@ def test_train_upcycles_logs_and_resumes_exactly(tmp_path, kept_checkpoints):
     saved = kept_checkpoints
     full = train.train(c, quiet=True)
     assert full["step"] == 24 and len(full["train_loss"]) == 12
-    rows = [r for r in map(__import__("json").loads, open(tmp_path / "moe" / "metrics.jsonl")) if "train_loss" in r]
+    rows = [r for r in train.read_jsonl(tmp_path / "moe" / "metrics.jsonl") if "train_loss" in r]
     assert all(len(r["expert_load"]) == 4 and abs(sum(r["expert_load"]) - 1) < 1e-3 and r["aux_loss"] >= 1 - 1e-4
                for r in rows)
     ck = torch.load(tmp_path / "moe" / "ckpt.pt", weights_only=True)

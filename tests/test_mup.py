@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 import mup
 from model import MiniCPM, MiniCPMConfig

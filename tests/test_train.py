@@ -25,8 +25,7 @@ def cfg(tmp_path, **kw):
 
 
 def rows(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return train.read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
 
 
 def losses(out_dir):
