@@ -124,14 +124,16 @@ def bench_cpu(a):
     return results
 
 
-def bench_mfu(a):
+def mfu_step(a, seq_len, batch_size):
+    """One bf16-autocast AdamW training step of the preset (the model, optimizer and batch built once)."""
     device = torch.device(a.device)
     torch.manual_seed(0)
-    config = MiniCPMConfig.from_preset(a.preset, max_position_embeddings=max(4096, a.seq_len))
+    config = MiniCPMConfig.from_preset(a.preset, max_position_embeddings=max(4096, seq_len))
     model = MiniCPM(config).to(device)
+    model.activation_checkpointing = a.activation_checkpointing
     opt = configure_optimizer(model, 1e-4)
     step_model = torch.compile(model) if a.compile else model
-    x = torch.randint(0, config.vocab_size, (a.batch_size, a.seq_len), device=device)
+    x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def step():
@@ -140,14 +142,48 @@ def bench_mfu(a):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    return config, step, dtype
+
+
+def bench_mfu(a):
+    device = torch.device(a.device)
+    config, step, dtype = mfu_step(a, a.seq_len, a.batch_size)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t = statistics.median(timeit(step, 3, a.reps, sync))
     tok_s = a.batch_size * a.seq_len / t
     peak = peak_flops(device)
     mfu = flops_per_token(config, a.seq_len) * tok_s / peak if peak else float("nan")
+    mem = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
     print(f"{a.preset} batch {a.batch_size} x {a.seq_len} on {torch.cuda.get_device_name(device) if peak else device} "
-          f"{dtype} compile={a.compile}: {t * 1e3:.1f} ms/step, {tok_s:,.0f} tok/s, MFU {mfu:.1%}")
+          f"{dtype} compile={a.compile} activation_checkpointing={a.activation_checkpointing}: {t * 1e3:.1f} ms/step, "
+          f"{tok_s:,.0f} tok/s, MFU {mfu:.1%}{mem}", flush=True)
     return dict(tok_s=tok_s, mfu=mfu)
+
+
+def bench_memory(a):
+    """The longest sequence (batch 1, doubling from --seq_len) whose training step fits on the CUDA device, with
+    the peak memory of each length: how activation memory grows with context (longctx.py, README)."""
+    device = torch.device(a.device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    T, fits = a.seq_len, None
+    while T <= a.max_seq_len:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            _, step, _ = mfu_step(a, T, 1)
+            t = statistics.median(timeit(step, 1, 1, torch.cuda.synchronize))
+            peak = torch.cuda.max_memory_allocated(device)
+            print(f"{a.preset} seq {T:7d}: peak {peak / 2**30:6.1f} GiB of {total / 2**30:.0f} GiB, "
+                  f"{t:.2f} s/step, {T / t:,.0f} tok/s", flush=True)
+            fits = T
+        except torch.OutOfMemoryError:
+            print(f"{a.preset} seq {T:7d}: out of memory", flush=True)
+            break
+        finally:
+            step = None
+        T *= 2
+    print(f"longest training context for {a.preset} (batch 1, activation_checkpointing="
+          f"{a.activation_checkpointing}, compile={a.compile}): {fits} tokens")
 
 
 def main():
@@ -155,7 +191,10 @@ def main():
     p.add_argument("--preset", default="wt-9m")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
-    p.add_argument("--modes", nargs="+", default=["train", "generate"], help="train generate (CPU) | mfu")
+    p.add_argument("--modes", nargs="+", default=["train", "generate"],
+                   help="train generate (CPU, against transformers) | mfu | memory (CUDA)")
+    p.add_argument("--activation_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
+    p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
     p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--reps", type=int, default=3)
@@ -163,8 +202,11 @@ def main():
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--new_tokens", type=int, default=128)
     a = p.parse_args()
-    if "mfu" in a.modes:
-        bench_mfu(a)
+    if "mfu" in a.modes or "memory" in a.modes:
+        if "mfu" in a.modes:
+            bench_mfu(a)
+        if "memory" in a.modes:
+            bench_memory(a)
     else:
         try:
             import transformers  # noqa: F401

@@ -49,6 +49,20 @@ def test_loss_is_cross_entropy_ignoring_minus_100():
     assert abs(loss.item() - ref.item()) < 1e-5
 
 
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    m = MiniCPM(small(num_key_value_heads=2))
+    idx, tgt = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 9))
+    grads = []
+    for ac in (False, True):
+        m.activation_checkpointing = ac
+        m.zero_grad()
+        m(idx, tgt)[1].backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_official_key_names_and_tying():
     tied = MiniCPM(small()).state_dict()
     assert "lm_head.weight" not in tied and "model.layers.2.self_attn.q_proj.weight" in tied
