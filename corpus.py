@@ -72,9 +72,13 @@ def read_documents(paths):
     return docs
 
 
-def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1):
+def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
     """Tokenize documents (each followed by <|endoftext|>) into out_dir/{train,val}.bin + meta.json.
-    The split is deterministic: the last val_fraction of the token stream is validation."""
+    The split is deterministic: the last val_fraction of the token stream is validation.
+    shard_tokens > 0: stream the documents (any iterable, e.g. a hub dataset) into shards of about that many tokens,
+    {train,val}_00000.bin ..., holding only one shard in memory; every 1/val_fraction-th document is validation."""
+    if shard_tokens:
+        return prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens)
     enc = get_encoding(tokenizer)
     eot = enc.eot_token
     ids = []
@@ -91,8 +95,51 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1):
     meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
                 train_tokens=len(arr) - n_val, val_tokens=n_val,
                 bytes_per_token=sum(len(d.encode("utf-8")) + 1 for d in docs) / len(arr))
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+    _write_meta(out_dir, meta)
+    return meta
+
+
+def _write_meta(out_dir, meta):
+    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
+    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))  # written last
+
+
+def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_docs=1024):
+    import itertools
+    enc = get_encoding(tokenizer)
+    dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
+    every = max(1, round(1 / val_fraction)) if val_fraction > 0 else 0
+    os.makedirs(out_dir, exist_ok=True)
+    shards, buf, count = {"train": [], "val": []}, {"train": [], "val": []}, {"train": 0, "val": 0}
+    n_bytes = n_docs = 0
+
+    def flush(split):
+        name = f"{split}_{len(shards[split]):05d}.bin"
+        arr = np.asarray(buf[split], dtype=dtype)
+        arr.tofile(os.path.join(out_dir, name + ".tmp"))
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+        shards[split].append(name)
+        count[split] += len(arr)
+        buf[split] = []
+
+    it = iter(docs)
+    while batch := list(itertools.islice(it, batch_docs)):
+        for doc, toks in zip(batch, enc.encode_ordinary_batch(batch)):
+            split = "val" if every and n_docs % every == 0 else "train"
+            buf[split].extend(toks)
+            buf[split].append(enc.eot_token)
+            n_docs += 1
+            n_bytes += len(doc.encode("utf-8")) + 1
+            if len(buf[split]) >= shard_tokens:
+                flush(split)
+    for split in ("train", "val"):
+        if buf[split] or not shards[split]:
+            flush(split)
+    meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, shards=shards,
+                train_tokens=count["train"], val_tokens=count["val"],
+                bytes_per_token=n_bytes / max(1, count["train"] + count["val"]))
+    _write_meta(out_dir, meta)
     return meta
 
 
@@ -110,8 +157,27 @@ class TokenData:
         with open(meta_file) as f:
             self.meta = json.load(f)
         self.path, self.vocab_size = path, self.meta["vocab_size"]
-        self.split = {s: np.memmap(os.path.join(path, f"{s}.bin"), dtype=self.meta["dtype"], mode="r")
-                      for s in ("train", "val")}
+        files = self.meta.get("shards", {s: [f"{s}.bin"] for s in ("train", "val")})
+        self.shards = {s: [np.memmap(os.path.join(path, f), dtype=self.meta["dtype"], mode="r") for f in files[s]]
+                       for s in ("train", "val")}
+        # one array per split when the data is a single file (longctx reads it directly)
+        self.split = {s: v[0] if len(v) == 1 else None for s, v in self.shards.items()}
+
+    def draw(self, split, g, length, size=None):
+        """Random windows of `length` tokens as (shard index, offset) arrays, uniform over all valid starts and never
+        crossing a shard boundary; one call of g.integers, so a single file gives the offsets of earlier versions."""
+        counts = np.array([max(0, len(a) - length) for a in self.shards[split]])
+        if counts.sum() <= 0:
+            raise ValueError(f"{split} split of {self.path} has no shard longer than {length} tokens: lower seq_len "
+                             f"or prepare more data")
+        idx = np.atleast_1d(g.integers(0, counts.sum(), size=size))
+        ends = np.cumsum(counts)
+        shard = np.searchsorted(ends, idx, side="right")
+        return shard, idx - (ends[shard] - counts[shard])
+
+    def read(self, split, shard, offset, length):
+        """The windows (shard, offset) as an int64 array (n, length); only their pages of the memmaps are read."""
+        return np.stack([self.shards[split][s][o:o + length].astype(np.int64) for s, o in zip(shard, offset)])
 
     def encoding(self):
         return get_encoding(self.meta["tokenizer"])
@@ -119,16 +185,11 @@ class TokenData:
     def batch(self, split, seed, step, global_batch, seq_len, rows=None):
         """Rows `rows` (a slice) of the global batch of `step`: (x, y) int64 tensors of shape (rows, seq_len).
         The offsets depend on (seed, split, step) only."""
-        data = self.split[split]
-        if len(data) <= seq_len + 1:
-            raise ValueError(f"{split} split of {self.path} has {len(data)} tokens, fewer than seq_len+1="
-                             f"{seq_len + 1}: lower seq_len or prepare more data")
         g = np.random.default_rng([seed, 0 if split == "train" else 1, step])
-        offsets = g.integers(0, len(data) - seq_len - 1, size=global_batch)
-        if rows is not None:
-            offsets = offsets[rows]
-        chunk = np.stack([data[o:o + seq_len + 1].astype(np.int64) for o in offsets])
-        t = torch.from_numpy(chunk)
+        shard, offset = self.draw(split, g, seq_len + 1, size=global_batch)
+        if rows is not None:  # each process reads only its rows
+            shard, offset = shard[rows], offset[rows]
+        t = torch.from_numpy(self.read(split, shard, offset, seq_len + 1))
         return t[:, :-1], t[:, 1:]
 
 
@@ -137,10 +198,12 @@ def main():
     p.add_argument("--input", nargs="*", default=[], help=".txt files (one document each) or .jsonl ({'text': ...})")
     p.add_argument("--hf_dataset", default=None, help="a hub dataset name (needs `pip install datasets` and network)")
     p.add_argument("--hf_split", default="train")
-    p.add_argument("--hf_max_docs", type=int, default=100_000)
+    p.add_argument("--hf_max_docs", type=int, default=100_000, help="with --shard_tokens, streamed: set it high")
     p.add_argument("--tokenizer", default="bytes", help="bytes | gpt2 | cl100k_base ...")
     p.add_argument("--out", required=True)
     p.add_argument("--val_fraction", type=float, default=0.1)
+    p.add_argument("--shard_tokens", type=int, default=0,
+                   help="stream into shards of this many tokens (web-scale corpora; 0: one train.bin / val.bin)")
     a = p.parse_args()
     try:
         docs = read_documents(a.input)
@@ -151,12 +214,14 @@ def main():
             import datasets
         except ImportError:
             raise SystemExit("error: --hf_dataset needs the optional package: pip install datasets") from None
+        import itertools
         ds = datasets.load_dataset(a.hf_dataset, split=a.hf_split, streaming=True)
-        docs += [row["text"] for row, _ in zip(ds, range(a.hf_max_docs))]
-    if not docs:
+        hub = (row["text"] for row, _ in zip(ds, range(a.hf_max_docs)))
+        docs = itertools.chain(docs, hub) if a.shard_tokens else docs + list(hub)  # shards: streamed, never all held
+    elif not docs:
         raise SystemExit("error: no documents: give --input files or --hf_dataset")
     try:
-        meta = prepare(a.out, docs, a.tokenizer, a.val_fraction)
+        meta = prepare(a.out, docs, a.tokenizer, a.val_fraction, a.shard_tokens)
     except (RuntimeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(meta))

@@ -74,6 +74,7 @@ cosine_steps = 0  # T of Cosine(T) / CosineLoop(T); 0: = max_steps
 device = "auto"  # auto: cuda if available, else cpu
 dtype = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
 compile = "auto"  # auto: torch.compile on CUDA, eager on CPU
+fsdp = False  # FSDP2 (fully_shard per block, bf16 params / fp32 reductions on CUDA) + DCP checkpoints; torchrun
 activation_checkpointing = False  # recompute each block in the backward: ~4x longer contexts for ~1/3 more compute
 
 CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not callable(globals()[k])
@@ -83,7 +84,9 @@ MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
 CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
 # keys that may change when resuming without changing the run's numbers
 RESUMABLE_CHANGES = {"out_dir", "resume", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
-                     "device", "dtype", "compile", "activation_checkpointing"}
+                     "device", "dtype", "compile", "activation_checkpointing", "keep_ckpts"}
+# may change on resume when the global batch (batch_size x grad_accum x world size) stays the same
+SPLIT_KEYS = {"batch_size", "grad_accum"}
 
 
 class ConfigError(ValueError):
@@ -223,13 +226,104 @@ def load_checkpoint(path):
     return ckpt
 
 
+DCP_DIR = "ckpt_dcp"  # FSDP runs: a torch.distributed.checkpoint directory, one file per rank + train_state.json
+
+
+def save_dcp(path, model, optimizer, train_state, keep=None):
+    """Every rank writes its shards in parallel into path.tmp; rank 0 then publishes it by renames (the previous
+    checkpoint moves to path.old until the new one is in place), so a kill at any moment leaves one whole checkpoint.
+    `keep`: also keep this checkpoint as a hard-linked copy (WSD decay branch points)."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    tmp, old = path + ".tmp", path + ".old"
+    rank = dist.get_rank()
+    if rank == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    dist.barrier()
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp)
+    if rank == 0:
+        with open(os.path.join(tmp, "train_state.json"), "w") as f:
+            json.dump(train_state, f)
+        if os.path.isdir(path):
+            if os.path.isdir(old):
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        if keep:
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(path, keep, copy_function=os.link)
+    dist.barrier()
+
+
+def dcp_path(path):
+    """The published DCP directory (or the previous one, if a kill came between the two renames of save_dcp)."""
+    for p in (path, path + ".old"):
+        if os.path.isfile(os.path.join(p, "train_state.json")):
+            return p
+    raise CheckpointError(f"DCP checkpoint {path} not found (no train_state.json): train into "
+                          f"{os.path.dirname(path) or '.'} with --fsdp=True first")
+
+
+def load_dcp(path, model, optimizer):
+    """Load a DCP checkpoint into the (sharded) model and optimizer, at any world size; returns train_state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    path = dcp_path(path)
+    with open(os.path.join(path, "train_state.json")) as f:
+        train_state = json.load(f)
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optimizer": osd}
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except Exception as e:
+        raise CheckpointError(f"DCP checkpoint {path} does not fit the model or is incomplete ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    return train_state
+
+
+def dcp_to_checkpoint(path):
+    """A DCP directory as the dict of a single-file train.py checkpoint (full tensors, on CPU), through PyTorch's
+    own converter; no process group needed."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    path = dcp_path(path)
+    with open(os.path.join(path, "train_state.json")) as f:
+        train_state = json.load(f)
+    with tempfile.TemporaryDirectory() as d:
+        dcp_to_torch_save(path, os.path.join(d, "full.pt"))
+        full = torch.load(os.path.join(d, "full.pt"), map_location="cpu", weights_only=True)
+    return dict(model=full["model"], optimizer=full["optimizer"], **train_state)
+
+
+def export_checkpoint(src, dst):
+    """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
+    (config.json + pytorch_model.bin), which MiniCPM.from_pretrained reads."""
+    model, _ = model_from_checkpoint(src)
+    model.save_pretrained(dst)
+    return dst
+
+
 def config_diff(a, b, ignore=()):
     return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
+def read_checkpoint(path):
+    """A checkpoint's dict from ckpt.pt, a DCP directory (ckpt_dcp*), or an out_dir holding either."""
+    if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):  # an out_dir
+        path = next((p for p in (os.path.join(path, "ckpt.pt"), os.path.join(path, DCP_DIR)) if os.path.exists(p)),
+                    os.path.join(path, "ckpt.pt"))
+    return dcp_to_checkpoint(path) if os.path.isdir(path) else load_checkpoint(path)
+
+
 def model_from_checkpoint(path, device="cpu"):
-    """(model, config dict) from a train.py checkpoint, for sampling and evaluation."""
-    ckpt = load_checkpoint(path)
+    """(model, config dict) from a train.py checkpoint (ckpt.pt, an out_dir, or a DCP directory)."""
+    ckpt = read_checkpoint(path)
     model = MiniCPM(model_config(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt["config"]
@@ -302,6 +396,10 @@ def train(cfg, quiet=False):
         torch.backends.cudnn.allow_tf32 = True
     device = torch.device(dev)
     master = rank == 0
+    fsdp = cfg["fsdp"]
+    if fsdp and not dist.is_initialized():
+        raise ConfigError("fsdp=True shards the model over the processes of torchrun: run it as `torchrun "
+                          "--standalone --nproc_per_node=N train.py --fsdp=True ...` (N=1 works too)")
     log = (lambda *a: None) if quiet or not master else print
 
     data_ = TokenData(cfg["data"])
@@ -317,22 +415,34 @@ def train(cfg, quiet=False):
     model = MiniCPM(mcfg).to(device)
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
     step, rows_log = 0, []
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt") if cfg["out_dir"] else None
+    ckpt_path = os.path.join(cfg["out_dir"], DCP_DIR if fsdp else "ckpt.pt") if cfg["out_dir"] else None
+    global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
     metrics_path = os.path.join(cfg["out_dir"], "metrics.jsonl") if cfg["out_dir"] else None
     if cfg["resume"]:
         if not ckpt_path:
             raise ConfigError("resume=True needs an out_dir")
-        if not os.path.isfile(ckpt_path):
+        if fsdp:  # the sharded state is loaded below, once the model is sharded
+            with open(os.path.join(dcp_path(ckpt_path), "train_state.json")) as f:
+                ckpt = json.load(f)
+        elif not os.path.isfile(ckpt_path):
             raise CheckpointError(f"checkpoint {ckpt_path} not found: nothing to resume, drop --resume=True")
-        ckpt = load_checkpoint(ckpt_path)
-        diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES)
+        else:
+            ckpt = load_checkpoint(ckpt_path)
+        diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
         if diff:
             raise CheckpointError(f"checkpoint {ckpt_path} was written with another config; differing keys: " +
                                   ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
-        step = _load_state(model, optimizer, ckpt, ckpt_path)
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        if ckpt["data"]["global_batch"] != global_batch:  # another world size or split must keep the global batch
+            raise CheckpointError(f"checkpoint {ckpt_path} trained with a global batch of {ckpt['data']['global_batch']}"
+                                  f" rows; batch_size x grad_accum x world size = {global_batch}: choose batch_size / "
+                                  f"grad_accum so that they multiply to it")
+        if fsdp:
+            step = ckpt["step"]
+        else:
+            step = _load_state(model, optimizer, ckpt, ckpt_path)
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         if master and metrics_path and os.path.isfile(metrics_path):  # drop rows logged after the checkpoint
             rows_log = [r for r in read_jsonl(metrics_path) if r["step"] <= step]
             _write_jsonl(metrics_path, rows_log)
@@ -340,8 +450,7 @@ def train(cfg, quiet=False):
     else:
         if cfg["init_from"]:
             src = cfg["init_from"]
-            src = os.path.join(src, "ckpt.pt") if os.path.isdir(src) else src
-            ckpt = load_checkpoint(src)
+            ckpt = read_checkpoint(src)
             src_cfg = model_config(ckpt["config"])
             a, b = asdict(src_cfg), asdict(mcfg)
             diff = config_diff(a, b)
@@ -382,10 +491,20 @@ def train(cfg, quiet=False):
         _write_jsonl(metrics_path, [])
 
     model.activation_checkpointing = cfg["activation_checkpointing"]
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+        full = StateDictOptions(full_state_dict=True)
+        loaded = get_state_dict(model, optimizer, options=full) if step and not cfg["resume"] else None
+        shard_model(model, ptdtype, device)
+        optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the same muP groups, on shards
+        if cfg["resume"]:
+            load_dcp(ckpt_path, model, optimizer)
+        elif loaded:
+            set_state_dict(model, optimizer, model_state_dict=loaded[0], optim_state_dict=loaded[1], options=full)
     raw_model = model
     if use_compile:
         model = torch.compile(model)
-    if world > 1:
+    if world > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # experts that get no token in a step have no gradient: DDP must expect unused parameters
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
@@ -393,7 +512,6 @@ def train(cfg, quiet=False):
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
 
     B, A, T = cfg["batch_size"], cfg["grad_accum"], cfg["seq_len"]
-    global_batch = B * A * world
     tokens_per_step = global_batch * T
     peak = None
     if device.type == "cuda":
@@ -406,7 +524,8 @@ def train(cfg, quiet=False):
             f"non-embedding params per token")
     log(f"model: {raw_model.num_params() / 1e6:.2f}M non-embedding params ({raw_model.num_params(False) / 1e6:.2f}M "
         f"total), m = {mcfg.width_mult:g}; {world} process(es) x {A} micro-steps x {B} rows x {T} tokens = "
-        f"{tokens_per_step:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, compile={use_compile})")
+        f"{tokens_per_step:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, compile={use_compile}"
+        f"{', FSDP2' if fsdp else ''})")
 
     def evaluate():
         model.eval()
@@ -424,6 +543,10 @@ def train(cfg, quiet=False):
         return val, val / math.log(2) / data_.meta["bytes_per_token"]
 
     def checkpoint():
+        if fsdp and ckpt_path:
+            keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
+            return save_dcp(ckpt_path, raw_model, optimizer, dict(step=step, config=cfg, data=dict(
+                seed=cfg["seed"], next_step=step, global_batch=global_batch)), keep)
         if master and ckpt_path:
             save_checkpoint(ckpt_path, dict(
                 model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, config=cfg,
@@ -463,12 +586,16 @@ def train(cfg, quiet=False):
                                           cfg["long_ratio"], cfg["short_len"], cfg["passkey_ratio"])
                 else:
                     x, y = data_.batch("train", cfg["seed"], step, global_batch, T, rows=slice(lo, lo + B))
-                sync = model.no_sync() if world > 1 and micro < A - 1 else nullcontext()
+                if fsdp:  # reduce-scatter the gradients on the last micro-step only
+                    raw_model.set_requires_gradient_sync(micro == A - 1)
+                sync = model.no_sync() if world > 1 and not fsdp and micro < A - 1 else nullcontext()
                 with sync, autocast:
                     _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                 (loss / A).backward()
                 loss_sum += loss.detach().float()
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
+                grad_norm = grad_norm.full_tensor()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_loss = all_mean(loss_sum / A, world).item()
@@ -516,7 +643,7 @@ def train(cfg, quiet=False):
                   final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None)
     if master and cfg["out_dir"] and not stopped:
         plot_metrics(metrics_path, os.path.join(cfg["out_dir"], "loss.png"))
-    if master and not quiet and not stopped and cfg["sample_tokens"] > 0:
+    if master and not quiet and not stopped and cfg["sample_tokens"] > 0 and not fsdp:  # (sharded: export first)
         enc = data_.encoding()
         prompt = torch.tensor([enc.encode("The ")], device=device)
         torch.manual_seed(cfg["seed"])
@@ -529,6 +656,22 @@ def train(cfg, quiet=False):
         print("-" * 88)
     result["model"] = raw_model
     return result
+
+
+def shard_model(model, ptdtype, device):
+    """FSDP2: one fully_shard unit per transformer block, then the root (embeddings, final norm, head). Blocks
+    all-gather their weights in the training dtype (bf16 on CUDA) and reduce gradients in fp32; the fp32 shards are
+    the master weights. The residual stream and the root stay fp32 (cast_forward_inputs=False), as under DDP with
+    autocast, so that FSDP and DDP compute the same function."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    low = None if ptdtype == torch.float32 else ptdtype
+    block = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=block)
+    fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
+    return model
 
 
 def _load_state(model, optimizer, ckpt, path):
@@ -595,6 +738,11 @@ def plot_metrics(metrics_path, file):
 
 def main(argv):
     try:
+        if argv[:1] == ["export"]:  # python train.py export out/ckpt_dcp official_dir
+            if len(argv) != 3:
+                raise ConfigError("usage: python train.py export CHECKPOINT(ckpt.pt | DCP dir | out_dir) OUT_DIR")
+            print(f"exported to {export_checkpoint(argv[1], argv[2])} (MiniCPM.from_pretrained reads it)")
+            return
         cfg = get_config(argv)
         train(cfg)
     except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:

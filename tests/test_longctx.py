@@ -172,3 +172,17 @@ def test_train_continues_at_longer_length_with_abf_and_untie(tmp_path):
     assert not torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)  # trained apart after untying
     with pytest.raises(train.ConfigError, match="set short_len"):
         train.train(cfg(tmp_path / "x", long_ratio=0.5), quiet=True)
+
+
+def test_loss_by_position_buckets_average_to_the_model_loss():
+    torch.manual_seed(0)
+    m = MiniCPM(MiniCPMConfig.from_preset("tiny", hidden_size=64, num_hidden_layers=2, max_position_embeddings=64))
+    data = corpus.TokenData()
+    curve = longctx.loss_by_position(m, data, 64, windows=3, buckets=4, seed=1)
+    w = torch.from_numpy(data.read("val", *data.draw("val", np.random.default_rng(1), 65, 3), 65))
+    _, loss = m(w[:, :-1], w[:, 1:])
+    assert len(curve) == 4 and abs(sum(curve) / 4 - loss.item()) < 1e-5
+    # each bucket is the mean loss of its positions over the windows
+    with torch.no_grad():
+        per_tok = torch.nn.functional.cross_entropy(m(w[:, :-1])[0].transpose(1, 2), w[:, 1:], reduction="none")
+    assert curve[0] == pytest.approx(per_tok[:, :16].mean().item(), abs=1e-5)

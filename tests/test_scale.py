@@ -1,0 +1,84 @@
+"""Scale (issue: FSDP2, DCP checkpoints, token shards): CPU, gloo, torchrun subprocesses."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import corpus
+import train
+from model import MiniCPM
+from test_train import cli_args, cfg, losses, run_cli
+
+
+def torchrun(n, c):
+    r = run_cli(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "train.py", *cli_args(c)],
+                timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_fsdp_equals_ddp_resumes_dcp_at_another_world_size_and_exports(tmp_path):
+    steps = dict(max_steps=10, decay_steps=2, warmup_steps=2, eval_interval=5, ckpt_interval=5)
+    ref = train.train(cfg(tmp_path / "ref", **steps), quiet=True)  # one process, 8 rows = DDP 2 x 4 (test_train)
+    # FSDP2 over 2 processes, 2 rows x 2 micro-steps each, activation checkpointing: the same 10 losses
+    fs = cfg(tmp_path / "fsdp", **steps, fsdp=True, batch_size=2, grad_accum=2, keep_ckpts=True,
+             activation_checkpointing=True)
+    torchrun(2, fs)
+    np.testing.assert_allclose([v for _, v in losses(tmp_path / "fsdp")], ref["train_loss"], rtol=1e-4, atol=1e-4)
+    dcp_dir = tmp_path / "fsdp" / train.DCP_DIR
+    assert sorted(os.listdir(dcp_dir)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json"]
+    assert json.loads((dcp_dir / "train_state.json").read_text())["step"] == 10
+    # resume the step-5 checkpoint on ONE process (8 rows): steps 6..10 as before
+    (tmp_path / "one").mkdir()
+    shutil.copytree(tmp_path / "fsdp" / f"{train.DCP_DIR}_000005", tmp_path / "one" / train.DCP_DIR)
+    torchrun(1, cfg(tmp_path / "one", **steps, fsdp=True, resume=True))
+    np.testing.assert_allclose([v for _, v in losses(tmp_path / "one")], ref["train_loss"][5:], rtol=1e-4, atol=1e-4)
+    # a global batch that differs from the checkpoint's is refused with the fix
+    with pytest.raises(train.CheckpointError, match="global batch of 8 rows"):
+        train.train(cfg(tmp_path / "ref", **steps, resume=True, batch_size=4), quiet=True)
+    # export the sharded checkpoint to the official format: from_pretrained gives the trained function
+    r = run_cli(["train.py", "export", str(dcp_dir), str(tmp_path / "official")])
+    assert r.returncode == 0, r.stderr
+    m = MiniCPM.from_pretrained(str(tmp_path / "official")).eval()
+    x = torch.randint(0, 259, (2, 16))
+    dense, _ = train.model_from_checkpoint(str(dcp_dir))
+    assert torch.equal(m(x)[0], dense(x)[0])
+    torch.testing.assert_close(m(x)[0], ref["model"].eval()(x)[0], rtol=0, atol=2e-3)
+
+
+def test_fsdp_needs_torchrun_and_dcp_errors(tmp_path):
+    with pytest.raises(train.ConfigError, match="torchrun --standalone --nproc_per_node=N train.py --fsdp=True"):
+        train.train(cfg(tmp_path, fsdp=True), quiet=True)
+    (tmp_path / train.DCP_DIR).mkdir()  # e.g. a run killed before its first checkpoint was published
+    with pytest.raises(train.CheckpointError, match="no train_state.json"):
+        train.model_from_checkpoint(str(tmp_path / train.DCP_DIR))
+
+
+def test_shards_stream_and_read_the_same_batches_at_any_world_size(tmp_path):
+    docs = corpus.embedded_documents()[:300]
+    meta = corpus.prepare(str(tmp_path), iter(docs), shard_tokens=20_000, val_fraction=0.1)
+    assert len(meta["shards"]["train"]) > 3 and len(meta["shards"]["val"]) >= 1
+    enc = corpus.get_encoding("bytes")
+    val_docs = docs[::10]  # every 10th document is validation
+    assert meta["val_tokens"] == sum(len(enc.encode_ordinary(d)) + 1 for d in val_docs)
+    assert meta["train_tokens"] + meta["val_tokens"] == sum(len(enc.encode_ordinary(d)) + 1 for d in docs)
+    data = corpus.TokenData(str(tmp_path))
+    stream = np.concatenate([np.asarray(s) for s in data.shards["train"]])
+    x, y = data.batch("train", 7, 3, 16, 64)
+    # world sizes 1, 2, 4: each process reads its rows only, together the same global batch
+    for world in (2, 4):
+        per = 16 // world
+        parts = [data.batch("train", 7, 3, 16, 64, rows=slice(r * per, (r + 1) * per)) for r in range(world)]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+    # every window lies inside one shard and is the stream's tokens there
+    g = np.random.default_rng([7, 0, 3])
+    shard, off = data.draw("train", g, 65, 16)
+    starts = np.cumsum([0] + [len(s) for s in data.shards["train"]])[shard] + off
+    assert all(o + 65 <= len(data.shards["train"][s]) for s, o in zip(shard, off))
+    assert torch.equal(x, torch.from_numpy(np.stack([stream[s:s + 64] for s in starts]).astype(np.int64)))
+    # and train.py trains on it
+    res = train.train(cfg(tmp_path / "run", data=str(tmp_path), max_steps=6, decay_steps=2, eval_interval=6), quiet=True)
+    assert np.isfinite(res["final_val_loss"])
