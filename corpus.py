@@ -193,6 +193,192 @@ class TokenData:
         return t[:, :-1], t[:, 1:]
 
 
+# ------------------------------------------------------------------------------------------------------------
+# instruction data (SFT, DPO) and data mixtures (the decay phase of two-stage pre-training, paper §5)
+
+# The chat template: plain text, so that it works with every tokenizer; the loss covers the response and the
+# <|endoftext|> that ends it, never the prompt. Multi-turn: the turns concatenated, every assistant turn trained.
+USER, ASSISTANT = "User: ", "\nAssistant:"
+
+
+def chat_ids(enc, turns):
+    """Token ids and labels (-100 on prompt tokens) of [(role, text), ...] under the chat template."""
+    ids, labels = [], []
+    for role, text in turns:
+        if role == "user":
+            part = enc.encode_ordinary(USER + text + ASSISTANT)
+            ids += part
+            labels += [-100] * len(part)
+        else:
+            part = enc.encode_ordinary(" " + text) + [enc.eot_token]
+            ids += part
+            labels += part
+    return ids, labels
+
+
+def read_jsonl_rows(path, fields):
+    """Rows of a jsonl file as dicts; a malformed row stops with its line number and what is wrong with it.
+    fields: the required non-empty string fields, or "chat" for {"prompt", "response"} / {"messages": [...]}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            if fields == "chat":
+                row = dict(turns=_chat_turns(row, where))
+            else:
+                for k in fields:
+                    if not isinstance(row.get(k), str) or not row[k].strip():
+                        raise ValueError(f"{where}: field {k!r} is {'missing' if k not in row else 'empty or not a string'}"
+                                         f" (each row needs non-empty {', '.join(repr(f) for f in fields)})")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    return rows
+
+
+def _chat_turns(row, where):
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}}")
+        turns = []
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant") \
+                    or not isinstance(m.get("content"), str) or not m["content"].strip():
+                raise ValueError(f"{where}: messages[{j}] needs role 'user' or 'assistant' and non-empty content")
+            turns.append((m["role"], m["content"]))
+        if turns[-1][0] != "assistant":
+            raise ValueError(f"{where}: the last message must be the assistant's (the response to train on)")
+        return turns
+    for k in ("prompt", "response"):
+        if not isinstance(row.get(k), str) or not row[k].strip():
+            raise ValueError(f"{where}: field {k!r} is {'missing' if k not in row else 'empty or not a string'} "
+                             f"(each row needs non-empty 'prompt' and 'response', or 'messages')")
+    return [("user", row["prompt"]), ("assistant", row["response"])]
+
+
+class SFTData:
+    """Prompt/response examples of a jsonl file as training rows: one example per row, padded with <|endoftext|>,
+    labels -100 on the prompt and the padding. Every 10th example is validation."""
+
+    def __init__(self, path, tokenizer="bytes"):
+        self.path, self.enc = path, get_encoding(tokenizer)
+        self.vocab_size = self.enc.n_vocab
+        rows = read_jsonl_rows(path, "chat")
+        ex = [chat_ids(self.enc, r["turns"]) for r in rows]
+        self.split = {"train": [e for i, e in enumerate(ex) if i % 10], "val": [e for i, e in enumerate(ex) if not i % 10]}
+        if not self.split["train"]:
+            self.split["train"] = self.split["val"]
+        n_bytes = sum(len("".join(t for _, t in r["turns"]).encode("utf-8")) for r in rows)
+        self.meta = dict(tokenizer=tokenizer, bytes_per_token=n_bytes / max(1, sum(len(e[0]) for e in ex)))
+        self.longest = max(len(e[0]) for e in ex)
+
+    def encoding(self):
+        return self.enc
+
+    def rows(self, split, g, n, seq_len):
+        """n examples drawn with g as (x, y) int64 arrays (n, seq_len)."""
+        pool = self.split[split] or self.split["train"]
+        x = np.full((n, seq_len), self.enc.eot_token, dtype=np.int64)
+        y = np.full((n, seq_len), -100, dtype=np.int64)
+        for r, i in enumerate(g.integers(0, len(pool), size=n)):
+            ids, labels = pool[i]
+            if len(ids) > seq_len + 1:
+                raise ValueError(f"an example of {self.path} has {len(ids)} tokens, more than seq_len + 1 = "
+                                 f"{seq_len + 1}: raise seq_len (the longest has {self.longest})")
+            x[r, :len(ids) - 1] = ids[:-1]
+            y[r, :len(ids) - 1] = labels[1:]
+        return x, y
+
+    def batch(self, split, seed, step, global_batch, seq_len, rows=None):
+        g = np.random.default_rng([seed, 4 if split == "train" else 5, step])
+        x, y = self.rows(split, g, global_batch, seq_len)
+        if rows is not None:
+            x, y = x[rows], y[rows]
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def parse_mixture(spec):
+    """"src[:weight],src[:weight]" -> [(src, weight)]; a src is "embedded", a prepared directory or a .jsonl file of
+    prompt/response examples; weights are normalised (a 0 weight only names the tokenizer)."""
+    parts = []
+    for item in spec.split(","):
+        src, _, w = item.strip().rpartition(":") if item.count(":") else ("", "", "")
+        if not src:
+            src, w = item.strip(), "1"
+        try:
+            w = float(w)
+        except ValueError:
+            raise ValueError(f"data mixture {spec!r}: weight {w!r} of {src!r} is not a number "
+                             f"(write src:weight,src:weight)") from None
+        if w < 0 or not src:
+            raise ValueError(f"data mixture {spec!r}: each part is src[:weight] with weight >= 0")
+        parts.append((src, w))
+    if sum(w for _, w in parts) <= 0:
+        raise ValueError(f"data mixture {spec!r}: the weights sum to 0")
+    return parts
+
+
+class MixtureData:
+    """Rows drawn from several sources with the given weights (each row's source and content a function of
+    (seed, step) only): pre-training token data and SFT-formatted examples, as in the paper's decay phase.
+    Validation, bytes per token and the tokenizer are those of the first token source (else the first source)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.parts = parse_mixture(spec)
+        tok = [TokenData(s) for s, _ in self.parts if not s.endswith(".jsonl")]
+        tokenizer = tok[0].meta["tokenizer"] if tok else "bytes"
+        it = iter(tok)
+        self.sources = [SFTData(s, tokenizer) if s.endswith(".jsonl") else next(it) for s, _ in self.parts]
+        self.weights = np.array([w for _, w in self.parts]) / sum(w for _, w in self.parts)
+        self.main = tok[0] if tok else self.sources[0]
+        self.meta, self.vocab_size = self.main.meta, max(s.vocab_size for s in self.sources)
+        self.is_sft = not tok
+        self.longest = max([s.longest for s in self.sources if isinstance(s, SFTData)], default=0)
+
+    def encoding(self):
+        return self.main.encoding()
+
+    def batch(self, split, seed, step, global_batch, seq_len, rows=None):
+        if len(self.sources) == 1:
+            return self.sources[0].batch(split, seed, step, global_batch, seq_len, rows)
+        g = np.random.default_rng([seed, 6 if split == "train" else 7, step])
+        which = g.choice(len(self.sources), size=global_batch, p=self.weights)
+        x = np.empty((global_batch, seq_len), dtype=np.int64)
+        y = np.empty((global_batch, seq_len), dtype=np.int64)
+        for k, src in enumerate(self.sources):
+            sel = np.flatnonzero(which == k)
+            if len(sel) == 0:
+                continue
+            sub = np.random.default_rng([seed, 8, step, k])
+            if isinstance(src, SFTData):
+                x[sel], y[sel] = src.rows(split, sub, len(sel), seq_len)
+            else:
+                w = src.read(split, *src.draw(split, sub, seq_len + 1, len(sel)), seq_len + 1)
+                x[sel], y[sel] = w[:, :-1], w[:, 1:]
+        if rows is not None:
+            x, y = x[rows], y[rows]
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def load_data(spec):
+    """TokenData for one token source (as before), MixtureData for a mixture or any .jsonl source."""
+    if "," in spec or spec.endswith(".jsonl") or ":" in spec.split("/")[-1]:
+        return MixtureData(spec)
+    return TokenData(spec)
+
+
 def main():
     p = argparse.ArgumentParser(description="Tokenize a corpus into memory-mapped train.bin / val.bin")
     p.add_argument("--input", nargs="*", default=[], help=".txt files (one document each) or .jsonl ({'text': ...})")

@@ -51,11 +51,12 @@ def load(out_dir=None, model_dir=None, device="cpu"):
         model = MiniCPM.from_pretrained(model_dir, device=device).eval()
         tok = HFTokenizer(model_dir)
         return model, tok.encode, tok.decode, tok.eos
-    from corpus import TokenData
+    from corpus import load_data
     from train import model_from_checkpoint
-    model, cfg = model_from_checkpoint(os.path.join(out_dir, "ckpt.pt"), device)
-    enc = TokenData(cfg["data"]).encoding()
-    return model, enc.encode_ordinary, enc.decode, enc.eot_token
+    model, cfg = model_from_checkpoint(out_dir, device)  # ckpt.pt or an FSDP run's ckpt_dcp
+    enc = load_data(cfg["data"]).encoding()
+    # ids past the tokenizer (the model's vocabulary padding) are dropped
+    return model, enc.encode_ordinary, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]), enc.eot_token
 
 
 def main(argv=None):

@@ -28,7 +28,7 @@ from dataclasses import asdict, fields
 import torch
 import torch.distributed as dist
 
-from corpus import TokenData
+from corpus import MixtureData, load_data
 from model import MiniCPM, MiniCPMConfig
 from mup import configure_optimizer, set_lr
 from wsd import cosine_lr, cosine_loop_lr, wsd_lr
@@ -45,7 +45,10 @@ eval_steps = 10  # validation batches per evaluation
 ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM / Ctrl-C)
 sample_tokens = 300  # tokens sampled from the model at the end (0: none)
 # data
-data = "embedded"  # "embedded" (Python's own docs, offline) or a directory prepared by corpus.py
+data = "embedded"  # "embedded" (Python's own docs, offline), a directory prepared by corpus.py, a .jsonl of
+#                   prompt/response examples (SFT: loss on the responses only), or a mixture "src:w,src:w"
+decay_data = ""  # paper §5, two-stage pre-training: the mixture the WSD decay trains on, from T = S - decay_steps,
+#                  e.g. "embedded:0.7,data/tasks/sft_train.jsonl:0.3"; "" keeps `data`
 long_ratio = 1.0  # long-context mix (paper §7.2: 0.44): the fraction of rows that are seq_len-long windows ...
 short_len = 0  # ... the others are made of independent short_len-token windows
 passkey_ratio = 0.0  # the fraction of rows that are passkey documents (longctx.py)
@@ -171,6 +174,8 @@ def validate_config(cfg):
         raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
     if cfg["lr"] <= 0:
         raise ConfigError(f"config key lr={cfg['lr']} must be > 0")
+    if cfg["decay_data"] and not cfg["decay_steps"]:
+        raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
     lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
     model_config(cfg)
     return cfg
@@ -402,11 +407,22 @@ def train(cfg, quiet=False):
                           "--standalone --nproc_per_node=N train.py --fsdp=True ...` (N=1 works too)")
     log = (lambda *a: None) if quiet or not master else print
 
-    data_ = TokenData(cfg["data"])
+    try:
+        data_ = load_data(cfg["data"])
+        decay_ = load_data(cfg["decay_data"]) if cfg["decay_data"] else None
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+    if (isinstance(data_, MixtureData) or decay_) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
+        raise ConfigError("long_ratio / passkey_ratio build rows from one token source: drop them or the mixture")
+    switch = cfg["max_steps"] - cfg["decay_steps"] if decay_ else None  # T: the decay, stage 2, starts here
     mcfg = model_config(cfg)
-    if mcfg.vocab_size < data_.vocab_size:
-        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's tokenizer vocabulary "
-                          f"({data_.vocab_size}, {data_.meta['tokenizer']}): set --vocab_size={data_.vocab_size}")
+    for d in (data_, decay_) if decay_ else (data_,):
+        if getattr(d, "longest", 0) > cfg["seq_len"] + 1:
+            raise ConfigError(f"data {d.spec!r} has an example of {d.longest} tokens: raise seq_len to at least "
+                              f"{d.longest - 1}")
+        if mcfg.vocab_size < d.vocab_size:
+            raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's tokenizer vocabulary "
+                              f"({d.vocab_size}, {d.meta['tokenizer']}): set --vocab_size={d.vocab_size}")
     if cfg["seq_len"] > mcfg.max_position_embeddings:
         raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
                           f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")
@@ -577,10 +593,22 @@ def train(cfg, quiet=False):
             lr_now = lr_at(cfg, step)
             set_lr(optimizer, lr_now)
             loss_sum = torch.zeros((), device=device)
+            src = decay_ if switch is not None and step >= switch else data_
+            if src is decay_ and step == switch:
+                weights = [round(float(w), 6) for w in getattr(src, "weights", [1.0])]
+                log_row(dict(step=step, data_switch=cfg["decay_data"], weights=weights))
+                if master and not quiet:
+                    bar.write(f"step {step}: the decay phase starts on {cfg['decay_data']} (weights {weights})")
+            masked = isinstance(src, MixtureData)
+            if masked:  # rows with prompt / padding labels: weight each micro-batch by its share of the global tokens
+                xg, yg = src.batch("train", cfg["seed"], step, global_batch, T)
+                n_global = max(1, int((yg != -100).sum()))
             for micro in range(A):
                 # rows of the global batch owned by this process and micro-step: a function of (seed, step) only
                 lo = (rank * A + micro) * B
-                if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:
+                if masked:
+                    x, y = xg[lo:lo + B], yg[lo:lo + B]
+                elif cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:
                     from longctx import mixed_batch
                     x, y, _ = mixed_batch(data_, cfg["seed"], step, global_batch, T, slice(lo, lo + B),
                                           cfg["long_ratio"], cfg["short_len"], cfg["passkey_ratio"])
@@ -591,14 +619,19 @@ def train(cfg, quiet=False):
                 sync = model.no_sync() if world > 1 and not fsdp and micro < A - 1 else nullcontext()
                 with sync, autocast:
                     _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                (loss / A).backward()
-                loss_sum += loss.detach().float()
+                if masked:  # the mean over all response tokens of the global batch, whatever the split
+                    w = int((y != -100).sum()) * world / n_global
+                    (loss * w).backward()
+                    loss_sum += loss.detach().float() * w
+                else:
+                    (loss / A).backward()
+                    loss_sum += loss.detach().float()
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
                 grad_norm = grad_norm.full_tensor()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            train_loss = all_mean(loss_sum / A, world).item()
+            train_loss = all_mean(loss_sum if masked else loss_sum / A, world).item()
             step += 1
             dt = time.perf_counter() - t0
             row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm.item(),
@@ -652,7 +685,7 @@ def train(cfg, quiet=False):
             out = raw_model.generate(prompt, min(cfg["sample_tokens"], mcfg.max_position_embeddings - 4),
                                      temperature=0.8, top_k=40)
         print("-" * 40 + " sample " + "-" * 40)
-        print(enc.decode(out[0].tolist()))
+        print(enc.decode([i for i in out[0].tolist() if i < enc.n_vocab]))  # (not the vocab padding)
         print("-" * 88)
     result["model"] = raw_model
     return result

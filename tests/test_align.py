@@ -1,0 +1,163 @@
+"""Two-stage decay data, SFT and DPO (dpo.py, corpus.py's chat data, train.py's decay_data)."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import corpus
+import dpo
+import train
+from model import MiniCPM, MiniCPMConfig
+from test_train import cfg, rows
+
+
+# ------------------------------------------------------------------------------------------ the DPO loss
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 0.5, 2.0])
+def test_dpo_loss_is_the_formula(beta):
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6, generator=g, dtype=torch.float64) * 5 for _ in range(4))
+    losses, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta)
+    for i in range(6):
+        z = beta * ((pc[i] - rc[i]) - (pr[i] - rr[i])).item()
+        assert losses[i].item() == pytest.approx(math.log(1 + math.exp(-z)), rel=1e-12)
+        assert cr[i].item() == pytest.approx(beta * (pc[i] - rc[i]).item())
+        assert rj[i].item() == pytest.approx(beta * (pr[i] - rr[i]).item())
+
+
+def test_dpo_loss_is_log2_at_init_and_its_gradient_signs():
+    pc, pr = torch.tensor([-3.0, -7.0], requires_grad=True), torch.tensor([-4.0, -2.0], requires_grad=True)
+    losses, cr, rj = dpo.dpo_loss(pc, pr, pc.detach(), pr.detach(), 0.1)
+    assert torch.allclose(losses, torch.full((2,), math.log(2))) and not cr.any() and not rj.any()
+    losses.sum().backward()
+    assert (pc.grad < 0).all() and (pr.grad > 0).all()  # raise the chosen, lower the rejected
+    assert torch.allclose(pc.grad, torch.full((2,), -0.05))  # -beta * sigmoid(0)
+
+
+def test_sequence_logps_sums_response_tokens_only():
+    torch.manual_seed(0)
+    m = MiniCPM(MiniCPMConfig.from_preset("tiny", hidden_size=64, num_hidden_layers=2)).eval()
+    enc = corpus.get_encoding("bytes")
+    rows_ = [dict(prompt="What is 2 plus 2?", chosen="4", rejected="5"),
+             dict(prompt="Write in capitals: cat", chosen="CAT", rejected="cat")]
+    cw, cl, rw, rl = dpo.encode_pairs(enc, rows_, 48)
+    got = dpo.sequence_logps(m, cw, cl)
+    for i, r in enumerate(rows_):  # reference: the model on each growing prefix, token by token
+        ids, labels = corpus.chat_ids(enc, [("user", r["prompt"]), ("assistant", r["chosen"])])
+        assert labels.count(-100) == len(corpus.chat_ids(enc, [("user", r["prompt"])])[0])
+        ref = 0.0
+        for t in range(1, len(ids)):
+            if labels[t] != -100:
+                logits = m(torch.tensor([ids[:t]]))[0][0, -1].double()
+                ref += torch.log_softmax(logits, -1)[ids[t]].item()
+        assert got[i].item() == pytest.approx(ref, abs=1e-4)
+    assert cl[0, -1] == -100 and cw[0, -1] == enc.eot_token  # padding: eot, not scored
+
+
+# ------------------------------------------------------------------------------------------ SFT data
+
+
+def write(path, lines):
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def test_sft_rows_mask_the_prompt_and_padding(tmp_path):
+    f = write(tmp_path / "s.jsonl", [json.dumps(dict(prompt=f"p{i}", response=f"answer {i}")) + "\n"
+                                     for i in range(20)])
+    d = corpus.SFTData(f)
+    x, y = d.batch("train", 0, 0, 4, 32)
+    enc = d.encoding()
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        text = enc.decode([t for t in xi if t != enc.eot_token])
+        prompt, resp = text.split(corpus.ASSISTANT)
+        kept = [t for t in yi if t != -100]
+        assert enc.decode(kept[:-1]) == resp and kept[-1] == enc.eot_token  # response + its end, nothing else
+        assert yi[:len(enc.encode_ordinary(prompt + corpus.ASSISTANT)) - 1] == [-100] * (
+            len(enc.encode_ordinary(prompt + corpus.ASSISTANT)) - 1)
+    assert len(d.split["val"]) == 2 and len(d.split["train"]) == 18  # every 10th example is validation
+    msgs = write(tmp_path / "m.jsonl", [json.dumps(dict(messages=[
+        dict(role="user", content="hi"), dict(role="assistant", content="yo"), dict(role="user", content="again"),
+        dict(role="assistant", content="ok")])) + "\n"])
+    ids, labels = corpus.chat_ids(enc, corpus.read_jsonl_rows(msgs, "chat")[0]["turns"])
+    assert enc.decode([t for t in labels if t not in (-100, enc.eot_token)]) == " yo ok"
+
+
+@pytest.mark.parametrize("line, msg", [
+    ('{"prompt": "a"}', "line_2.*'response' is missing"),
+    ('{"prompt": "a", "response": "  "}', "'response' is empty"),
+    ('{"prompt": "a", "response": ', "not valid JSON"),
+    ('["a", "b"]', "expected a JSON object"),
+    ('{"messages": [{"role": "user", "content": "a"}]}', "last message must be the assistant"),
+    ('{"messages": [{"role": "bot", "content": "a"}]}', r"messages\[0\] needs role"),
+])
+def test_malformed_sft_rows_name_their_line(tmp_path, line, msg):
+    f = write(tmp_path / "bad.jsonl", ['{"prompt": "ok", "response": "fine"}\n', line + "\n"])
+    with pytest.raises(ValueError, match=msg.replace("line_2", "bad.jsonl:2")):
+        corpus.read_jsonl_rows(f, "chat")
+    with pytest.raises(ValueError, match="bad.jsonl:2: field 'rejected' is missing"):
+        corpus.read_jsonl_rows(write(tmp_path / "bad.jsonl", ['{"prompt": "a", "chosen": "b", "rejected": "c"}\n',
+                                                                '{"prompt": "a", "chosen": "b"}\n']),
+                               ("prompt", "chosen", "rejected"))
+    with pytest.raises(SystemExit):  # the CLI: one line, no traceback
+        train.main([f"--data={f}", "--out_dir=", "--max_steps=2", "--decay_steps=0", "--warmup_steps=0"])
+
+
+def test_sft_loss_is_the_mean_over_response_tokens_for_any_batch_split(tmp_path):
+    data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    c = dict(data=data["sft_train"], seq_len=64, max_steps=6, decay_steps=0, warmup_steps=0, eval_interval=6)
+    a = train.train(cfg(tmp_path / "a", **c, batch_size=8), quiet=True)
+    b = train.train(cfg(tmp_path / "b", **c, batch_size=2, grad_accum=4), quiet=True)
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5, atol=1e-5)
+    # step 1's loss is the token mean over the global batch's response tokens (the fresh model, same init)
+    torch.manual_seed(train.default_config()["seed"])
+    m = MiniCPM(train.model_config(train.validate_config({**train.default_config(), **cfg(tmp_path, **c)})))
+    x, y = corpus.load_data(data["sft_train"]).batch("train", 1337, 0, 8, 64)
+    ref = F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum") / (y != -100).sum()
+    assert a["train_loss"][0] == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_decay_phase_switches_data_at_T(tmp_path):
+    data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    mix = f"embedded:0.5,{data['sft_train']}:0.5"
+    res = train.train(cfg(tmp_path / "r", max_steps=10, decay_steps=4, warmup_steps=1, decay_data=mix,
+                          seq_len=64), quiet=True)
+    switch = [r for r in rows(tmp_path / "r") if "data_switch" in r]
+    assert switch == [dict(step=6, data_switch=mix, weights=[0.5, 0.5])]  # T = S - decay_steps
+    md = corpus.MixtureData(mix)
+    kinds = []
+    for step in range(40):
+        x, y = md.batch("train", 1, step, 16, 64)
+        kinds += [bool((r == -100).any()) for r in y]  # SFT rows carry masked prompts
+    assert 0.35 < np.mean(kinds) < 0.65
+    no_mix = train.train(cfg(tmp_path / "n", max_steps=10, decay_steps=4, warmup_steps=1, seq_len=64), quiet=True)
+    assert res["train_loss"][:6] == no_mix["train_loss"][:6] and res["train_loss"][6:] != no_mix["train_loss"][6:]
+    with pytest.raises(train.ConfigError, match="weight 'x' of 'embedded' is not a number"):
+        train.train(cfg(tmp_path / "e", decay_data="embedded:x"), quiet=True)
+    with pytest.raises(train.ConfigError, match="set decay_steps > 0"):
+        train.train(cfg(tmp_path / "e", decay_data=mix, decay_steps=0), quiet=True)
+
+
+def test_dpo_trains_from_an_sft_checkpoint(tmp_path):
+    data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=4, decay_steps=0,
+                    warmup_steps=0, eval_interval=4), quiet=True)
+    res = dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
+                             lr=3e-3, max_steps=12, warmup_steps=0, decay_steps=2, batch_size=8, device="cpu"),
+                        quiet=True)
+    h = res["history"]
+    assert h[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert h[-1]["loss"] < h[0]["loss"] - 0.05 and h[-1]["rewards/margins"] > 0
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected"} <= set(rows(tmp_path / "d")[0])
+    m, _ = train.model_from_checkpoint(str(tmp_path / "d"))
+    x = torch.randint(0, 259, (1, 8))
+    assert torch.equal(m(x)[0], res["model"](x)[0])
+    with pytest.raises(train.ConfigError, match="pref_train.jsonl.*tokens > seq_len=8"):
+        dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], seq_len=8, device="cpu",
+                           out_dir=str(tmp_path / "d2")), quiet=True)
