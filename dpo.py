@@ -203,10 +203,10 @@ def train_dpo(cfg, quiet=False):
         raise T.ConfigError(f"{cfg['data']}: {e}") from None
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-    def logps(m, idx):
+    def logps(m, idx):  # chosen and rejected in one forward (one DDP forward per backward)
         with autocast:
-            return (sequence_logps(m, cw[idx].to(device), cl[idx].to(device)),
-                    sequence_logps(m, rw[idx].to(device), rl[idx].to(device)))
+            lp = sequence_logps(m, torch.cat([cw[idx], rw[idx]]).to(device), torch.cat([cl[idx], rl[idx]]).to(device))
+        return lp[:len(idx)], lp[len(idx):]
     model.eval()
     with torch.no_grad():  # the reference is the initial policy: its log-probs once, then only the policy is kept
         ref = [torch.cat(t) for t in zip(*(logps(model, torch.arange(i, min(i + 64, len(rows))))

@@ -12,7 +12,7 @@ import corpus
 import dpo
 import train
 from model import MiniCPM, MiniCPMConfig
-from test_train import cfg, rows
+from test_train import cfg, rows, run_cli
 
 
 # ------------------------------------------------------------------------------------------ the DPO loss
@@ -158,6 +158,15 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path):
     m, _ = train.model_from_checkpoint(str(tmp_path / "d"))
     x = torch.randint(0, 259, (1, 8))
     assert torch.equal(m(x)[0], res["model"](x)[0])
+    # under torchrun: 2 processes x 4 pairs log the losses of one process x 8
+    r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "dpo.py",
+                 f"--init_from={tmp_path / 'sft'}", f"--data={data['pref_train']}", f"--out_dir={tmp_path / 'ddp'}",
+                 "--lr=3e-3", "--max_steps=12", "--warmup_steps=0", "--decay_steps=2", "--batch_size=4",
+                 "--device=cpu"], timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ddp = [x["loss"] for x in rows(tmp_path / "ddp")]
+    np.testing.assert_allclose(ddp[:6], [x["loss"] for x in h[:6]], atol=1e-5)  # (float sums in another order:
+    np.testing.assert_allclose(ddp, [x["loss"] for x in h], atol=1e-3)          # the tiny gap grows with lr 3e-3)
     with pytest.raises(train.ConfigError, match="pref_train.jsonl.*tokens > seq_len=8"):
         dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], seq_len=8, device="cpu",
                            out_dir=str(tmp_path / "d2")), quiet=True)
