@@ -9,6 +9,11 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
 - Real corpora: `python corpus.py --input a.txt b.jsonl --tokenizer gpt2 --out data/web` (or `--hf_dataset`
   with the optional `datasets` package) writes memory-mapped `train.bin` / `val.bin` token files (uint16, or
   uint32 when the vocabulary exceeds 65535) and a `meta.json`.
+- Web scale: `--shard_tokens N` streams the documents (local files or a hub dataset) into shards of ~N tokens;
+  windows never cross a shard and each process reads only its rows.
+- Instruction data: `{"prompt", "response"}` / chat `{"messages"}` jsonl under a plain chat template (`chat_ids`),
+  as SFT rows (`SFTData`, loss on the responses only) or mixed with pre-training data (`MixtureData`, the decay
+  phase of two-stage pre-training).
 - Batches: the global batch of step s is a function of (seed, s) only, so runs with any split into processes
   and micro-steps see the same tokens (PAPER.md §6: the batch is a property of the recipe, not the hardware).
 """

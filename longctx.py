@@ -13,6 +13,9 @@ length L has only seen angles up to L * base^(-2i/d); extending it:
 
 MiniCPM-128K also unties the input and output embeddings before long-context training (`untie`) and trains on a
 mix of 44% long and 56% short data with WSD.
+
+    python longctx.py [--quick]   # (a) RoPE vs (b) NTK vs (c) ABF + untie + long/short training at 1x-8x the
+                                  # trained length: passkey heatmaps and loss by position (assets/longctx*.png)
 """
 
 

@@ -6,6 +6,9 @@ Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4, PAPER.md §2,
     torchrun --standalone --nproc_per_node=8 train.py config/x.py               # one node, DDP
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d \\
         --rdzv_endpoint=$HEAD_NODE:29500 --rdzv_id=$JOB_ID train.py config/x.py # many nodes: same command on each
+    torchrun ... train.py config/x.py --fsdp=True     # FSDP2, sharded DCP checkpoints (resumable at any world size)
+    python train.py export out/ckpt_dcp official_dir  # a checkpoint -> the official format (from_pretrained)
+    python train.py --init_from=out --data=sft.jsonl --decay_steps=0 --lr=1e-3   # SFT (paper §5; dpo.py for DPO)
 
 Every key below can be set in a config file or as --key=value; model keys left at None come from `preset`.
 The global batch of step s is a function of (seed, s) only: batch_size x grad_accum x world_size rows, split
