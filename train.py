@@ -267,11 +267,13 @@ def save_dcp(path, model, optimizer, train_state, keep=None):
     dist.barrier()
 
 
-def dcp_path(path):
-    """The published DCP directory (or the previous one, if a kill came between the two renames of save_dcp)."""
+def dcp_train_state(path):
+    """(directory, train_state) of the published DCP checkpoint at path, or of the previous one if a kill came
+    between the two renames of save_dcp."""
     for p in (path, path + ".old"):
         if os.path.isfile(os.path.join(p, "train_state.json")):
-            return p
+            with open(os.path.join(p, "train_state.json")) as f:
+                return p, json.load(f)
     raise CheckpointError(f"DCP checkpoint {path} not found (no train_state.json): train into "
                           f"{os.path.dirname(path) or '.'} with --fsdp=True first")
 
@@ -280,9 +282,7 @@ def load_dcp(path, model, optimizer):
     """Load a DCP checkpoint into the (sharded) model and optimizer, at any world size; returns train_state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    path = dcp_path(path)
-    with open(os.path.join(path, "train_state.json")) as f:
-        train_state = json.load(f)
+    path, train_state = dcp_train_state(path)
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optimizer": osd}
     try:
@@ -300,9 +300,7 @@ def dcp_to_checkpoint(path):
     import tempfile
 
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    path = dcp_path(path)
-    with open(os.path.join(path, "train_state.json")) as f:
-        train_state = json.load(f)
+    path, train_state = dcp_train_state(path)
     with tempfile.TemporaryDirectory() as d:
         dcp_to_torch_save(path, os.path.join(d, "full.pt"))
         full = torch.load(os.path.join(d, "full.pt"), map_location="cpu", weights_only=True)
@@ -311,7 +309,8 @@ def dcp_to_checkpoint(path):
 
 def export_checkpoint(src, dst):
     """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
-    (config.json + pytorch_model.bin), which MiniCPM.from_pretrained reads."""
+    (config.json + model.safetensors, or pytorch_model.bin without safetensors), which MiniCPM.from_pretrained
+    reads."""
     model, _ = model_from_checkpoint(src)
     model.save_pretrained(dst)
     return dst
@@ -441,8 +440,7 @@ def train(cfg, quiet=False):
         if not ckpt_path:
             raise ConfigError("resume=True needs an out_dir")
         if fsdp:  # the sharded state is loaded below, once the model is sharded
-            with open(os.path.join(dcp_path(ckpt_path), "train_state.json")) as f:
-                ckpt = json.load(f)
+            ckpt = dcp_train_state(ckpt_path)[1]
         elif not os.path.isfile(ckpt_path):
             raise CheckpointError(f"checkpoint {ckpt_path} not found: nothing to resume, drop --resume=True")
         else:
