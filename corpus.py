@@ -349,7 +349,6 @@ class MixtureData:
         self.weights = np.array([w for _, w in self.parts]) / sum(w for _, w in self.parts)
         self.main = tok[0] if tok else self.sources[0]
         self.meta, self.vocab_size = self.main.meta, max(s.vocab_size for s in self.sources)
-        self.is_sft = not tok
         self.longest = max([s.longest for s in self.sources if isinstance(s, SFTData)], default=0)
 
     def encoding(self):
