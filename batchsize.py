@@ -13,7 +13,6 @@ larger batch: the gradient noise that a small batch averages away matters more n
 curves, the optimal batch per loss level, and the fitted (a, b) of bs = a / L^b next to the paper's.
 """
 
-import argparse
 import json
 import math
 import os
@@ -143,12 +142,6 @@ def plot(curves_all, points, a, b, file):
     save(fig, file, dpi=110)
 
 
-def main():
-    p = argparse.ArgumentParser(description="Optimal batch size vs loss (paper §3.2)")
-    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
-    a = p.parse_args()
-    experiment(quick=a.quick)
-
-
 if __name__ == "__main__":
-    main()
+    from plots import quick_cli
+    quick_cli("Optimal batch size vs loss (paper §3.2)", experiment)

@@ -309,11 +309,9 @@ def plot_loss_by_position(curves, length, L, file, trained=None):
 
 
 def main():
-    import argparse
-    p = argparse.ArgumentParser(description="Context extension: RoPE vs NTK vs ABF + continued training, passkey "
-                                            "and loss by position (paper §7.2)")
-    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
-    experiment(quick=p.parse_args().quick)
+    from plots import quick_cli
+    quick_cli("Context extension: RoPE vs NTK vs ABF + continued training, passkey and loss by position "
+              "(paper §7.2)", experiment)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ WSD makes the fit cheap: one stable run per size, decays branched off it (O(mC) 
 `python scaling_law.py` reruns it small on the embedded corpus (`--quick`: tiny models on a 2-core CPU).
 """
 
-import argparse
 import itertools
 import json
 import math
@@ -181,12 +180,6 @@ def plot(points, law, file):
     save(fig, file, dpi=110)
 
 
-def main():
-    p = argparse.ArgumentParser(description="Scaling law L(N, D) with WSD branches (paper §4.5)")
-    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
-    a = p.parse_args()
-    experiment(quick=a.quick)
-
-
 if __name__ == "__main__":
-    main()
+    from plots import quick_cli
+    quick_cli("Scaling law L(N, D) with WSD branches (paper §4.5)", experiment)
