@@ -153,10 +153,11 @@ def bench_mfu(a):
     tok_s = a.batch_size * a.seq_len / t
     peak = peak_flops(device)
     mfu = flops_per_token(config, a.seq_len) * tok_s / peak if peak else float("nan")
+    mfu_text = f"MFU {mfu:.1%}" if peak else "MFU n/a (peak FLOP/s are listed for CUDA devices in PEAK_FLOPS)"
     mem = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
     print(f"{a.preset} batch {a.batch_size} x {a.seq_len} on {torch.cuda.get_device_name(device) if peak else device} "
           f"{dtype} compile={a.compile} activation_checkpointing={a.activation_checkpointing}: {t * 1e3:.1f} ms/step, "
-          f"{tok_s:,.0f} tok/s, MFU {mfu:.1%}{mem}", flush=True)
+          f"{tok_s:,.0f} tok/s, {mfu_text}{mem}", flush=True)
     return dict(tok_s=tok_s, mfu=mfu)
 
 
