@@ -288,7 +288,7 @@ def experiment(quick=False, out=ROOT, steps=None):
     tag = "_quick" if quick else ""
     files = write_task_data(os.path.join(out, "data", "tasks"))
     if quick:  # 2-core CPU
-        model, S1, D, S_sft, rows, dpo_steps, n_val = dict(preset="tiny"), 400, 200, 300, 32, 60, 150
+        model, S1, D, S_sft, rows, dpo_steps, n_val = dict(preset="tiny"), 300, 150, 800, 32, 60, 150
     else:  # one GPU
         model, S1, D, S_sft, rows, dpo_steps, n_val = dict(preset="wt-9m"), 4000, 800, 1000, 64, 300, 300
     if steps:  # a smoke-sized run (tests)

@@ -170,3 +170,14 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path):
     with pytest.raises(train.ConfigError, match="pref_train.jsonl.*tokens > seq_len=8"):
         dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], seq_len=8, device="cpu",
                            out_dir=str(tmp_path / "d2")), quiet=True)
+
+
+def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
+    s = dpo.experiment(quick=True, out=str(tmp_path), steps=20)
+    assert list(s) == ["A-1 decay", "A-2 decay", "A-1 + SFT", "A-2 + SFT", "A-2 + SFT + DPO", "dpo"]
+    assert s["dpo"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)
+    for name in ("A-1 + SFT", "A-2 + SFT"):  # SFT lowers the held-out task loss of the decayed model
+        assert s[name]["task_loss"] < s[name.replace(" + SFT", " decay")]["task_loss"]
+    switch = [r for r in rows(tmp_path / "out-align-a2_quick") if "data_switch" in r]
+    assert switch[0]["step"] == 20 and switch[0]["weights"] == [0.7, 0.3]
+    assert os.path.isfile(tmp_path / "assets" / "align_quick.png")
