@@ -20,7 +20,7 @@ def torchrun(n, c):
     return r
 
 
-def test_fsdp_equals_ddp_resumes_dcp_at_another_world_size_and_exports(tmp_path):
+def test_fsdp_equals_ddp_resumes_dcp_at_world_sizes_1_and_2_and_exports(tmp_path):
     steps = dict(max_steps=10, decay_steps=2, warmup_steps=2, eval_interval=5, ckpt_interval=5)
     ref = train.train(cfg(tmp_path / "ref", **steps), quiet=True)  # one process, 8 rows = DDP 2 x 4 (test_train)
     # FSDP2 over 2 processes, 2 rows x 2 micro-steps each, activation checkpointing: the same 10 losses
@@ -34,8 +34,13 @@ def test_fsdp_equals_ddp_resumes_dcp_at_another_world_size_and_exports(tmp_path)
     # resume the step-5 checkpoint on ONE process (8 rows): steps 6..10 as before
     (tmp_path / "one").mkdir()
     shutil.copytree(tmp_path / "fsdp" / f"{train.DCP_DIR}_000005", tmp_path / "one" / train.DCP_DIR)
-    torchrun(1, cfg(tmp_path / "one", **steps, fsdp=True, resume=True))
+    torchrun(1, cfg(tmp_path / "one", **{**steps, "ckpt_interval": 2}, fsdp=True, resume=True, keep_ckpts=True))
     np.testing.assert_allclose([v for _, v in losses(tmp_path / "one")], ref["train_loss"][5:], rtol=1e-4, atol=1e-4)
+    # and back: the step-8 checkpoint of that one process resumed on TWO processes (4 rows each)
+    (tmp_path / "two").mkdir()
+    shutil.copytree(tmp_path / "one" / f"{train.DCP_DIR}_000008", tmp_path / "two" / train.DCP_DIR)
+    torchrun(2, cfg(tmp_path / "two", **steps, fsdp=True, resume=True, batch_size=4))
+    np.testing.assert_allclose([v for _, v in losses(tmp_path / "two")], ref["train_loss"][8:], rtol=1e-4, atol=1e-4)
     # a global batch that differs from the checkpoint's is refused with the fix
     with pytest.raises(train.CheckpointError, match="global batch of 8 rows"):
         train.train(cfg(tmp_path / "ref", **steps, resume=True, batch_size=4), quiet=True)
