@@ -241,10 +241,7 @@ def read_jsonl_rows(path, fields):
             if fields == "chat":
                 row = dict(turns=_chat_turns(row, where))
             else:
-                for k in fields:
-                    if not isinstance(row.get(k), str) or not row[k].strip():
-                        raise ValueError(f"{where}: field {k!r} is {'missing' if k not in row else 'empty or not a string'}"
-                                         f" (each row needs non-empty {', '.join(repr(f) for f in fields)})")
+                _require_text(row, fields, where, ", ".join(repr(f) for f in fields))
             rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no rows")
@@ -265,11 +262,15 @@ def _chat_turns(row, where):
         if turns[-1][0] != "assistant":
             raise ValueError(f"{where}: the last message must be the assistant's (the response to train on)")
         return turns
-    for k in ("prompt", "response"):
+    _require_text(row, ("prompt", "response"), where, "'prompt' and 'response', or 'messages'")
+    return [("user", row["prompt"]), ("assistant", row["response"])]
+
+
+def _require_text(row, fields, where, needs):
+    for k in fields:
         if not isinstance(row.get(k), str) or not row[k].strip():
             raise ValueError(f"{where}: field {k!r} is {'missing' if k not in row else 'empty or not a string'} "
-                             f"(each row needs non-empty 'prompt' and 'response', or 'messages')")
-    return [("user", row["prompt"]), ("assistant", row["response"])]
+                             f"(each row needs non-empty {needs})")
 
 
 class SFTData:
@@ -291,12 +292,16 @@ class SFTData:
     def encoding(self):
         return self.enc
 
-    def rows(self, split, g, n, seq_len):
-        """n examples drawn with g as (x, y) int64 arrays (n, seq_len)."""
+    def draw(self, split, g, n):
+        """The indices of n examples drawn with g."""
+        return g.integers(0, len(self.split[split] or self.split["train"]), size=n)
+
+    def read(self, split, idx, seq_len):
+        """Examples idx as (x, y) int64 arrays (len(idx), seq_len)."""
         pool = self.split[split] or self.split["train"]
-        x = np.full((n, seq_len), self.enc.eot_token, dtype=np.int64)
-        y = np.full((n, seq_len), -100, dtype=np.int64)
-        for r, i in enumerate(g.integers(0, len(pool), size=n)):
+        x = np.full((len(idx), seq_len), self.enc.eot_token, dtype=np.int64)
+        y = np.full((len(idx), seq_len), -100, dtype=np.int64)
+        for r, i in enumerate(idx):
             ids, labels = pool[i]
             if len(ids) > seq_len + 1:
                 raise ValueError(f"an example of {self.path} has {len(ids)} tokens, more than seq_len + 1 = "
@@ -306,10 +311,8 @@ class SFTData:
         return x, y
 
     def batch(self, split, seed, step, global_batch, seq_len, rows=None):
-        g = np.random.default_rng([seed, 4 if split == "train" else 5, step])
-        x, y = self.rows(split, g, global_batch, seq_len)
-        if rows is not None:
-            x, y = x[rows], y[rows]
+        idx = self.draw(split, np.random.default_rng([seed, 4 if split == "train" else 5, step]), global_batch)
+        x, y = self.read(split, idx if rows is None else idx[rows], seq_len)  # only the rows asked for
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -359,20 +362,25 @@ class MixtureData:
             return self.sources[0].batch(split, seed, step, global_batch, seq_len, rows)
         g = np.random.default_rng([seed, 6 if split == "train" else 7, step])
         which = g.choice(len(self.sources), size=global_batch, p=self.weights)
-        x = np.empty((global_batch, seq_len), dtype=np.int64)
-        y = np.empty((global_batch, seq_len), dtype=np.int64)
+        wanted = np.zeros(global_batch, dtype=bool)
+        wanted[slice(None) if rows is None else rows] = True
+        out = np.flatnonzero(wanted)  # the rows asked for: only they are read
+        x = np.empty((len(out), seq_len), dtype=np.int64)
+        y = np.empty((len(out), seq_len), dtype=np.int64)
         for k, src in enumerate(self.sources):
             sel = np.flatnonzero(which == k)
             if len(sel) == 0:
                 continue
-            sub = np.random.default_rng([seed, 8, step, k])
+            sub = np.random.default_rng([seed, 8, step, k])  # this source's draws for the whole global batch
+            keep, dst = wanted[sel], np.searchsorted(out, sel[wanted[sel]])
+            if not keep.any():
+                continue
             if isinstance(src, SFTData):
-                x[sel], y[sel] = src.rows(split, sub, len(sel), seq_len)
+                x[dst], y[dst] = src.read(split, src.draw(split, sub, len(sel))[keep], seq_len)
             else:
-                w = src.read(split, *src.draw(split, sub, seq_len + 1, len(sel)), seq_len + 1)
-                x[sel], y[sel] = w[:, :-1], w[:, 1:]
-        if rows is not None:
-            x, y = x[rows], y[rows]
+                shard, offset = src.draw(split, sub, seq_len + 1, len(sel))
+                w = src.read(split, shard[keep], offset[keep], seq_len + 1)
+                x[dst], y[dst] = w[:, :-1], w[:, 1:]
         return torch.from_numpy(x), torch.from_numpy(y)
 
 

@@ -134,6 +134,9 @@ def test_decay_phase_switches_data_at_T(tmp_path):
     for step in range(40):
         x, y = md.batch("train", 1, step, 16, 64)
         kinds += [bool((r == -100).any()) for r in y]  # SFT rows carry masked prompts
+        for lo, hi in ((0, 5), (5, 11), (11, 16)):  # a process's rows, read alone, are those of the global batch
+            xr, yr = md.batch("train", 1, step, 16, 64, rows=slice(lo, hi))
+            assert torch.equal(xr, x[lo:hi]) and torch.equal(yr, y[lo:hi])
     assert 0.35 < np.mean(kinds) < 0.65
     no_mix = train.train(cfg(tmp_path / "n", max_steps=10, decay_steps=4, warmup_steps=1, seq_len=64), quiet=True)
     assert res["train_loss"][:6] == no_mix["train_loss"][:6] and res["train_loss"][6:] != no_mix["train_loss"][6:]
