@@ -64,8 +64,7 @@ def sequence_logps(model, input_ids, labels):
 
 def _words():
     from corpus import embedded_documents
-    words = sorted({w for d in embedded_documents() for w in re.findall(r"\b[a-z]{3,8}\b", d)})
-    return words
+    return sorted({w for d in embedded_documents() for w in re.findall(r"\b[a-z]{3,8}\b", d)})
 
 
 def task_examples(split, n, seed=0):
@@ -138,8 +137,7 @@ def task_score(model, enc, rows, max_new_tokens=12):
 def response_loss(model, enc, rows, seq_len=64):
     """Mean loss (nats/token) of the correct responses (and their end) given the prompts: the held-out task loss."""
     model.eval()
-    ids, labels, _, _ = encode_pairs(enc, [dict(r, chosen=r["response"], rejected=r["response"]) for r in rows],
-                                     seq_len)
+    ids, labels = encode_responses(enc, rows, "response", seq_len)
     return -sequence_logps(model, ids, labels).sum().item() / (labels[:, 1:] != -100).sum().item()
 
 
@@ -147,26 +145,28 @@ def response_loss(model, enc, rows, seq_len=64):
 # DPO training
 
 
-def encode_pairs(enc, rows, seq_len):
-    """Chosen and rejected (input_ids, labels) tensors (n, seq_len) under the chat template, padded with
+def encode_responses(enc, rows, key, seq_len):
+    """(input_ids, labels) tensors (n, seq_len) of prompt + row[key] under the chat template, padded with
     <|endoftext|> and labels -100; labels aligned with input_ids (sequence_logps shifts them)."""
     from corpus import chat_ids
-    out = []
-    for key in ("chosen", "rejected"):
-        ids = np.full((len(rows), seq_len), enc.eot_token, dtype=np.int64)
-        lab = np.full((len(rows), seq_len), -100, dtype=np.int64)
-        for i, r in enumerate(rows):
-            a, b = chat_ids(enc, [("user", r["prompt"]), ("assistant", r[key])])
-            if len(a) > seq_len:
-                raise ValueError(f"preference row {i} ({key}) has {len(a)} tokens > seq_len={seq_len}: raise seq_len")
-            ids[i, :len(a)], lab[i, :len(b)] = a, b
-        out += [torch.from_numpy(ids), torch.from_numpy(lab)]
-    return out
+    ids = np.full((len(rows), seq_len), enc.eot_token, dtype=np.int64)
+    lab = np.full((len(rows), seq_len), -100, dtype=np.int64)
+    for i, r in enumerate(rows):
+        a, b = chat_ids(enc, [("user", r["prompt"]), ("assistant", r[key])])
+        if len(a) > seq_len:
+            raise ValueError(f"preference row {i} ({key}) has {len(a)} tokens > seq_len={seq_len}: raise seq_len")
+        ids[i, :len(a)], lab[i, :len(b)] = a, b
+    return torch.from_numpy(ids), torch.from_numpy(lab)
+
+
+def encode_pairs(enc, rows, seq_len):
+    """Chosen (input_ids, labels) and rejected (input_ids, labels) of preference rows: four (n, seq_len) tensors."""
+    return (*encode_responses(enc, rows, "chosen", seq_len), *encode_responses(enc, rows, "rejected", seq_len))
 
 
 DEFAULTS = dict(init_from="", data="", out_dir="out-dpo", beta=0.1, lr=1e-5, weight_decay=0.0, batch_size=16,
                 grad_accum=1, max_steps=200, warmup_steps=10, decay_steps=40, schedule="wsd", seq_len=64,
-                eval_interval=20, seed=1337, device="auto", val_data="", grad_clip=1.0)
+                seed=1337, device="auto", grad_clip=1.0)
 
 
 def train_dpo(cfg, quiet=False):
@@ -193,7 +193,6 @@ def train_dpo(cfg, quiet=False):
     try:
         model, src_cfg = T.model_from_checkpoint(cfg["init_from"], dev)
         rows = read_jsonl_rows(cfg["data"], ("prompt", "chosen", "rejected"))
-        val_rows = read_jsonl_rows(cfg["val_data"], ("prompt", "chosen", "rejected")) if cfg["val_data"] else []
     except ValueError as e:
         raise T.ConfigError(str(e)) from None
     enc = load_data(src_cfg["data"]).encoding()
@@ -265,7 +264,7 @@ def train_dpo(cfg, quiet=False):
             f"{history[-1]['rewards/accuracies']:.2f}, margin {history[-1]['rewards/margins']:.3f}; "
             f"saved {cfg['out_dir']}/ckpt.pt")
     raw.eval()
-    return dict(history=history, model=raw, encoding=enc)
+    return dict(history=history, model=raw)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -297,8 +296,7 @@ def experiment(quick=False, out=ROOT, steps=None):
     # heads that the tiny muP shape forms slowly); the decays end at 0.3 lr, and SFT trains at that final lr, as
     # the paper does; DPO at a tenth of it
     base = dict(**model, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, seed=1, eval_steps=4,
-                final_lr_ratio=0.3,
-                batch_size=rows, seq_len=128, warmup_steps=max(1, S1 // 20))
+                final_lr_ratio=0.3, batch_size=rows, seq_len=128, warmup_steps=max(1, S1 // 20))
     d = {k: os.path.join(out, f"out-align-{k}{tag}") for k in ("stable", "a1", "a2", "a1sft", "a2sft", "dpo")}
     ck = {k: os.path.join(v, "ckpt.pt") for k, v in d.items()}
     decay = dict(base, max_steps=S1 + D, decay_steps=D, eval_interval=D)
