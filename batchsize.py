@@ -1,5 +1,5 @@
 """
-The optimal batch size (paper §3.2, PAPER.md §3).
+The optimal batch size (paper §3.2).
 
 The paper trains three models (0.009B, 0.03B, 0.17B) at six batch sizes each, lr 0.01 with a cosine schedule.
 For each loss level, the batch size that reaches it with the fewest tokens lies on a line in log-log space:
@@ -18,6 +18,9 @@ import math
 import os
 
 import numpy as np
+
+from model import ladder
+from plots import quick_cli, save, subplots
 
 PAPER_A, PAPER_B = 1.21e9, 6.24
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -73,10 +76,7 @@ def best_batch_per_loss(curves, levels):
 def experiment(quick=False, out=ROOT):
     from train import sweep
     if quick:  # 2-core CPU, ~5 minutes
-        sizes = {"w64": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                             intermediate_size=160),
-                 "w128": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                              intermediate_size=320)}
+        sizes = {f"w{w}": {k: v for k, v in ladder(w, 2).items() if k != "vocab_size"} for w in (64, 128)}
         seq, rows, budget = 64, [2, 4, 8, 16, 32, 64], 300_000
     else:  # one GPU, about an hour
         sizes = {p: dict(preset=p) for p in ("tiny", "wt-9m", "wt-36m")}
@@ -117,7 +117,6 @@ def experiment(quick=False, out=ROOT):
 
 
 def plot(curves_all, points, a, b, file):
-    from plots import save, subplots
     fig, axes = subplots(1, len(curves_all) + 1, figsize=(5 * (len(curves_all) + 1), 4))
     for ax, (name, curves) in zip(axes, curves_all.items()):
         for bs, (t, l_) in sorted(curves.items()):
@@ -143,5 +142,4 @@ def plot(curves_all, points, a, b, file):
 
 
 if __name__ == "__main__":
-    from plots import quick_cli
     quick_cli("Optimal batch size vs loss (paper §3.2)", experiment)

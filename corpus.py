@@ -15,11 +15,12 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
   as SFT rows (`SFTData`, loss on the responses only) or mixed with pre-training data (`MixtureData`, the decay
   phase of two-stage pre-training).
 - Batches: the global batch of step s is a function of (seed, s) only, so runs with any split into processes
-  and micro-steps see the same tokens (PAPER.md §6: the batch is a property of the recipe, not the hardware).
+  and micro-steps see the same tokens (paper §3.2: the batch is a property of the recipe, not the hardware).
 """
 
 import argparse
 import functools
+import itertools
 import json
 import os
 
@@ -111,7 +112,6 @@ def _write_meta(out_dir, meta):
 
 
 def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_docs=1024):
-    import itertools
     enc = get_encoding(tokenizer)
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     every = max(1, round(1 / val_fraction)) if val_fraction > 0 else 0
@@ -412,7 +412,6 @@ def main():
             import datasets
         except ImportError:
             raise SystemExit("error: --hf_dataset needs the optional package: pip install datasets") from None
-        import itertools
         ds = datasets.load_dataset(a.hf_dataset, split=a.hf_split, streaming=True)
         hub = (row["text"] for row, _ in zip(ds, range(a.hf_max_docs)))
         docs = itertools.chain(docs, hub) if a.shard_tokens else docs + list(hub)  # shards: streamed, never all held

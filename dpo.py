@@ -1,5 +1,5 @@
 """
-Alignment, and the two-stage recipe around it (paper §5 and §7.1, PAPER.md §6-§7).
+Alignment, and the two-stage recipe around it (paper §5 and §7.1).
 
 Two-stage pre-training: stage 1 trains on the large pre-training corpus; stage 2 is the WSD decay, trained on the
 pre-training data mixed with high-quality and SFT-formatted data (`train.py --decay_data=...`); SFT then trains on
@@ -31,7 +31,17 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
+from configurator import ConfigError
+from corpus import TokenData, chat_ids, embedded_documents, load_data, read_jsonl_rows
+from mup import configure_optimizer, set_lr
+from plots import save, subplots
+from system import all_mean, resolve_system, setup_distributed
+from wsd import cosine_lr, wsd_lr
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,7 +73,6 @@ def sequence_logps(model, input_ids, labels):
 
 
 def _words():
-    from corpus import embedded_documents
     return sorted({w for d in embedded_documents() for w in re.findall(r"\b[a-z]{3,8}\b", d)})
 
 
@@ -110,7 +119,6 @@ def write_task_data(out_dir, n_train=4000, n_val=300, seed=0):
 def task_score(model, enc, rows, max_new_tokens=12):
     """Exact-match accuracy of greedy answers to {"prompt", "response"} rows under the chat template, by task;
     "chars": the fraction of characters right at their position (partial credit)."""
-    from corpus import chat_ids
     device = next(model.parameters()).device
     model.eval()
     by_len = {}
@@ -148,7 +156,6 @@ def response_loss(model, enc, rows, seq_len=64):
 def encode_responses(enc, rows, key, seq_len):
     """(input_ids, labels) tensors (n, seq_len) of prompt + row[key] under the chat template, padded with
     <|endoftext|> and labels -100; labels aligned with input_ids (sequence_logps shifts them)."""
-    from corpus import chat_ids
     ids = np.full((len(rows), seq_len), enc.eot_token, dtype=np.int64)
     lab = np.full((len(rows), seq_len), -100, dtype=np.int64)
     for i, r in enumerate(rows):
@@ -172,34 +179,44 @@ DEFAULTS = dict(init_from="", data="", out_dir="out-dpo", beta=0.1, lr=1e-5, wei
 def train_dpo(cfg, quiet=False):
     """DPO from a train.py checkpoint (the SFT model: policy init and frozen reference). Reference log-probs of
     every pair are computed once, then the reference is dropped. Logs TRL's metric names to metrics.jsonl."""
-    import train as T
-    from corpus import load_data, read_jsonl_rows
-    from mup import configure_optimizer, set_lr
     cfg = {**DEFAULTS, **cfg}
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
-        raise T.ConfigError(f"unknown DPO config key(s) {', '.join(sorted(unknown))}: choose from {', '.join(DEFAULTS)}")
+        raise ConfigError(f"unknown DPO config key(s) {', '.join(sorted(unknown))}: choose from {', '.join(DEFAULTS)}")
     if not cfg["init_from"] or not cfg["data"]:
-        raise T.ConfigError("DPO needs --init_from (the SFT out_dir or checkpoint) and --data (a preference .jsonl)")
+        raise ConfigError("DPO needs --init_from (the SFT out_dir or checkpoint) and --data (a preference .jsonl)")
     if cfg["beta"] <= 0:
-        raise T.ConfigError(f"beta={cfg['beta']} must be > 0")
-    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rank, local_rank, world = T.setup_distributed(dev)
+        raise ConfigError(f"beta={cfg['beta']} must be > 0")
+    S, W = cfg["max_steps"], cfg["warmup_steps"]
+    if cfg["schedule"] == "wsd":  # a linear decay to 0.1 lr over the last decay_steps (T = S - decay_steps)
+        def lr_at(s):
+            return wsd_lr(s, lr=cfg["lr"], W=W, T=S - cfg["decay_steps"], S=S, decay="linear")
+    elif cfg["schedule"] == "cosine":
+        def lr_at(s):
+            return cosine_lr(s, lr=cfg["lr"], W=W, T=S)
+    else:
+        raise ConfigError(f"schedule={cfg['schedule']!r}: use wsd or cosine")
+    try:
+        lr_at(0)
+    except ValueError as e:
+        raise ConfigError(f"schedule: {e}") from None
+    dev = resolve_system(cfg["device"])[0]
+    rank, local_rank, world = setup_distributed(dev.split(":")[0])
     if dev == "cuda":
         dev = f"cuda:{local_rank}"
     device, master = torch.device(dev), rank == 0
     log = (lambda *a: None) if quiet or not master else print
 
     try:
-        model, src_cfg = T.model_from_checkpoint(cfg["init_from"], dev)
+        model, src_cfg = model_from_checkpoint(cfg["init_from"], dev)
         rows = read_jsonl_rows(cfg["data"], ("prompt", "chosen", "rejected"))
     except ValueError as e:
-        raise T.ConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     enc = load_data(src_cfg["data"]).encoding()
     try:
         cw, cl, rw, rl = encode_pairs(enc, rows, cfg["seq_len"])
     except ValueError as e:
-        raise T.ConfigError(f"{cfg['data']}: {e}") from None
+        raise ConfigError(f"{cfg['data']}: {e}") from None
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def logps(m, idx):  # chosen and rejected in one forward (one DDP forward per backward)
@@ -223,13 +240,9 @@ def train_dpo(cfg, quiet=False):
     if master:
         open(metrics_path, "w").close()
     history = []
-    lr_cfg = dict(max_steps=cfg["max_steps"], warmup_steps=cfg["warmup_steps"], decay_steps=cfg["decay_steps"],
-                  lr=cfg["lr"], schedule=cfg["schedule"], decay="linear", final_lr_ratio=0.1, half_life=0,
-                  cosine_steps=0)
-    from tqdm import tqdm
     for step in tqdm(range(cfg["max_steps"]), disable=quiet or not master, desc="DPO"):
         t0 = time.perf_counter()
-        lr_now = T.lr_at(lr_cfg, step)
+        lr_now = lr_at(step)
         set_lr(optimizer, lr_now)
         order = torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(rows), global_batch))
         stats = torch.zeros(7, device=device)
@@ -244,7 +257,7 @@ def train_dpo(cfg, quiet=False):
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        stats = T.all_mean(stats, world).tolist()
+        stats = all_mean(stats, world).tolist()
         row = {"step": step + 1, "loss": stats[0], "rewards/chosen": stats[1], "rewards/rejected": stats[2],
                "rewards/accuracies": stats[3], "rewards/margins": stats[4], "logps/chosen": stats[5],
                "logps/rejected": stats[6], "lr": lr_now, "grad_norm": grad_norm.item(),
@@ -256,7 +269,7 @@ def train_dpo(cfg, quiet=False):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
     if master:  # the policy in train.py's checkpoint format: sample.py, model_from_checkpoint and export read it
-        T.save_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"), dict(
+        save_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"), dict(
             model=raw.state_dict(), optimizer=optimizer.state_dict(), step=cfg["max_steps"],
             config={**src_cfg, "out_dir": cfg["out_dir"]}, dpo=cfg,
             data=dict(seed=cfg["seed"], next_step=cfg["max_steps"], global_batch=global_batch)))
@@ -282,8 +295,7 @@ def pretrain_val_loss(model, data, windows=16, seq_len=128, seed=0):
 def experiment(quick=False, out=ROOT, steps=None):
     """1. decay mixing (paper A-1 vs A-2): one stable run, two decays (pre-training data only / mixed with the SFT
     tasks), the same SFT after each; 2. DPO on the better SFT model: held-out task score, reward curves, drift."""
-    from corpus import TokenData
-    from train import model_from_checkpoint, sweep
+    from train import sweep
     tag = "_quick" if quick else ""
     files = write_task_data(os.path.join(out, "data", "tasks"))
     if quick:  # 2-core CPU
@@ -342,7 +354,6 @@ def experiment(quick=False, out=ROOT, steps=None):
 
 
 def plot(summary, hist, file):
-    from plots import save, subplots
     fig, axes = subplots(1, 3, figsize=(15, 4))
     names = [n for n in summary if n != "dpo"]
     x = np.arange(len(names))
@@ -379,14 +390,13 @@ def main():
         print(json.dumps(write_task_data(a.pop("write_data")), indent=1))
         return
     a.pop("write_data")
-    import train as T
     try:
         train_dpo(a)
-    except (T.ConfigError, T.CheckpointError, FileNotFoundError, FloatingPointError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
         raise SystemExit(f"error: {e}") from None
     finally:
-        if T.dist.is_initialized():
-            T.dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

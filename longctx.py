@@ -1,5 +1,5 @@
 """
-Long context, MiniCPM-128K style (paper §7.2, PAPER.md §7).
+Long context, MiniCPM-128K style (paper §7.2).
 
 RoPE rotates the pair (i, i + d/2) of every query/key at position t by the angle t * base^(-2i/d). A model trained at
 length L has only seen angles up to L * base^(-2i/d); extending it:
@@ -18,70 +18,27 @@ mix of 44% long and 56% short data with WSD.
                                   # trained length: passkey heatmaps and loss by position (assets/longctx*.png)
 """
 
+import json
+import os
 
-def rope_inv_freq(head_dim, base):
-    """The RoPE frequencies base^(-2i/d), i = 0 .. d/2 - 1 (a torch tensor, fp32)."""
-    import torch
-    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-
-def ntk_scaled_base(base, scale, head_dim):
-    """NTK-aware RoPE base for a context `scale` times longer: base * scale^(d / (d - 2))."""
-    if not scale > 0:
-        raise ValueError(f"scale={scale}: the length ratio must be > 0")
-    return base * scale ** (head_dim / (head_dim - 2))
-
-
-def dynamic_ntk_base(base, factor, seq_len, max_position_embeddings, head_dim):
-    """The `dynamic` rope_scaling base at a given sequence length: unchanged up to max_position_embeddings."""
-    if seq_len <= max_position_embeddings:
-        return base
-    return base * (factor * seq_len / max_position_embeddings - (factor - 1)) ** (head_dim / (head_dim - 2))
-
-
-ROPE_SCALING_TYPES = ("dynamic", "ntk")
-
-
-def rope_scaling_type(rope_scaling):
-    """"dynamic", "ntk" or None; official configs name the key "type", newer transformers ones "rope_type"."""
-    if not isinstance(rope_scaling, dict):
-        return None
-    return rope_scaling.get("type", rope_scaling.get("rope_type"))
-
-
-def check_rope_scaling(rope_scaling):
-    """None, {"type": "dynamic", "factor": f} (the released 128K config) or {"type": "ntk", "factor": s}."""
-    if rope_scaling is None:
-        return
-    if rope_scaling_type(rope_scaling) not in ROPE_SCALING_TYPES \
-            or not isinstance(rope_scaling.get("factor"), (int, float)) or not rope_scaling["factor"] >= 1:
-        raise ValueError(f"MiniCPMConfig.rope_scaling={rope_scaling!r}: use None, {{'type': 'dynamic', 'factor': f}} "
-                         f"or {{'type': 'ntk', 'factor': s}} with a factor >= 1 (for ABF, set rope_theta instead)")
-
-
-def rope_base(config, seq_len):
-    """The RoPE base the model uses for a sequence of seq_len tokens, given its rope_theta and rope_scaling."""
-    rs, base, d = config.rope_scaling, config.rope_theta, config.head_dim
-    if rs is None:
-        return base
-    if rope_scaling_type(rs) == "ntk":
-        return ntk_scaled_base(base, rs["factor"], d)
-    return dynamic_ntk_base(base, rs["factor"], seq_len, config.max_position_embeddings, d)
+from checkpoint import model_from_checkpoint
+from corpus import TokenData
+from model import MiniCPMConfig
+from plots import quick_cli, save, subplots
+# the formulas above, which model.py is built from (rope.py); named here too, where §7.2 is read
+from rope import (ROPE_SCALING_TYPES, check_rope_scaling, dynamic_ntk_base, ntk_scaled_base,  # noqa: F401
+                  rope_base, rope_inv_freq, rope_scaling_type)
 
 
 def untie(model):
-    """Give a tied model an output head of its own, equal to the embedding at first (paper §7.2: untied before the
-    long-context stage so that input and output vocabularies can be trained, and sharded, separately)."""
-    import torch
-    import torch.nn as nn
-    if model.lm_head is not None:
-        return model
-    emb = model.model.embed_tokens.weight
-    model.lm_head = nn.Linear(emb.size(1), emb.size(0), bias=False, device=emb.device, dtype=emb.dtype)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(emb)
-    model.config.tie_word_embeddings = False
-    return model
+    """The model with an output head of its own, equal to the embedding at first (paper §7.2: untied before the
+    long-context stage so that input and output vocabularies can be trained, and sharded, separately). A new model
+    (model.with_config); the tied one is left as it was."""
+    return model if model.lm_head is not None else model.with_config(tie_word_embeddings=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,8 +88,6 @@ def mixed_batch(data, seed, step, global_batch, seq_len, rows=None, long_ratio=1
     """The global batch of (seed, step) as a long/short mix (paper §7.2: 44% long, 56% short): a fraction
     `long_ratio` of the rows are contiguous windows of seq_len tokens, the others concatenations of independent
     short_len-token windows (short-range text only); a fraction passkey_ratio of all rows are passkey documents."""
-    import numpy as np
-    import torch
     g = np.random.default_rng([seed, 2 if split == "train" else 3, step])
     n_pass = int(round(passkey_ratio * global_batch))
     n_long = int(round(long_ratio * (global_batch - n_pass)))
@@ -165,8 +120,6 @@ def mixed_batch(data, seed, step, global_batch, seq_len, rows=None, long_ratio=1
 
 def passkey_accuracy(model, encode, decode, lengths, depths, trials=8, seed=0, digits=5):
     """Accuracy of greedy KV-cache retrieval for each (context length, depth): {length: [acc per depth]}."""
-    import numpy as np
-    import torch
     device = next(model.parameters()).device
     for L in lengths:
         if L + digits + 1 > model.config.max_length:
@@ -188,8 +141,6 @@ def passkey_accuracy(model, encode, decode, lengths, depths, trials=8, seed=0, d
 
 def plot_passkey(grids, lengths, depths, file):
     """Heatmaps of passkey accuracy, one per {title: grid}."""
-    import numpy as np
-    from plots import save, subplots
     fig, axes = subplots(1, len(grids), figsize=(4.2 * len(grids), 3.6), squeeze=False)
     for ax, (title, grid) in zip(axes[0], grids.items()):
         im = ax.imshow(np.array([grid[L] for L in lengths]).T, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -203,9 +154,6 @@ def plot_passkey(grids, lengths, depths, file):
 def loss_by_position(model, data, length, windows, buckets=8, seed=0):
     """Mean validation loss (nats/token) in `buckets` equal position ranges of `windows` random windows of
     `length` tokens: a model that does not use (or is confused by) far context gets worse at late positions."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
     device = next(model.parameters()).device
     w = torch.from_numpy(data.read("val", *data.draw("val", np.random.default_rng(seed), length + 1, windows),
                                    length + 1)).to(device)
@@ -219,10 +167,7 @@ def loss_by_position(model, data, length, windows, buckets=8, seed=0):
 def experiment(quick=False, out=None):
     """(a) unchanged RoPE, (b) NTK-aware scaling without training, (c) ABF + untie + continued training on the
     44/56 long/short mix, each evaluated at 1x-8x the training length L: passkey heatmaps and loss by position."""
-    import json
-    import os
-
-    from train import model_from_checkpoint, sweep
+    from train import sweep
     out = out or os.path.dirname(os.path.abspath(__file__))
     tag = "_quick" if quick else ""
     if quick:  # 2-core CPU, ~5 minutes
@@ -237,7 +182,6 @@ def experiment(quick=False, out=None):
                 batch_size=rows, passkey_ratio=ratio)
     base_dir = os.path.join(out, f"out-longctx-base{tag}")
     ext_dir = os.path.join(out, f"out-longctx-abf{tag}")
-    from model import MiniCPMConfig
     shape = MiniCPMConfig.from_preset(model["preset"], **{k: v for k, v in model.items() if k != "preset"})
     # ABF: a larger rope_theta, here the NTK-aware base for 8x (1e4 -> 8.6e4 at head_dim 64): long positions
     # rotate as slowly as 8x shorter ones did, and the short-range frequencies the model relies on barely move
@@ -252,7 +196,6 @@ def experiment(quick=False, out=None):
                     decay_steps=S2 // 5, eval_interval=S2, ckpt_interval=10 ** 9),
     }
     res = sweep(os.path.join(out, "results", f"longctx{tag}.json"), runs, desc="long-context runs")
-    from corpus import TokenData
     data = TokenData()
     enc = data.encoding()
     lengths, depths = [L, 2 * L, 4 * L, 8 * L], [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -263,16 +206,16 @@ def experiment(quick=False, out=None):
     methods = {"(a) RoPE, unchanged": (plain, lambda T: None),
                "(b) NTK-aware, no training": (plain, lambda T: {"type": "ntk", "factor": T / L} if T > L else None),
                "(c) ABF + untie + long/short training": (abf, lambda T: None)}
-    for name, (m, scaling) in methods.items():
-        m.config.max_position_embeddings = 8 * L  # evaluation beyond the trained length is the point
+    for name, (net, scaling) in methods.items():
         grid = {}
         for T in lengths:  # T = prompt + answer, so that T = L is exactly the trained length
-            m.config.rope_scaling = scaling(T)
+            # the same weights, allowed 8L positions (evaluation beyond the trained length is the point)
+            m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(T))
             P = T - digits - 1
             grid[T] = passkey_accuracy(m, enc.encode_ordinary, enc.decode, [P], depths, trials, seed=T,
                                        digits=digits)[P]
         grids[name] = grid
-        m.config.rope_scaling = scaling(8 * L)
+        m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(8 * L))
         curves[name] = loss_by_position(m, data, 8 * L, windows)
     summary = dict(L=L, lengths=lengths, depths=depths, trials=trials, rope_theta_abf=theta,
                    passkey={n: {str(T): sum(g[T]) / len(depths) for T in lengths} for n, g in grids.items()},
@@ -295,7 +238,6 @@ def experiment(quick=False, out=None):
 
 
 def plot_loss_by_position(curves, length, L, file, trained=None):
-    from plots import save, subplots
     fig, ax = subplots(figsize=(6.5, 4))
     for name, c in curves.items():
         step = length / len(c)
@@ -309,7 +251,6 @@ def plot_loss_by_position(curves, length, L, file, trained=None):
 
 
 def main():
-    from plots import quick_cli
     quick_cli("Context extension: RoPE vs NTK vs ABF + continued training, passkey and loss by position "
               "(paper §7.2)", experiment)
 

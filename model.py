@@ -1,5 +1,5 @@
 """
-MiniCPM, the model (paper §6.1, muP scalings of §3.1; PAPER.md §1-2).
+MiniCPM, the model (paper §6.1; the muP scalings of §3.1; the MiniCPM-MoE layer of §7.3).
 
 A Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU, no biases) with the three muP
 multipliers of MiniCPM, in the paper's / official config's names:
@@ -12,9 +12,11 @@ multipliers of MiniCPM, in the paper's / official config's names:
 and the muP initialisation: hidden matrices ~ N(0, (init_std / sqrt(m))^2), embedding ~ N(0, init_std^2).
 `use_mup=False` builds the same network in standard parametrisation (m := 1 for init, logits and lr).
 Module names equal the official checkpoint keys (model.layers.{i}.self_attn.q_proj, ...), so official
-weights load with no renaming.
+weights load with no renaming. The RoPE formulas (and the long-context bases) are in rope.py; `num_experts > 0`
+makes every MLP a top-k mixture of experts (`MoE` below; its upcycling from a dense model is moe.py).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from longctx import check_rope_scaling, rope_base, rope_inv_freq, rope_scaling_type
+from rope import apply_rope, check_rope_scaling, rope_base, rope_cos_sin, rope_scaling_type
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -43,14 +45,14 @@ class MiniCPMConfig:
     max_position_embeddings: int = 1024
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: dict = None  # None | {"type": "dynamic", "factor": f} | {"type": "ntk", "factor": s} (longctx.py)
+    rope_scaling: dict = None  # None | {"type": "dynamic", "factor": f} | {"type": "ntk", "factor": s} (rope.py)
     scale_emb: float = 12.0  # paper §3.1 / official config: embedding output multiplier
     scale_depth: float = 1.4  # residual branches are scaled by scale_depth / sqrt(num_hidden_layers)
     dim_model_base: int = 256  # base width of the muP width multiplier m = hidden_size / dim_model_base
     init_std: float = 0.1  # official config: initializer_range
     tie_word_embeddings: bool = True
     use_mup: bool = True  # False: standard parametrisation (no width multiplier anywhere)
-    # MiniCPM-MoE (paper §7.3, moe.py): num_experts > 0 makes every MLP a top_k mixture of experts
+    # MiniCPM-MoE (paper §7.3): num_experts > 0 makes every MLP a top_k mixture of experts (MoE below)
     num_experts: int = 0
     top_k: int = 2
     router_aux_loss_coef: float = 0.01
@@ -103,26 +105,34 @@ class MiniCPMConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
-def _ladder(d, layers, vocab=320):
-    """A wind-tunnel size: head_dim 64 (2 heads below d=128), ffn = 2.5 d as in MiniCPM-2.4B (5760 / 2304)."""
-    heads = max(2, d // 64)
-    return dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
-                num_key_value_heads=heads, intermediate_size=int(2.5 * d) // 64 * 64 or 64)
+def ladder(width, layers, vocab=320):
+    """The shape of a wind-tunnel model of a given width, the one rule every experiment uses: head_dim 64 (2 heads
+    below width 128), intermediate_size = 2.5 x width rounded down to a multiple of 16 (MiniCPM-2.4B: 5760 / 2304)."""
+    heads = max(2, width // 64)
+    return dict(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=heads, intermediate_size=max(16, int(2.5 * width) // 16 * 16))
 
 
 PRESETS = {
-    # the released models (PAPER.md §1 table)
+    # the released models (paper §6.1 / the official config.json files)
     "minicpm-2.4b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,
                          num_key_value_heads=36, intermediate_size=5760, max_position_embeddings=4096),
     "minicpm-1.2b": dict(vocab_size=73440, hidden_size=1536, num_hidden_layers=52, num_attention_heads=24,
                          num_key_value_heads=8, intermediate_size=3840, max_position_embeddings=4096),
     # the wind-tunnel ladder (named by non-embedding size, as the paper's 0.009B ... 0.3B models)
-    "tiny": _ladder(128, 4),
-    "wt-9m": _ladder(256, 12),
-    "wt-36m": _ladder(512, 12),
-    "wt-0.1b": _ladder(768, 16),
-    "wt-0.3b": _ladder(1024, 24),
+    "tiny": ladder(128, 4),
+    "wt-9m": ladder(256, 12),
+    "wt-36m": ladder(512, 12),
+    "wt-0.1b": ladder(768, 16),
+    "wt-0.3b": ladder(1024, 24),
 }
+
+
+def model_config(run_config):
+    """The MiniCPMConfig of a train.py config dict: its `preset`, overridden by every model key that is not None."""
+    overrides = {f.name: run_config[f.name] for f in fields(MiniCPMConfig) if run_config.get(f.name) is not None}
+    preset = run_config.get("preset")
+    return MiniCPMConfig.from_preset(preset, **overrides) if preset else MiniCPMConfig(**overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,19 +149,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):  # one fused kernel in fp32 (the .float() calls are no-ops for fp32 inputs)
         return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
-
-
-def rope_cos_sin(positions, head_dim, theta):
-    """RoPE tables in fp32 for the given positions, (T, head_dim), frequencies theta^(-2i/d) in the rotate-half
-    layout of the official code: pairs (i, i + d/2). The sin table carries the sign of the rotation:
-    rotate_half(x) * sin == roll(x, d/2) * cat(-sin, sin), one op fewer on the hot path."""
-    freqs = torch.outer(positions.float(), rope_inv_freq(head_dim, theta).to(positions.device))
-    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
-
-
-def apply_rope(x, cos, sin):
-    xf = x.float()
-    return (xf * cos + xf.roll(x.size(-1) // 2, dims=-1) * sin).type_as(x)
 
 
 class KVCache:
@@ -196,7 +193,7 @@ class Attention(nn.Module):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        # softmax scale 1/sqrt(head_dim): the paper keeps the standard scale, not muP's 1/head_dim (PAPER.md §1)
+        # softmax scale 1/sqrt(head_dim): the standard scale, not muP's 1/head_dim (head_dim is 64 at every size)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv != self.n_head)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
@@ -214,23 +211,85 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class MoE(nn.Module):
+    """MiniCPM-MoE's sparse MLP (paper §7.3): a router and E SwiGLU experts; per token x
+
+        p = softmax(W_router x),  K = top_k(p),  y = sum_{i in K} p_i / (sum_{j in K} p_j) * Expert_i(x)
+
+    Expert weights are stacked (E, out, in), so the optimizer, FSDP and checkpoints see three tensors per layer as
+    for the dense MLP. Dispatch is dropless: token slots are sorted by expert, each expert runs one matmul on its
+    contiguous group, and the results are scattered back with their weights (a loop over experts, never over
+    tokens). Returns (y, router logits); the logits feed the balancing loss and the load statistics."""
+
+    def __init__(self, config):
+        super().__init__()
+        E, d, f = config.num_experts, config.hidden_size, config.intermediate_size
+        self.num_experts, self.top_k = E, config.top_k
+        self.router = nn.Linear(d, E, bias=False)
+        self.gate_proj = nn.Parameter(torch.empty(E, f, d))
+        self.up_proj = nn.Parameter(torch.empty(E, f, d))
+        self.down_proj = nn.Parameter(torch.empty(E, d, f))
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits = self.router(x)
+        probs = F.softmax(logits.float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        # group the N*k token slots by expert: slot s = token s // k routed to experts.view(-1)[s]
+        flat = experts.view(-1)
+        order = flat.argsort(stable=True)
+        token = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        outs = []
+        for e, h in enumerate(x[token].split(counts)):  # one contiguous group of token slots per expert
+            if len(h):
+                outs.append(F.linear(F.silu(F.linear(h, self.gate_proj[e])) * F.linear(h, self.up_proj[e]),
+                                     self.down_proj[e]))
+        out = torch.cat(outs) * weights.view(-1)[order, None]
+        y = torch.zeros_like(x).index_add_(0, token, out)
+        return y.view(shape), logits
+
+
+def load_balancing_loss(router_logits, top_k):
+    """Switch/Mixtral auxiliary loss aux = E * sum_i f_i P_i for router logits (tokens, E), or a sequence of them
+    (one per layer, concatenated); f_i: fraction of the token slots routed to expert i, P_i: mean router probability.
+    1 when balanced, ~E/k when collapsed onto k experts."""
+    if isinstance(router_logits, (list, tuple)):
+        router_logits = torch.cat(router_logits)
+    E = router_logits.size(-1)
+    probs = F.softmax(router_logits.float(), dim=-1)
+    chosen = probs.topk(top_k, dim=-1).indices
+    f = F.one_hot(chosen, E).sum(1).float().mean(0) / top_k  # fraction of token slots per expert (sums to 1)
+    P = probs.mean(0)
+    return E * (f * P).sum()
+
+
+@torch.no_grad()
+def expert_load(router_logits, top_k):
+    """Fraction of the token slots each expert received, over all layers' router logits: (E,)."""
+    logits = torch.cat(router_logits) if isinstance(router_logits, (list, tuple)) else router_logits
+    load = torch.bincount(logits.topk(top_k, -1).indices.view(-1), minlength=logits.size(-1)).float()
+    return load / load.sum()
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        if config.num_experts:
-            from moe import MoE  # the sparse MLP lives with its upcycling (moe.py)
-            self.mlp = MoE(config)
-        else:
-            self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.num_experts else MLP(config)
         # depth muP (paper §3.1): each residual branch is scaled by scale_depth / sqrt(L)
         self.residual_scale = config.scale_depth / math.sqrt(config.num_hidden_layers)
 
     def forward(self, x, cos, sin, cache=None, start=0):
+        """(the block's output, the router logits of an MoE layer or None)."""
         x = torch.add(x, self.self_attn(self.input_layernorm(x), cos, sin, cache, start), alpha=self.residual_scale)
-        return torch.add(x, self.mlp(self.post_attention_layernorm(x)), alpha=self.residual_scale)
+        y = self.mlp(self.post_attention_layernorm(x))
+        y, router_logits = y if isinstance(y, tuple) else (y, None)
+        return torch.add(x, y, alpha=self.residual_scale), router_logits
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -276,7 +335,8 @@ class MiniCPM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def hidden_states(self, idx, cache=None, start=0):
-        """Final normed hidden state divided by m, the input of the (tied or untied) head."""
+        """(final normed hidden state divided by m, the input of the (tied or untied) head; the router logits of
+        every MoE layer, an empty tuple for the dense model)."""
         B, T = idx.shape
         if start + T > self.config.max_length:
             raise ValueError(f"sequence of {start + T} tokens is longer than the model supports "
@@ -288,23 +348,48 @@ class MiniCPM(nn.Module):
             cos, sin = rope_cos_sin(torch.arange(T, device=idx.device), self.config.head_dim,
                                     rope_base(self.config, T))
         x = self.model.embed_tokens(idx) * self.config.scale_emb  # paper §3.1: scale_emb on the embedding output
+        router_logits = []
         for layer in self.model.layers:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
+                x, r = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, cache, start)
+                x, r = layer(x, cos, sin, cache, start)
+            if r is not None:
+                router_logits.append(r)
         # paper §3.1: the output is divided by the width multiplier m before the head
-        return self.model.norm(x) / self.config.width_mult
+        return self.model.norm(x) / self.config.width_mult, tuple(router_logits)
 
-    def forward(self, idx, targets=None):
-        logits = F.linear(self.hidden_states(idx), self.head_weight())
+    def forward(self, idx, targets=None, output_router_logits=False):
+        """(logits, loss) with loss the mean cross-entropy over targets != -100 (None without targets); with
+        output_router_logits=True also the router logits of every MoE layer (a tuple, empty for a dense model),
+        from which the trainer adds router_aux_loss_coef * load_balancing_loss to its objective (paper §7.3).
+        The returned loss is always the pure cross-entropy: what evaluation reports."""
+        h, router_logits = self.hidden_states(idx)
+        logits = F.linear(h, self.head_weight())
         loss = None
         if targets is not None:  # targets -100 are ignored (prompt tokens in SFT / DPO)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-            if self.config.num_experts:  # the load-balancing auxiliary loss of every MoE layer (moe.py)
-                from moe import model_aux_loss
-                loss = loss + self.config.router_aux_loss_coef * model_aux_loss(self)
-        return logits, loss
+        return (logits, loss, router_logits) if output_router_logits else (logits, loss)
+
+    def with_config(self, **changes):
+        """A new model holding these weights under the config with `changes`: a RoPE base, scaling or length limit
+        (the tensors are shared), or tie_word_embeddings=False (an output head of its own, starting as a copy of the
+        embedding: paper §7.2 unties before the long-context stage). Changes that reshape weights are an error."""
+        config = dataclasses.replace(self.config, **changes)
+        if config.tie_word_embeddings and not self.config.tie_word_embeddings:
+            raise ValueError("with_config cannot tie an untied head (the two matrices differ)")
+        state = self.state_dict()
+        if not config.tie_word_embeddings and self.config.tie_word_embeddings:
+            state = untie_state_dict(state)
+        with torch.device("meta"):
+            new = MiniCPM(config)
+        try:
+            new.load_state_dict(state, assign=True)
+        except RuntimeError as e:
+            raise ValueError(f"with_config({', '.join(changes)}): the weights no longer fit ({str(e).splitlines()[0]})"
+                             ) from None
+        new.activation_checkpointing = self.activation_checkpointing
+        return new.train(self.training)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_token_id=None):
@@ -325,7 +410,7 @@ class MiniCPM(nn.Module):
         out[:, :T] = idx
         x, start = idx, 0
         for i in range(max_new_tokens):
-            h = self.hidden_states(x, cache, start)[:, -1]
+            h = self.hidden_states(x, cache, start)[0][:, -1]
             logits = F.linear(h, self.head_weight()).float()
             start += x.size(1)
             if top_k == 1 or temperature == 0:
@@ -363,6 +448,11 @@ class MiniCPM(nn.Module):
                "initializer_range": c.init_std, "torch_dtype": str(self.head_weight().dtype).replace("torch.", ""),
                **{k: v for k, v in asdict(c).items() if k not in ("init_std",)}}
         write_weights(path, {k: v.detach() for k, v in self.state_dict().items()}, cfg)
+
+
+def untie_state_dict(state):
+    """A tied model's weights with an output head of its own, a copy of the embedding (paper §7.2)."""
+    return {**state, "lm_head.weight": state["model.embed_tokens.weight"].clone()}
 
 
 # official config.json fields that map onto MiniCPMConfig under another name

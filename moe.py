@@ -1,8 +1,8 @@
 """
-MiniCPM-MoE by sparse upcycling (paper §7.3, PAPER.md §7).
+MiniCPM-MoE by sparse upcycling (paper §7.3).
 
 Every MLP of a trained dense MiniCPM becomes `num_experts` experts, each an exact copy of that MLP, plus a new
-bias-free router. Per token x:
+bias-free router. Per token x (the layer is `model.MoE`, which `num_experts > 0` puts in every block):
 
     p = softmax(W_router x)                  # over the E experts
     K = top_k(p)                             # the k experts kept (k = 2 for MiniCPM-MoE-8x2B)
@@ -10,144 +10,82 @@ bias-free router. Per token x:
 
 At upcycling time all experts are equal and the kept weights sum to 1, so the MoE computes the dense function
 (up to float rounding) and training continues from the dense loss instead of from scratch. A Switch-style
-load-balancing loss keeps the router from collapsing onto a few experts:
+load-balancing loss (`model.load_balancing_loss`) keeps the router from collapsing onto a few experts:
 
     aux = E * sum_i f_i * P_i    f_i: fraction of the token slots routed to expert i, P_i: mean router probability
 
-which is 1 for perfectly balanced routing and ~E/k when every token goes to the same k experts. It is added to the
-training loss with `router_aux_loss_coef` (0.01).
-
-Dispatch is dropless: token slots are sorted by expert, each expert runs one matmul on its contiguous group, and the
-results are scattered back with their weights (a loop over experts, never over tokens).
+which is 1 for perfectly balanced routing and ~E/k when every token goes to the same k experts. The trainer adds
+`router_aux_loss_coef` (0.01) x aux to its objective; the reported losses are the pure cross-entropy.
 
 `python moe.py` trains a dense model, then continues it (a) dense and (b) upcycled 8x top-2 on the same tokens
 (`--quick`: tiny models on a 2-core CPU); `python moe.py --bench` times one MoE layer against the dense MLP.
 """
 
 import argparse
-import copy
+import dataclasses
 import json
 import math
 import os
+import statistics
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from bench import timeit
+from checkpoint import read_jsonl
+# the layer and its balancing loss live with the model (model.py builds them); named here too, where §7.3 is read
+from model import MLP, MiniCPM, MiniCPMConfig, MoE, expert_load, load_balancing_loss, model_config  # noqa: F401
+from plots import save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-class MoE(nn.Module):
-    """A top-k mixture of SwiGLU experts; expert weights are stacked (E, out, in) so that the optimizer, FSDP and
-    checkpoints see three tensors per layer, as for the dense MLP."""
+def upcycle_state_dict(dense_state, config, seed=0):
+    """The weights of the MoE model of `config` from a dense model's state dict: every expert a copy of its layer's
+    dense MLP (gate/up/down (f, d) -> (E, f, d)), a new N(0, hidden std) router per layer (muP: the router is a hidden
+    matrix, mup.py); everything else (embeddings, attention, norms) is the dense model's."""
+    E = config.num_experts
+    state = {}
+    for k, v in dense_state.items():
+        if ".mlp." in k:  # model.layers.i.mlp.gate_proj.weight (f, d) -> model.layers.i.mlp.gate_proj (E, f, d)
+            state[k.removesuffix(".weight")] = v.unsqueeze(0).repeat(E, 1, 1)
+        else:
+            state[k] = v.clone()
+    g = torch.Generator().manual_seed(seed)
+    std = config.init_std / math.sqrt(config.width_mult)
+    ref = dense_state["model.embed_tokens.weight"]
+    for i in range(config.num_hidden_layers):
+        state[f"model.layers.{i}.mlp.router.weight"] = (torch.randn(E, config.hidden_size, generator=g)
+                                                         * std).to(ref.dtype).to(ref.device)
+    return state
 
-    def __init__(self, config):
-        super().__init__()
-        E, d, f = config.num_experts, config.hidden_size, config.intermediate_size
-        self.num_experts, self.top_k = E, config.top_k
-        self.router = nn.Linear(d, E, bias=False)
-        self.gate_proj = nn.Parameter(torch.empty(E, f, d))
-        self.up_proj = nn.Parameter(torch.empty(E, f, d))
-        self.down_proj = nn.Parameter(torch.empty(E, d, f))
-        self.router_logits = None  # of the last forward, for the auxiliary loss and the load statistics
 
-    def forward(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        logits = self.router(x)
-        self.router_logits = logits
-        probs = F.softmax(logits.float(), dim=-1)
-        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
-        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
-        # group the N*k token slots by expert: slot s = token s // k routed to experts.view(-1)[s]
-        flat = experts.view(-1)
-        order = flat.argsort(stable=True)
-        token = order // self.top_k
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        outs = []
-        for e, h in enumerate(x[token].split(counts)):  # one contiguous group of token slots per expert
-            if len(h):
-                outs.append(F.linear(F.silu(F.linear(h, self.gate_proj[e])) * F.linear(h, self.up_proj[e]),
-                                     self.down_proj[e]))
-        out = torch.cat(outs) * weights.view(-1)[order, None]
-        y = torch.zeros_like(x).index_add_(0, token, out)
-        return y.view(shape)
+def upcycle_optimizer_state(named_state, num_experts):
+    """Carry AdamW's moments over, {param name: state} of the dense model -> of the MoE: each expert starts from its
+    dense MLP's moments, the router from none, so the first MoE steps continue the dense run's optimisation instead
+    of restarting it with raw sign-like updates."""
+    out = {}
+    for name, st in named_state.items():
+        if ".mlp." in name:
+            out[name.removesuffix(".weight")] = {k: v.clone() if v.dim() == 0 else v.unsqueeze(0).repeat(
+                num_experts, 1, 1) for k, v in st.items()}
+        else:
+            out[name] = {k: v.clone() for k, v in st.items()}
+    return out
 
 
 def upcycle(dense, num_experts=8, top_k=2, seed=0):
-    """A MoE MiniCPM whose every expert is a copy of the dense MLP of its layer, with a new N(0, hidden std) router;
-    everything else (embeddings, attention, norms) is the dense model's."""
-    from model import MiniCPM
+    """A MoE MiniCPM whose every expert is a copy of the dense MLP of its layer, with a new router."""
     if not isinstance(num_experts, int) or num_experts < 1:
         raise ValueError(f"num_experts={num_experts!r}: upcycling needs at least 1 expert")
     if dense.config.num_experts:
         raise ValueError("the model is already a MoE: upcycle a dense model")
-    cfg = copy.deepcopy(dense.config)
-    cfg.num_experts, cfg.top_k = num_experts, top_k
-    cfg.__post_init__()  # validates top_k against num_experts
+    config = dataclasses.replace(dense.config, num_experts=num_experts, top_k=top_k)  # validates top_k
     with torch.device("meta"):
-        moe = MiniCPM(cfg)
-    state = {}
-    for k, v in dense.state_dict().items():
-        if ".mlp." in k:  # model.layers.i.mlp.gate_proj.weight (f, d) -> model.layers.i.mlp.gate_proj (E, f, d)
-            state[k.removesuffix(".weight")] = v.unsqueeze(0).repeat(num_experts, 1, 1)
-        else:
-            state[k] = v.clone()
-    g = torch.Generator().manual_seed(seed)
-    std = cfg.init_std / math.sqrt(cfg.width_mult)  # muP: the router is a hidden matrix (mup.py)
-    ref = next(dense.parameters())
-    for i in range(cfg.num_hidden_layers):
-        state[f"model.layers.{i}.mlp.router.weight"] = (torch.randn(num_experts, cfg.hidden_size, generator=g)
-                                                         * std).to(ref.dtype).to(ref.device)
-    moe.load_state_dict(state, assign=True)
+        moe = MiniCPM(config)
+    moe.load_state_dict(upcycle_state_dict(dense.state_dict(), config, seed), assign=True)
     return moe
-
-
-@torch.no_grad()
-def upcycle_optimizer_state(dense, dense_opt, moe, moe_opt):
-    """Carry AdamW's moments over: each expert starts from its dense MLP's moments, the router from none, so the
-    first MoE steps continue the dense run's optimisation instead of restarting it with raw sign-like updates."""
-    moe_params = dict(moe.named_parameters())
-    for name, p in dense.named_parameters():
-        st = dense_opt.state.get(p)
-        if not st:
-            continue
-        if ".mlp." in name:
-            q = moe_params[name.removesuffix(".weight")]
-            moe_opt.state[q] = {k: v.clone() if v.dim() == 0 else v.unsqueeze(0).repeat(q.size(0), 1, 1).to(q.device)
-                                for k, v in st.items()}
-        else:
-            q = moe_params[name]
-            moe_opt.state[q] = {k: v.clone().to(q.device) for k, v in st.items()}
-
-
-def load_balancing_loss(router_logits, top_k):
-    """Switch/Mixtral auxiliary loss E * sum_i f_i P_i for router logits (tokens, E): 1 when balanced, ~E/k when
-    collapsed onto k experts."""
-    E = router_logits.size(-1)
-    probs = F.softmax(router_logits.float(), dim=-1)
-    chosen = probs.topk(top_k, dim=-1).indices
-    f = F.one_hot(chosen, E).sum(1).float().mean(0) / top_k  # fraction of token slots per expert (sums to 1)
-    P = probs.mean(0)
-    return E * (f * P).sum()
-
-
-def _moe_layers(model):
-    return [layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE)]
-
-
-def model_aux_loss(model):
-    """The balancing loss over all layers' tokens of the last forward, concatenated."""
-    return load_balancing_loss(torch.cat([m.router_logits for m in _moe_layers(model)]), model.config.top_k)
-
-
-@torch.no_grad()
-def expert_load(model):
-    """Fraction of token slots each expert received in the last forward, averaged over layers: (E,)."""
-    loads = [torch.bincount(m.router_logits.topk(m.top_k, -1).indices.view(-1), minlength=m.num_experts).float()
-             for m in _moe_layers(model)]
-    load = torch.stack(loads).sum(0)
-    return load / load.sum()
 
 
 def param_counts(model):
@@ -165,10 +103,6 @@ def param_counts(model):
 
 
 def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
-    import statistics
-
-    from bench import timeit
-    from model import MLP, MiniCPMConfig
     cfg = MiniCPMConfig(hidden_size=d, intermediate_size=f, num_attention_heads=max(2, d // 64),
                         num_key_value_heads=max(2, d // 64), num_experts=E, top_k=k)
     torch.manual_seed(0)
@@ -182,11 +116,11 @@ def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
         return statistics.median(timeit(fn, 3, reps, sync))
     results = {}
     with torch.no_grad():
-        td, tm = timed(lambda: mlp(x)), timed(lambda: moe(x))
+        td, tm = timed(lambda: mlp(x)), timed(lambda: moe(x)[0])
     results["forward"] = tm / td
     xg = x.clone().requires_grad_(True)
     td2 = timed(lambda: mlp(xg).sum().backward())
-    tm2 = timed(lambda: moe(xg).sum().backward())
+    tm2 = timed(lambda: moe(xg)[0].sum().backward())
     results["forward+backward"] = tm2 / td2
     print(f"MoE layer ({E} experts, top-{k}, d={d}, ffn={f}, {tokens} tokens, {device}): forward "
           f"{tm / tokens * 1e6:.2f} us/token vs dense {td / tokens * 1e6:.2f} us/token = {tm / td:.2f}x; "
@@ -199,9 +133,7 @@ def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
 
 
 def experiment(quick=False, out=ROOT, steps=None):
-    import numpy as np
-
-    from train import read_jsonl, sweep
+    from train import sweep
     if quick:  # 2-core CPU
         model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, intermediate_size=320)
@@ -214,8 +146,6 @@ def experiment(quick=False, out=ROOT, steps=None):
     dense_dir = os.path.join(out, f"out-moe-dense{tag}")
     base = dict(**model, lr=lr, batch_size=rows, seq_len=seq, sample_tokens=0, seed=1, eval_steps=8,
                 warmup_steps=S1 // 20)
-    from model import MiniCPM
-    from train import model_config
     with torch.device("meta"):
         dense_n = MiniCPM(model_config(dict(base))).num_params()
         total, active = param_counts(MiniCPM(model_config(dict(base, num_experts=8, top_k=2))))
@@ -255,7 +185,6 @@ def experiment(quick=False, out=ROOT, steps=None):
 
 
 def plot(res, loads, branch_tokens, tok_step, file):
-    from plots import save, subplots
     fig, axes = subplots(1, 2, figsize=(12, 4))
     ax = axes[0]
     for name, r in res.items():
@@ -265,7 +194,6 @@ def plot(res, loads, branch_tokens, tok_step, file):
     ax.legend(fontsize=8)
     ax = axes[1]
     if loads:
-        import numpy as np
         im = ax.imshow(np.array([l_ for _, l_ in loads]).T, aspect="auto", cmap="viridis",
                        extent=[loads[0][0], loads[-1][0], len(loads[0][1]) - 0.5, -0.5])
         fig.colorbar(im, ax=ax, label="fraction of token slots")

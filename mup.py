@@ -1,5 +1,5 @@
 """
-muP, width and depth scaling (paper §3.1 "model wind tunnel", PAPER.md §2), in one place.
+muP, width and depth scaling (paper §3.1 "model wind tunnel"), in one place.
 
 With the width multiplier m = hidden_size / dim_model_base (model.py applies the forward multipliers):
     init    hidden matrices ~ N(0, (init_std / sqrt(m))^2), embedding ~ N(0, init_std^2)   (model.py)
@@ -31,28 +31,36 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from model import MiniCPM, MiniCPMConfig
+from corpus import TokenData
+from model import MiniCPM, MiniCPMConfig, ladder
+from plots import save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, "assets")
 RESULTS = os.path.join(ROOT, "results")
 
 
-def param_groups(model):
-    """The muP parameter groups: [(name, params, lr_scale, weight_decay_on)]."""
+def named_param_groups(model):
+    """The muP parameter groups: [(group, [(param name, param)], lr_scale, weight_decay_on)]."""
     m = model.config.width_mult
     hidden, embed, norms = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if p.dim() < 2:
-            norms.append(p)
+            norms.append((name, p))
         elif model.is_embedding(name):
-            embed.append(p)
+            embed.append((name, p))
         else:  # q, k, v, o, gate, up, down, and the MoE router and stacked experts: hidden matrices
-            hidden.append(p)
+            hidden.append((name, p))
     return [("hidden", hidden, 1.0 / m, True), ("embedding", embed, 1.0, True), ("norm", norms, 1.0, False)]
+
+
+def param_groups(model):
+    """The muP parameter groups: [(name, params, lr_scale, weight_decay_on)]."""
+    return [(g, [p for _, p in ps], scale, wd) for g, ps, scale, wd in named_param_groups(model)]
 
 
 def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95)):
@@ -63,6 +71,26 @@ def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95)):
     params = [p for g in groups for p in g["params"]]
     fused = all(p.is_cuda for p in params)  # the fused kernel on CUDA; foreach on CPU
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def named_optimizer_state(config, optimizer_state):
+    """{param name: AdamW state} of an optimizer state dict written for a model of `config` by configure_optimizer:
+    PyTorch numbers the params in group order (ckpt.pt), DCP names them (ckpt_dcp). Lets a run start from another
+    model's optimizer by name (a context extension that unties the head, sparse upcycling)."""
+    with torch.device("meta"):
+        names = [n for _, ps, _, _ in named_param_groups(MiniCPM(config)) for n, _ in ps]
+    ids = [i for g in optimizer_state["param_groups"] for i in g["params"]]
+    by_id = {i: (i if isinstance(i, str) else names[k]) for k, i in enumerate(ids)}
+    return {by_id[i]: st for i, st in optimizer_state["state"].items()}
+
+
+def load_named_optimizer_state(model, optimizer, named_state):
+    """Load {param name: AdamW state} into the optimizer configure_optimizer made for `model`; params not named
+    there start without state. Through optimizer.load_state_dict, so PyTorch puts each tensor where it belongs."""
+    names = [n for _, ps, _, _ in named_param_groups(model) for n, _ in ps]
+    sd = optimizer.state_dict()
+    sd["state"] = {i: named_state[n] for i, n in enumerate(names) if n in named_state}
+    optimizer.load_state_dict(sd)
 
 
 def set_lr(optimizer, lr):
@@ -77,15 +105,12 @@ KINDS = ("embedding", "attention", "mlp", "logits")
 
 
 def width_config(width, use_mup, layers=2, vocab=320, **kw):
-    heads = max(2, width // 64)
-    return MiniCPMConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=heads, intermediate_size=int(2.5 * width) // 16 * 16,
-                         use_mup=use_mup, **kw)
+    """A model of the wind-tunnel ladder (model.ladder) in muP or standard parametrisation."""
+    return MiniCPMConfig(**ladder(width, layers, vocab), use_mup=use_mup, **kw)
 
 
 def coord_check(widths, use_mup, steps=4, lr=1e-2, seeds=(0,), batch_size=8, seq_len=64, layers=2, data=None):
     """Mean |activation| per layer kind after `steps` Adam steps at `lr`, for each width: {kind: [per width]}."""
-    from corpus import TokenData
     data = data or TokenData("embedded")
     out = {k: [0.0] * len(widths) for k in KINDS}
     for wi, width in enumerate(widths):
@@ -130,7 +155,6 @@ def growth(values, widths):
 
 
 def plot_coord_check(results, widths, steps, lr, file):
-    from plots import save, subplots
     fig, axes = subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, mode in zip(axes, ("muP", "SP")):
         for k in KINDS:
@@ -144,7 +168,6 @@ def plot_coord_check(results, widths, steps, lr, file):
 
 
 def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
-    from tqdm import tqdm
     results = {}
     for mode in tqdm(("muP", "SP"), desc="coord check"):
         results[mode] = coord_check(widths, mode == "muP", steps=steps, lr=lr, seeds=seeds, layers=layers)
@@ -217,7 +240,6 @@ def best_lr(lrs, losses):
 
 
 def plot_lr_transfer(summary, file):
-    from plots import save, subplots
     fig, axes = subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, mode in zip(axes, ("muP", "SP")):
         for w in summary["widths"]:

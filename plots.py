@@ -1,28 +1,65 @@
-"""Figures for the experiments: matplotlib without a display, saved to a file (assets/ by convention); and the
-command line the experiment scripts share."""
+"""
+Figures: matplotlib figures drawn straight to a file (no screen, no global backend switched behind a notebook's
+back), the training curve of a run, and the command line the experiment scripts share.
 
+    python plots.py out/metrics.jsonl [out/loss.png]   # redraw a run's loss / lr curve (train.py draws it at the end)
+"""
+
+import argparse
+import json
 import os
+import sys
+
+from matplotlib.figure import Figure
 
 
-def subplots(*args, **kwargs):
-    """plt.subplots on the file-only Agg backend (works on machines with no screen)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt.subplots(*args, **kwargs)
+def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
+    """(figure, axes) as plt.subplots returns them, on a Figure that is only ever saved to a file."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save(fig, file, dpi=110):
-    import matplotlib.pyplot as plt
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     fig.savefig(file, dpi=dpi)
-    plt.close(fig)
+
+
+def plot_metrics(rows, file):
+    """Train and validation loss against step, with the learning rate on a second axis, from metrics.jsonl rows."""
+    tr = [r for r in rows if "train_loss" in r]
+    va = [r for r in rows if "val_loss" in r]
+    fig, ax = subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8, label="train")
+    ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
+    ax.set(xlabel="step", ylabel="loss (nats/token)")
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], "k:", lw=1, label="lr")
+    ax2.set_ylabel("lr")
+    ax.legend(loc="upper right")
+    save(fig, file, dpi=110)
 
 
 def quick_cli(description, experiment, argv=None):
     """`python <file>.py [--quick]`: run experiment(quick=...) (the shared command line of the experiment scripts)."""
-    import argparse
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
     return experiment(quick=p.parse_args(argv).quick)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Draw a run's loss and lr curves from its metrics.jsonl")
+    p.add_argument("metrics", help="a train.py run's metrics.jsonl (or its out_dir)")
+    p.add_argument("out", nargs="?", help="the figure (default: loss.png beside metrics.jsonl)")
+    a = p.parse_args(argv)
+    path = os.path.join(a.metrics, "metrics.jsonl") if os.path.isdir(a.metrics) else a.metrics
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} not found: give a run's metrics.jsonl or its out_dir")
+    out = a.out or os.path.join(os.path.dirname(path), "loss.png")
+    with open(path) as f:
+        plot_metrics([json.loads(line) for line in f if line.strip()], out)
+    print(f"figure: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from checkpoint import CheckpointError, model_from_checkpoint
+from corpus import load_data
 from model import MiniCPM
 
 
@@ -51,8 +53,6 @@ def load(out_dir=None, model_dir=None, device="cpu"):
         model = MiniCPM.from_pretrained(model_dir, device=device).eval()
         tok = HFTokenizer(model_dir)
         return model, tok.encode, tok.decode, tok.eos
-    from corpus import load_data
-    from train import model_from_checkpoint
     model, cfg = model_from_checkpoint(out_dir, device)  # ckpt.pt or an FSDP run's ckpt_dcp
     enc = load_data(cfg["data"]).encoding()
     # ids past the tokenizer (the model's vocabulary padding) are dropped
@@ -87,7 +87,7 @@ def main(argv=None):
             y = model.generate(x, n, temperature=a.temperature, top_k=a.top_k, eos_token_id=eos)
             print(decode(y[0].tolist()))
             print("-" * 80)
-    except (FileNotFoundError, ImportError, ValueError, RuntimeError) as e:
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,5 +1,5 @@
 """
-The scaling law with WSD (paper §4.5, PAPER.md §5).
+The scaling law with WSD (paper §4.5).
 
 The paper trains six sizes (0.04B-2B), decays each from six stable WSD checkpoints (10N-60N tokens), measures the
 loss per byte on held-out sets, and fits the Chinchilla form
@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from model import MiniCPM, ladder, model_config
+from plots import quick_cli, save, subplots
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -47,7 +50,7 @@ class ScalingLaw:
         return self.C_N * N ** -self.alpha + self.C_D * D ** -self.beta + self.L0
 
 
-# our reading of the paper's fitted curve, N and D in billions (PAPER.md §5): D_opt/N_opt ~ 190 at N = 1B
+# our reading of the paper's fitted curve, N and D in billions (paper §4.5, Fig. 8): D_opt/N_opt ~ 190 at N = 1B
 PAPER_LAW = ScalingLaw(C_N=0.0715, alpha=0.29, C_D=0.300, beta=0.23, L0=0.31, unit=1e9)
 
 
@@ -122,8 +125,7 @@ def experiment(quick=False, out=ROOT):
     ckpt_root = os.path.join(out, "out-scaling" + tag)
     runs, sizes = {}, {}
     for w in widths:
-        model = dict(preset="tiny", hidden_size=w, num_hidden_layers=layers, num_attention_heads=max(2, w // 64),
-                     num_key_value_heads=max(2, w // 64), intermediate_size=int(2.5 * w) // 16 * 16)
+        model = dict(preset="tiny", **{k: v for k, v in ladder(w, layers).items() if k != "vocab_size"})
         base = dict(**model, batch_size=rows, seq_len=seq, lr=lr, sample_tokens=0, seed=1, eval_steps=16,
                     warmup_steps=S // 40)
         stable_dir = os.path.join(ckpt_root, f"w{w}")
@@ -135,8 +137,6 @@ def experiment(quick=False, out=ROOT):
             runs[f"w{w}_decay{s}"] = dict(base, out_dir="", init_from=os.path.join(stable_dir, f"ckpt_{s:06d}.pt"),
                                           max_steps=s + d, decay_steps=d, ckpt_interval=10 ** 9, eval_interval=s + d)
     results = sweep(os.path.join(out, "results", f"scaling{tag}.json"), runs, desc="scaling-law sweep")
-    from model import MiniCPM
-    from train import model_config
     points = []
     for name, res in results.items():
         if "_decay" not in name:
@@ -166,7 +166,6 @@ def experiment(quick=False, out=ROOT):
 
 
 def plot(points, law, file):
-    from plots import save, subplots
     fig, ax = subplots(figsize=(7, 4.5))
     for i, n in enumerate(sorted({p["N"] for p in points})):
         pts = sorted((p["D"], p["L"]) for p in points if p["N"] == n)
@@ -181,5 +180,4 @@ def plot(points, law, file):
 
 
 if __name__ == "__main__":
-    from plots import quick_cli
     quick_cli("Scaling law L(N, D) with WSD branches (paper §4.5)", experiment)

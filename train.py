@@ -1,5 +1,5 @@
 """
-Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4, PAPER.md §2, §4), nanoGPT style.
+Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4), nanoGPT style.
 
     python train.py                                   # tiny model on the embedded corpus, CPU, a few minutes
     python train.py config/wt_9m.py --max_steps=2000  # a config file, then --key=value overrides
@@ -10,18 +10,16 @@ Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4, PAPER.md §2,
     python train.py export out/ckpt_dcp official_dir  # a checkpoint -> the official format (from_pretrained)
     python train.py --init_from=out --data=sft.jsonl --decay_steps=0 --lr=1e-3   # SFT (paper §5; dpo.py for DPO)
 
-Every key below can be set in a config file or as --key=value; model keys left at None come from `preset`.
-The global batch of step s is a function of (seed, s) only: batch_size x grad_accum x world_size rows, split
-across processes and micro-steps, so any split logs the same losses. `train(config)` runs one training and returns
-its metrics, for experiment scripts that run many in one process.
+The file reads top to bottom: the config (every key below can be set in a config file or as --key=value; model
+keys left at None come from `preset`), building the model and its optimizer (fresh, resumed, or from another run),
+the batch of a step, and the loop. The global batch of step s is a function of (seed, s) only: batch_size x
+grad_accum x world_size rows, split across processes and micro-steps, so any split logs the same losses.
+`train(config)` runs one training and returns its metrics, for experiment scripts that run many in one process.
 """
 
-import ast
-import difflib
 import json
 import math
 import os
-import signal
 import statistics
 import sys
 import time
@@ -30,11 +28,23 @@ from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
+import configurator
+from bench import flops_per_token, peak_flops
+from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, keep_copy,
+                        load_checkpoint, load_dcp, load_full_state, load_state, read_checkpoint, read_jsonl,
+                        save_checkpoint, save_dcp, write_jsonl)
+from configurator import ConfigError
 from corpus import MixtureData, load_data
-from model import MiniCPM, MiniCPMConfig
-from mup import configure_optimizer, set_lr
-from wsd import cosine_lr, cosine_loop_lr, wsd_lr
+from longctx import mixed_batch
+from model import MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
+from model import model_config as _model_config
+from moe import param_counts, upcycle_optimizer_state, upcycle_state_dict
+from mup import configure_optimizer, named_optimizer_state, set_lr
+from plots import plot_metrics
+from system import StopFlag, all_mean, resolve_system, setup_distributed
+from wsd import cosine_loop_lr, cosine_lr, wsd_lr
 
 # ---------------------------------------------------------------------------------------------------- config
 # I/O
@@ -84,7 +94,7 @@ fsdp = False  # FSDP2 (fully_shard per block, bf16 params / fp32 reductions on C
 activation_checkpointing = False  # recompute each block in the backward: ~4x longer contexts for ~1/3 more compute
 
 CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not callable(globals()[k])
-               and not isinstance(globals()[k], type(sys)) and k.islower() and k not in ("CONFIG_KEYS",)]
+               and not isinstance(globals()[k], type(sys)) and k.islower()]
 MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
 MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
 CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
@@ -95,74 +105,22 @@ RESUMABLE_CHANGES = {"out_dir", "resume", "eval_interval", "eval_steps", "ckpt_i
 SPLIT_KEYS = {"batch_size", "grad_accum"}
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def default_config():
     g = globals()
     return {k: g[k] for k in CONFIG_KEYS}
 
 
-def _expected_type(key, defaults):
-    if key in MODEL_KEYS:
-        return {f.name: f.type for f in fields(MiniCPMConfig)}[key]
-    if key in ("compile",):
-        return (bool, str)
-    return type(defaults[key])
-
-
-def _check_value(key, value, defaults):
-    want = _expected_type(key, defaults)
-    if isinstance(want, str):  # dataclass annotations may be strings
-        want = {"int": int, "float": float, "bool": bool}.get(want, object)
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
-    if not ok:
-        names = want.__name__ if isinstance(want, type) else "/".join(t.__name__ for t in want)
-        raise ConfigError(f"config key {key}={value!r} has type {type(value).__name__}, expected {names}")
-    return value
-
-
-def _unknown(key, valid):
-    close = difflib.get_close_matches(key, valid, n=1)
-    return ConfigError(f"unknown config key {key!r}" + (f": did you mean {close[0]!r}?" if close else ""))
-
-
 def get_config(argv=(), base=None):
     """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
-    cfg = dict(base or default_config())
-    for arg in argv:
-        if not arg.startswith("--"):
-            if not os.path.isfile(arg):
-                raise ConfigError(f"config file {arg} not found")
-            scope = dict(cfg)
-            exec(open(arg).read(), {}, scope)
-            for k, v in scope.items():
-                if k.startswith("_") or isinstance(v, type(sys)) or callable(v):
-                    continue
-                if k not in cfg:
-                    raise _unknown(k, list(cfg))
-                cfg[k] = v if v is None and k in MODEL_KEYS else _check_value(k, v, cfg)
-            continue
-        key, eq, val = arg[2:].partition("=")
-        if not eq:
-            raise ConfigError(f"argument {arg!r}: write --key=value")
-        if key not in cfg:
-            raise _unknown(key, list(cfg))
-        try:
-            v = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            v = val  # a plain string
-        cfg[key] = v if v is None and key in MODEL_KEYS else _check_value(key, v, cfg)
-    return validate_config(cfg)
+    types = {f.name: f.type for f in fields(MiniCPMConfig)}  # model keys default to None: their type is the field's
+    types["compile"] = (bool, str)
+    return validate_config(configurator.get_config(argv, base or default_config(), types, nullable=MODEL_KEYS))
 
 
 def validate_config(cfg):
     for k in cfg:
         if k not in CONFIG_KEYS:
-            raise _unknown(k, CONFIG_KEYS)
+            raise configurator.unknown_key(k, CONFIG_KEYS)
     for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_steps", "eval_interval", "ckpt_interval"):
         if not cfg[k] >= 1:
             raise ConfigError(f"config key {k}={cfg[k]} must be >= 1")
@@ -185,14 +143,15 @@ def validate_config(cfg):
 
 
 def model_config(cfg):
-    overrides = {k: cfg[k] for k in MODEL_KEYS if cfg.get(k) is not None}
+    """The MiniCPMConfig of a config dict (model.model_config), a bad value as one ConfigError line."""
     try:
-        return MiniCPMConfig.from_preset(cfg["preset"], **overrides) if cfg["preset"] else MiniCPMConfig(**overrides)
+        return _model_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
 def lr_at(cfg, step):
+    """The learning rate eta_s of step s (wsd.py): S = max_steps, W = warmup_steps, T = S - decay_steps."""
     S, W = cfg["max_steps"], cfg["warmup_steps"]
     kw = dict(lr=cfg["lr"], W=W, final_lr_ratio=cfg["final_lr_ratio"])
     try:
@@ -205,220 +164,23 @@ def lr_at(cfg, step):
         raise ConfigError(f"schedule: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def save_checkpoint(path, state):
-    """Atomic: write a temporary file in the same directory, then rename over the old checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found: train into {os.path.dirname(path) or '.'} first")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120]}); it is left in place: delete it or pick another "
-                              f"out_dir") from None
-    missing = {"model", "optimizer", "step", "config"} - set(ckpt) if isinstance(ckpt, dict) else {"everything"}
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}: not a train.py checkpoint")
-    return ckpt
-
-
-DCP_DIR = "ckpt_dcp"  # FSDP runs: a torch.distributed.checkpoint directory, one file per rank + train_state.json
-
-
-def save_dcp(path, model, optimizer, train_state, keep=None):
-    """Every rank writes its shards in parallel into path.tmp; rank 0 then publishes it by renames (the previous
-    checkpoint moves to path.old until the new one is in place), so a kill at any moment leaves one whole checkpoint.
-    `keep`: also keep this checkpoint as a hard-linked copy (WSD decay branch points)."""
-    import shutil
-
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    tmp, old = path + ".tmp", path + ".old"
-    rank = dist.get_rank()
-    if rank == 0 and os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    dist.barrier()
-    msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp)
-    if rank == 0:
-        with open(os.path.join(tmp, "train_state.json"), "w") as f:
-            json.dump(train_state, f)
-        if os.path.isdir(path):
-            if os.path.isdir(old):
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-        if keep:
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(path, keep, copy_function=os.link)
-    dist.barrier()
-
-
-def dcp_train_state(path):
-    """(directory, train_state) of the published DCP checkpoint at path, or of the previous one if a kill came
-    between the two renames of save_dcp."""
-    for p in (path, path + ".old"):
-        if os.path.isfile(os.path.join(p, "train_state.json")):
-            with open(os.path.join(p, "train_state.json")) as f:
-                return p, json.load(f)
-    raise CheckpointError(f"DCP checkpoint {path} not found (no train_state.json): train into "
-                          f"{os.path.dirname(path) or '.'} with --fsdp=True first")
-
-
-def load_dcp(path, model, optimizer):
-    """Load a DCP checkpoint into the (sharded) model and optimizer, at any world size; returns train_state."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    path, train_state = dcp_train_state(path)
-    msd, osd = get_state_dict(model, optimizer)
-    state = {"model": msd, "optimizer": osd}
-    try:
-        dcp.load(state, checkpoint_id=path)
-    except Exception as e:
-        raise CheckpointError(f"DCP checkpoint {path} does not fit the model or is incomplete ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]})") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    return train_state
-
-
-def dcp_to_checkpoint(path):
-    """A DCP directory as the dict of a single-file train.py checkpoint (full tensors, on CPU), through PyTorch's
-    own converter; no process group needed."""
-    import tempfile
-
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    path, train_state = dcp_train_state(path)
-    with tempfile.TemporaryDirectory() as d:
-        dcp_to_torch_save(path, os.path.join(d, "full.pt"))
-        full = torch.load(os.path.join(d, "full.pt"), map_location="cpu", weights_only=True)
-    return dict(model=full["model"], optimizer=full["optimizer"], **train_state)
-
-
-def export_checkpoint(src, dst):
-    """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
-    (config.json + model.safetensors, or pytorch_model.bin without safetensors), which MiniCPM.from_pretrained
-    reads."""
-    model, _ = model_from_checkpoint(src)
-    model.save_pretrained(dst)
-    return dst
-
-
 def config_diff(a, b, ignore=()):
     return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
-def read_checkpoint(path):
-    """A checkpoint's dict from ckpt.pt, a DCP directory (ckpt_dcp*), or an out_dir holding either."""
-    if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):  # an out_dir
-        path = next((p for p in (os.path.join(path, "ckpt.pt"), os.path.join(path, DCP_DIR)) if os.path.exists(p)),
-                    os.path.join(path, "ckpt.pt"))
-    return dcp_to_checkpoint(path) if os.path.isdir(path) else load_checkpoint(path)
+# ---------------------------------------------------------------------------------------------------- building
 
 
-def model_from_checkpoint(path, device="cpu"):
-    """(model, config dict) from a train.py checkpoint (ckpt.pt, an out_dir, or a DCP directory)."""
-    ckpt = read_checkpoint(path)
-    model = MiniCPM(model_config(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt["config"]
-
-
-# ---------------------------------------------------------------------------------------------------- training
-
-
-def setup_distributed(device_type):
-    """(rank, local_rank, world_size) from torchrun's environment; one process without it."""
-    if "RANK" not in os.environ:
-        return 0, 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
-
-
-def all_mean(x, world):
-    if world > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= world
-    return x
-
-
-class StopFlag:
-    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the end of the step and exits cleanly."""
-
-    def __init__(self):
-        self.set = False
-        self.old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not in the main thread: no handler
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-
-
-def resolve_system(cfg):
-    dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={dev!r} but CUDA is not available: use --device=cpu")
-    dt = cfg["dtype"] if cfg["dtype"] != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
-    if dt not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"dtype={dt!r}: use float32, bfloat16 or float16")
-    comp = cfg["compile"] if cfg["compile"] != "auto" else dev.startswith("cuda")
-    if not isinstance(comp, bool):
-        raise ConfigError(f"compile={cfg['compile']!r}: use True, False or 'auto'")
-    return dev, getattr(torch, dt), comp
-
-
-def train(cfg, quiet=False):
-    """Run one training described by a config dict (see the module-level keys); returns its metrics."""
-    cfg = validate_config({**default_config(), **cfg})
-    dev, ptdtype, use_compile = resolve_system(cfg)
-    rank, local_rank, world = setup_distributed(dev.split(":")[0])
-    if dev == "cuda":
-        dev = f"cuda:{local_rank}"
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    device = torch.device(dev)
-    master = rank == 0
-    fsdp = cfg["fsdp"]
-    if fsdp and not dist.is_initialized():
-        raise ConfigError("fsdp=True shards the model over the processes of torchrun: run it as `torchrun "
-                          "--standalone --nproc_per_node=N train.py --fsdp=True ...` (N=1 works too)")
-    log = (lambda *a: None) if quiet or not master else print
-
+def load_run_data(cfg, mcfg):
+    """(data, decay_data or None) of a run, checked against the model: vocabulary, longest example, length."""
     try:
-        data_ = load_data(cfg["data"])
-        decay_ = load_data(cfg["decay_data"]) if cfg["decay_data"] else None
+        data = load_data(cfg["data"])
+        decay_data = load_data(cfg["decay_data"]) if cfg["decay_data"] else None
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
-    if (isinstance(data_, MixtureData) or decay_) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
+    if (isinstance(data, MixtureData) or decay_data) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
         raise ConfigError("long_ratio / passkey_ratio build rows from one token source: drop them or the mixture")
-    switch = cfg["max_steps"] - cfg["decay_steps"] if decay_ else None  # T: the decay, stage 2, starts here
-    mcfg = model_config(cfg)
-    for d in (data_, decay_) if decay_ else (data_,):
+    for d in (data, decay_data) if decay_data else (data,):
         if getattr(d, "longest", 0) > cfg["seq_len"] + 1:
             raise ConfigError(f"data {d.spec!r} has an example of {d.longest} tokens: raise seq_len to at least "
                               f"{d.longest - 1}")
@@ -428,268 +190,82 @@ def train(cfg, quiet=False):
     if cfg["seq_len"] > mcfg.max_position_embeddings:
         raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
                           f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")
+    return data, decay_data
 
+
+def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
+    """The one model and its one optimizer, then their state: `resume` (this out_dir's checkpoint), `init_from`
+    (another run's: a WSD branch, a context extension, sparse upcycling) or a fresh muP init. Returns
+    (model, optimizer, step)."""
     torch.manual_seed(cfg["seed"])
     model = MiniCPM(mcfg).to(device)
-    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
-    step, rows_log = 0, []
-    ckpt_path = os.path.join(cfg["out_dir"], DCP_DIR if fsdp else "ckpt.pt") if cfg["out_dir"] else None
-    global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
-    metrics_path = os.path.join(cfg["out_dir"], "metrics.jsonl") if cfg["out_dir"] else None
-    if cfg["resume"]:
-        if not ckpt_path:
-            raise ConfigError("resume=True needs an out_dir")
-        if fsdp:  # the sharded state is loaded below, once the model is sharded
-            ckpt = dcp_train_state(ckpt_path)[1]
-        elif not os.path.isfile(ckpt_path):
-            raise CheckpointError(f"checkpoint {ckpt_path} not found: nothing to resume, drop --resume=True")
-        else:
-            ckpt = load_checkpoint(ckpt_path)
-        diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
-        if diff:
-            raise CheckpointError(f"checkpoint {ckpt_path} was written with another config; differing keys: " +
-                                  ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
-        if ckpt["data"]["global_batch"] != global_batch:  # another world size or split must keep the global batch
-            raise CheckpointError(f"checkpoint {ckpt_path} trained with a global batch of {ckpt['data']['global_batch']}"
-                                  f" rows; batch_size x grad_accum x world size = {global_batch}: choose batch_size / "
-                                  f"grad_accum so that they multiply to it")
-        if fsdp:
-            step = ckpt["step"]
-        else:
-            step = _load_state(model, optimizer, ckpt, ckpt_path)
-            torch.set_rng_state(ckpt["rng"]["cpu"])
-            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        if master and metrics_path and os.path.isfile(metrics_path):  # drop rows logged after the checkpoint
-            rows_log = [r for r in read_jsonl(metrics_path) if r["step"] <= step]
-            _write_jsonl(metrics_path, rows_log)
-        log(f"resumed {ckpt_path} at step {step}")
-    else:
-        if cfg["init_from"]:
-            src = cfg["init_from"]
-            ckpt = read_checkpoint(src)
-            src_cfg = model_config(ckpt["config"])
-            a, b = asdict(src_cfg), asdict(mcfg)
-            diff = config_diff(a, b)
-            if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
-                # sparse upcycling (paper §7.3): every expert a copy of the dense MLP, a new router; AdamW's moments
-                # and the step count (so the WSD schedule) continue
-                from moe import upcycle, upcycle_optimizer_state
-                dense = MiniCPM(src_cfg)
-                dense_opt = configure_optimizer(dense, cfg["lr"], cfg["weight_decay"])
-                step = _load_state(dense, dense_opt, ckpt, src)
-                model = upcycle(dense, mcfg.num_experts, mcfg.top_k, seed=cfg["seed"]).to(device)
-                model.config = mcfg
-                optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
-                upcycle_optimizer_state(dense, dense_opt, model, optimizer)
-                log(f"upcycled {src} (step {step}) to {mcfg.num_experts} experts, top-{mcfg.top_k}")
-            elif set(diff) <= CONTEXT_KEYS and not (mcfg.tie_word_embeddings and not src_cfg.tie_word_embeddings):
-                # the same model (a WSD decay branch), or a context extension (paper §7.2): the same weights under a
-                # new RoPE base / scaling / length limit, untied if asked; AdamW's moments carry over (an untied
-                # head starts without)
-                model = MiniCPM(src_cfg).to(device)
-                optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
-                step = _load_state(model, optimizer, ckpt, src)
-                if src_cfg.tie_word_embeddings and not mcfg.tie_word_embeddings:
-                    from longctx import untie
-                    old = optimizer
-                    untie(model)
-                    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
-                    optimizer.state.update(old.state)
-                model.config = mcfg
-                log(f"initialised from {src} at step {step}" + "".join(f", {k}={b[k]!r}" for k in diff))
-            else:
-                raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
-                                      ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
-    if not cfg["resume"] and master and metrics_path:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        if ckpt_path and os.path.isfile(ckpt_path):
-            log(f"starting fresh: {ckpt_path} will be overwritten (--resume=True continues it)")
-        _write_jsonl(metrics_path, [])
-
     model.activation_checkpointing = cfg["activation_checkpointing"]
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-        full = StateDictOptions(full_state_dict=True)
-        loaded = get_state_dict(model, optimizer, options=full) if step and not cfg["resume"] else None
         shard_model(model, ptdtype, device)
-        optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the same muP groups, on shards
-        if cfg["resume"]:
-            load_dcp(ckpt_path, model, optimizer)
-        elif loaded:
-            set_state_dict(model, optimizer, model_state_dict=loaded[0], optim_state_dict=loaded[1], options=full)
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    if world > 1 and not fsdp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        # experts that get no token in a step have no gradient: DDP must expect unused parameters
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
-                    find_unused_parameters=mcfg.num_experts > 0)
-    autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
+    step = 0
+    if cfg["resume"]:
+        step = resume_from(cfg, model, optimizer, fsdp, global_batch, device)
+        log(f"resumed {cfg['out_dir']} at step {step}")
+    elif cfg["init_from"]:
+        step = start_from(cfg, mcfg, model, optimizer, log)
+    return model, optimizer, step
 
-    B, A, T = cfg["batch_size"], cfg["grad_accum"], cfg["seq_len"]
-    tokens_per_step = global_batch * T
-    peak = None
-    if device.type == "cuda":
-        from bench import flops_per_token, peak_flops
-        peak = peak_flops(device)
-        flops_tok = flops_per_token(mcfg, T)
-    if mcfg.num_experts:
-        from moe import param_counts
-        log(f"MoE: {mcfg.num_experts} experts, top-{mcfg.top_k}: {param_counts(raw_model)[1] / 1e6:.2f}M active "
-            f"non-embedding params per token")
-    log(f"model: {raw_model.num_params() / 1e6:.2f}M non-embedding params ({raw_model.num_params(False) / 1e6:.2f}M "
-        f"total), m = {mcfg.width_mult:g}; {world} process(es) x {A} micro-steps x {B} rows x {T} tokens = "
-        f"{tokens_per_step:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, compile={use_compile}"
-        f"{', FSDP2' if fsdp else ''})")
 
-    def evaluate():
-        model.eval()
-        losses = torch.zeros((), device=device)
-        with torch.no_grad():
-            for i in range(cfg["eval_steps"]):
-                for micro in range(A):  # the same global batch and split as training: equal for any split
-                    lo = (rank * A + micro) * B
-                    x, y = data_.batch("val", cfg["seed"], i, global_batch, T, rows=slice(lo, lo + B))
-                    with autocast:
-                        _, loss = raw_model(x.to(device), y.to(device))
-                    losses += loss.float()
-        model.train()
-        val = all_mean(losses / (cfg["eval_steps"] * A), world).item()
-        return val, val / math.log(2) / data_.meta["bytes_per_token"]
+def resume_from(cfg, model, optimizer, fsdp, global_batch, device):
+    """Load this out_dir's checkpoint after checking that it belongs to this run; returns its step."""
+    if not cfg["out_dir"]:
+        raise ConfigError("resume=True needs an out_dir")
+    path = os.path.join(cfg["out_dir"], DCP_DIR if fsdp else "ckpt.pt")
+    if fsdp:  # train_state.json first: the shards are checked against it, then loaded
+        ckpt = dcp_train_state(path)[1]
+    elif not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found: nothing to resume, drop --resume=True")
+    else:
+        ckpt = load_checkpoint(path)
+    diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was written with another config; differing keys: " +
+                              ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
+    if ckpt["data"]["global_batch"] != global_batch:  # another world size or split must keep the global batch
+        raise CheckpointError(f"checkpoint {path} trained with a global batch of {ckpt['data']['global_batch']} "
+                              f"rows; batch_size x grad_accum x world size = {global_batch}: choose batch_size / "
+                              f"grad_accum so that they multiply to it")
+    if fsdp:
+        return load_dcp(path, model, optimizer)["step"]
+    step = load_state(model, optimizer, ckpt, path)
+    torch.set_rng_state(ckpt["rng"]["cpu"])
+    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    return step
 
-    def checkpoint():
-        if fsdp and ckpt_path:
-            keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
-            return save_dcp(ckpt_path, raw_model, optimizer, dict(step=step, config=cfg, data=dict(
-                seed=cfg["seed"], next_step=step, global_batch=global_batch)), keep)
-        if master and ckpt_path:
-            save_checkpoint(ckpt_path, dict(
-                model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, config=cfg,
-                data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch),
-                rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda"
-                         else None)))
-            if cfg["keep_ckpts"]:
-                kept = os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt")
-                if os.path.exists(kept):
-                    os.remove(kept)
-                os.link(ckpt_path, kept)  # the same bytes, no copy; ckpt.pt is later replaced, not rewritten
-        if world > 1:
-            dist.barrier()
 
-    def log_row(row):
-        rows_log.append(row)
-        if master and metrics_path:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    from tqdm import tqdm
-    bar = tqdm(total=cfg["max_steps"], initial=step, disable=not master or quiet, dynamic_ncols=True)
-    history = dict(train_loss=[], val_loss=[], val_bpb=[])
-    stopped = False
-    with StopFlag() as stop:
-        while step < cfg["max_steps"]:
-            t0 = time.perf_counter()
-            lr_now = lr_at(cfg, step)
-            set_lr(optimizer, lr_now)
-            loss_sum = torch.zeros((), device=device)
-            src = decay_ if switch is not None and step >= switch else data_
-            if src is decay_ and step == switch:
-                weights = [round(float(w), 6) for w in getattr(src, "weights", [1.0])]
-                log_row(dict(step=step, data_switch=cfg["decay_data"], weights=weights))
-                if master and not quiet:
-                    bar.write(f"step {step}: the decay phase starts on {cfg['decay_data']} (weights {weights})")
-            masked = isinstance(src, MixtureData)
-            if masked:  # rows with prompt / padding labels: weight each micro-batch by its share of the global tokens
-                xg, yg = src.batch("train", cfg["seed"], step, global_batch, T)
-                n_global = max(1, int((yg != -100).sum()))
-            for micro in range(A):
-                # rows of the global batch owned by this process and micro-step: a function of (seed, step) only
-                lo = (rank * A + micro) * B
-                if masked:
-                    x, y = xg[lo:lo + B], yg[lo:lo + B]
-                elif cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:
-                    from longctx import mixed_batch
-                    x, y, _ = mixed_batch(data_, cfg["seed"], step, global_batch, T, slice(lo, lo + B),
-                                          cfg["long_ratio"], cfg["short_len"], cfg["passkey_ratio"])
-                else:
-                    x, y = data_.batch("train", cfg["seed"], step, global_batch, T, rows=slice(lo, lo + B))
-                if fsdp:  # reduce-scatter the gradients on the last micro-step only
-                    raw_model.set_requires_gradient_sync(micro == A - 1)
-                sync = model.no_sync() if world > 1 and not fsdp and micro < A - 1 else nullcontext()
-                with sync, autocast:
-                    _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                if masked:  # the mean over all response tokens of the global batch, whatever the split
-                    w = int((y != -100).sum()) * world / n_global
-                    (loss * w).backward()
-                    loss_sum += loss.detach().float() * w
-                else:
-                    (loss / A).backward()
-                    loss_sum += loss.detach().float()
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
-                grad_norm = grad_norm.full_tensor()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = all_mean(loss_sum if masked else loss_sum / A, world).item()
-            step += 1
-            dt = time.perf_counter() - t0
-            row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm.item(),
-                       tokens=step * tokens_per_step, tok_per_s=tokens_per_step / dt)
-            if peak:
-                row["mfu"] = flops_tok * tokens_per_step / dt / (peak * world)
-            if mcfg.num_experts:  # of this process's last micro-batch
-                from moe import expert_load, model_aux_loss
-                with torch.no_grad():
-                    row["aux_loss"] = model_aux_loss(raw_model).item()
-                row["expert_load"] = [round(v, 4) for v in expert_load(raw_model).tolist()]
-            log_row(row)
-            history["train_loss"].append(train_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
-            if not math.isfinite(train_loss):
-                bar.close()
-                raise FloatingPointError(f"train loss is {train_loss} at step {step}: lower lr (now {cfg['lr']}) "
-                                         f"or check the data")
-            if step % cfg["eval_interval"] == 0 or step == cfg["max_steps"]:
-                val, bpb = evaluate()
-                log_row(dict(step=step, val_loss=val, val_bpb=bpb))
-                history["val_loss"].append((step, val))
-                history["val_bpb"].append((step, bpb))
-                bar.write(f"step {step}: train {train_loss:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)") if master \
-                    and not quiet else None
-            stop_now = torch.tensor(float(stop.set), device=device)
-            if world > 1:  # every process stops at the same step
-                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-            if stop_now.item() or step % cfg["ckpt_interval"] == 0 or step == cfg["max_steps"]:
-                checkpoint()
-            if stop_now.item():
-                stopped = True
-                break
-    bar.close()
-    if stopped:
-        log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
-    result = dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
-                  tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
-                  final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
-                  final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
-                  final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None)
-    if master and cfg["out_dir"] and not stopped:
-        plot_metrics(metrics_path, os.path.join(cfg["out_dir"], "loss.png"))
-    if master and not quiet and not stopped and cfg["sample_tokens"] > 0 and not fsdp:  # (sharded: export first)
-        enc = data_.encoding()
-        prompt = torch.tensor([enc.encode("The ")], device=device)
-        torch.manual_seed(cfg["seed"])
-        raw_model.eval()
-        with autocast:
-            out = raw_model.generate(prompt, min(cfg["sample_tokens"], mcfg.max_position_embeddings - 4),
-                                     temperature=0.8, top_k=40)
-        print("-" * 40 + " sample " + "-" * 40)
-        print(enc.decode([i for i in out[0].tolist() if i < enc.n_vocab]))  # (not the vocab padding)
-        print("-" * 88)
-    result["model"] = raw_model
-    return result
+def start_from(cfg, mcfg, model, optimizer, log):
+    """Another run's weights, AdamW moments and step, under this run's schedule: the same model (a WSD decay
+    branch, paper §4.3), a context extension (a new RoPE base / scaling / length, untied if asked: paper §7.2), or
+    sparse upcycling to MoE (every expert a copy of the dense MLP, a new router: paper §7.3)."""
+    src = cfg["init_from"]
+    ckpt = read_checkpoint(src)
+    src_cfg = model_config(ckpt["config"])
+    a, b = asdict(src_cfg), asdict(mcfg)
+    diff = config_diff(a, b)
+    state, opt_state = ckpt["model"], named_optimizer_state(src_cfg, ckpt["optimizer"])
+    if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
+        state = upcycle_state_dict(state, mcfg, seed=cfg["seed"])
+        opt_state = upcycle_optimizer_state(opt_state, mcfg.num_experts)
+        log(f"upcycled {src} (step {ckpt['step']}) to {mcfg.num_experts} experts, top-{mcfg.top_k}")
+    elif set(diff) <= CONTEXT_KEYS and not (mcfg.tie_word_embeddings and not src_cfg.tie_word_embeddings):
+        if src_cfg.tie_word_embeddings and not mcfg.tie_word_embeddings:
+            state = untie_state_dict(state)  # the new head starts as the embedding, without AdamW moments
+        log(f"initialised from {src} at step {ckpt['step']}" + "".join(f", {k}={b[k]!r}" for k in diff))
+    else:
+        raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
+                              ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
+    try:
+        load_full_state(model, optimizer, state, opt_state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {src} does not fit the model ({str(e).splitlines()[0]})") from None
+    return ckpt["step"]
 
 
 def shard_model(model, ptdtype, device):
@@ -708,19 +284,228 @@ def shard_model(model, ptdtype, device):
     return model
 
 
-def _load_state(model, optimizer, ckpt, path):
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the model ({str(e).splitlines()[0]})") from None
-    return ckpt["step"]
+# ---------------------------------------------------------------------------------------------------- the batch
+
+
+def micro_batches(cfg, src, step, global_batch, rank, world):
+    """This process's micro-batches of step `step`, [(x, y, weight)]: rows (rank * A + micro) * B ... of the global
+    batch, a function of (seed, step) only. Token data: plain windows, or the long/short + passkey mix of
+    longctx.py (paper §7.2); weight 1/A. Data with prompt / padding labels (-100: SFT, two-stage mixtures): weight =
+    the micro-batch's share of the global batch's response tokens (x world: DDP averages the processes), so that
+    the step's loss is the mean over every response token whatever the split."""
+    A, B, seq_len = cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
+    rows = [slice((rank * A + micro) * B, (rank * A + micro + 1) * B) for micro in range(A)]
+    if isinstance(src, MixtureData):
+        x, y = src.batch("train", cfg["seed"], step, global_batch, seq_len)
+        n = max(1, int((y != -100).sum()))
+        return [(x[r], y[r], int((y[r] != -100).sum()) * world / n) for r in rows]
+    if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:
+        return [(*mixed_batch(src, cfg["seed"], step, global_batch, seq_len, r, cfg["long_ratio"],
+                              cfg["short_len"], cfg["passkey_ratio"])[:2], 1 / A) for r in rows]
+    return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
+
+
+@torch.no_grad()
+def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
+    """(validation loss in nats/token, in bits/byte): the same global batches and split as training, so equal for
+    any split; the pure cross-entropy (an MoE's balancing term is not part of it)."""
+    A, B = cfg["grad_accum"], cfg["batch_size"]
+    was_training = model.training
+    model.eval()
+    losses = torch.zeros((), device=device)
+    for i in range(cfg["eval_steps"]):
+        for micro in range(A):
+            lo = (rank * A + micro) * B
+            x, y = data.batch("val", cfg["seed"], i, global_batch, cfg["seq_len"], rows=slice(lo, lo + B))
+            with autocast:
+                losses += model(x.to(device), y.to(device))[1].float()
+    model.train(was_training)
+    val = all_mean(losses / (cfg["eval_steps"] * A), world).item()
+    return val, val / math.log(2) / data.meta["bytes_per_token"]
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def train(cfg, quiet=False):
+    """Run one training described by a config dict (see the module-level keys); returns its metrics."""
+    cfg = validate_config({**default_config(), **cfg})
+    dev, ptdtype, use_compile = resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])
+    rank, local_rank, world = setup_distributed(dev.split(":")[0])
+    if dev == "cuda":
+        dev = f"cuda:{local_rank}"
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    device, master, fsdp = torch.device(dev), rank == 0, cfg["fsdp"]
+    if fsdp and not dist.is_initialized():
+        raise ConfigError("fsdp=True shards the model over the processes of torchrun: run it as `torchrun "
+                          "--standalone --nproc_per_node=N train.py --fsdp=True ...` (N=1 works too)")
+    log = (lambda *a: None) if quiet or not master else print
+    mcfg = model_config(cfg)
+    data, decay_data = load_run_data(cfg, mcfg)
+    S, A, B, seq_len = cfg["max_steps"], cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
+    T = S - cfg["decay_steps"]  # WSD: the decay (and with decay_data, stage 2 of two-stage pre-training) starts at T
+    global_batch = B * A * world
+    out_dir = cfg["out_dir"]
+    ckpt_path = os.path.join(out_dir, DCP_DIR if fsdp else "ckpt.pt") if out_dir else None
+    metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
+
+    model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
+    rows_log = open_metrics(cfg, step, metrics_path, ckpt_path, log) if master and metrics_path else []
+    raw_model = model
+    if use_compile:
+        model = torch.compile(model)
+    if world > 1 and not fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        # experts that get no token in a step have no gradient: DDP must expect unused parameters
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
+                    find_unused_parameters=mcfg.num_experts > 0)
+    autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+    tokens_per_step = global_batch * seq_len
+    peak = peak_flops(device)
+    log(describe(raw_model, world, A, B, seq_len, dev, ptdtype, use_compile, fsdp))
+
+    def log_row(row):
+        rows_log.append(row)
+        if master and metrics_path:
+            append_jsonl(metrics_path, row)
+
+    def checkpoint():
+        train_state = dict(step=step, config=cfg, data=dict(seed=cfg["seed"], next_step=step,
+                                                             global_batch=global_batch))
+        if fsdp and ckpt_path:
+            keep = os.path.join(out_dir, f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
+            save_dcp(ckpt_path, raw_model, optimizer, train_state, keep)
+        elif master and ckpt_path:
+            rng = dict(cpu=torch.get_rng_state(),
+                       cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+            save_checkpoint(ckpt_path, dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                                            rng=rng, **train_state))
+            if cfg["keep_ckpts"]:
+                keep_copy(ckpt_path, os.path.join(out_dir, f"ckpt_{step:06d}.pt"))
+        if world > 1:
+            dist.barrier()
+
+    bar = tqdm(total=S, initial=step, disable=not master or quiet, dynamic_ncols=True)
+    history = dict(train_loss=[], val_loss=[], val_bpb=[])
+    stopped = False
+    with StopFlag() as stop:
+        while step < S:
+            t0 = time.perf_counter()
+            lr_now = lr_at(cfg, step)
+            set_lr(optimizer, lr_now)  # eta_s x each muP group's lr_scale (1/m for hidden matrices)
+            src = decay_data if decay_data is not None and step >= T else data
+            if src is decay_data and step == T:
+                weights = [round(float(w), 6) for w in getattr(src, "weights", [1.0])]
+                log_row(dict(step=step, data_switch=cfg["decay_data"], weights=weights))
+                bar.write(f"step {step}: the decay phase starts on {cfg['decay_data']} (weights {weights})") \
+                    if master and not quiet else None
+            loss_sum = torch.zeros((), device=device)
+            for micro, (x, y, weight) in enumerate(micro_batches(cfg, src, step, global_batch, rank, world)):
+                if fsdp:  # reduce-scatter the gradients on the last micro-step only
+                    raw_model.set_requires_gradient_sync(micro == A - 1)
+                sync = model.no_sync() if world > 1 and not fsdp and micro < A - 1 else nullcontext()
+                with sync, autocast:
+                    _, loss, router_logits = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                                                   output_router_logits=True)
+                    objective = loss
+                    if router_logits:  # MoE: + the load-balancing term, in the objective only (paper §7.3)
+                        aux = load_balancing_loss(router_logits, mcfg.top_k)
+                        objective = loss + mcfg.router_aux_loss_coef * aux
+                (objective * weight).backward()
+                loss_sum += loss.detach().float() * weight
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
+                grad_norm = grad_norm.full_tensor()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = all_mean(loss_sum, world).item()
+            step += 1
+            dt = time.perf_counter() - t0
+            row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm.item(),
+                       tokens=step * tokens_per_step, tok_per_s=tokens_per_step / dt)
+            if peak:
+                row["mfu"] = flops_per_token(mcfg, seq_len) * tokens_per_step / dt / (peak * world)
+            if router_logits:  # of this process's last micro-batch
+                row["aux_loss"] = aux.item()
+                row["expert_load"] = [round(v, 4) for v in expert_load(router_logits, mcfg.top_k).tolist()]
+            log_row(row)
+            history["train_loss"].append(train_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise FloatingPointError(f"train loss is {train_loss} at step {step}: lower lr (now {cfg['lr']}) "
+                                         f"or check the data")
+            if step % cfg["eval_interval"] == 0 or step == S:
+                val, bpb = evaluate(raw_model, data, cfg, global_batch, rank, world, device, autocast)
+                log_row(dict(step=step, val_loss=val, val_bpb=bpb))
+                history["val_loss"].append((step, val))
+                history["val_bpb"].append((step, bpb))
+                bar.write(f"step {step}: train {train_loss:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)") \
+                    if master and not quiet else None
+            stop_now = torch.tensor(float(stop.set), device=device)
+            if world > 1:  # every process stops at the same step
+                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
+            if stop_now.item() or step % cfg["ckpt_interval"] == 0 or step == S:
+                checkpoint()
+            if stop_now.item():
+                stopped = True
+                break
+    bar.close()
+    if stopped:
+        log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
+    if master and out_dir and not stopped:
+        plot_metrics(rows_log, os.path.join(out_dir, "loss.png"))
+    if master and not quiet and not stopped and cfg["sample_tokens"] > 0 and not fsdp:  # (sharded: export first)
+        print_sample(raw_model, data.encoding(), cfg, device, autocast)
+    return dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
+                tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
+                final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
+                final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
+                final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None, model=raw_model)
+
+
+def open_metrics(cfg, step, metrics_path, ckpt_path, log):
+    """The rows of metrics.jsonl so far: on resume those up to the checkpoint's step (rows logged after it are
+    dropped), else none (a fresh file)."""
+    rows = []
+    os.makedirs(cfg["out_dir"], exist_ok=True)
+    if cfg["resume"] and os.path.isfile(metrics_path):
+        rows = [r for r in read_jsonl(metrics_path) if r["step"] <= step]
+    elif ckpt_path and os.path.exists(ckpt_path):
+        log(f"starting fresh: {ckpt_path} will be overwritten (--resume=True continues it)")
+    write_jsonl(metrics_path, rows)
+    return rows
+
+
+def describe(model, world, A, B, seq_len, dev, ptdtype, use_compile, fsdp):
+    c = model.config
+    moe = (f"MoE: {c.num_experts} experts, top-{c.top_k}: {param_counts(model)[1] / 1e6:.2f}M active non-embedding "
+           f"params per token\n") if c.num_experts else ""
+    return (f"{moe}model: {model.num_params() / 1e6:.2f}M non-embedding params ({model.num_params(False) / 1e6:.2f}M "
+            f"total), m = {c.width_mult:g}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
+            f"{world * A * B * seq_len:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, "
+            f"compile={use_compile}{', FSDP2' if fsdp else ''})")
+
+
+@torch.no_grad()
+def print_sample(model, enc, cfg, device, autocast):
+    prompt = torch.tensor([enc.encode("The ")], device=device)
+    torch.manual_seed(cfg["seed"])
+    model.eval()
+    with autocast:
+        out = model.generate(prompt, min(cfg["sample_tokens"], model.config.max_length - 4), temperature=0.8,
+                             top_k=40)
+    print("-" * 40 + " sample " + "-" * 40)
+    print(enc.decode([i for i in out[0].tolist() if i < enc.n_vocab]))  # (not the vocab padding)
+    print("-" * 88)
 
 
 def sweep(results_file, runs, desc="runs"):
     """Train every {name: config} in `runs` in this process, saving each run's metrics into results_file (JSON) as
     it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes."""
-    from tqdm import tqdm
     done = {}
     if os.path.isfile(results_file):
         with open(results_file) as f:
@@ -743,33 +528,6 @@ def sweep(results_file, runs, desc="runs"):
     return {name: done[name]["metrics"] for name in runs}
 
 
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path, rows):
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
-
-
-def plot_metrics(metrics_path, file):
-    from plots import save, subplots
-    rows = read_jsonl(metrics_path)
-    tr = [r for r in rows if "train_loss" in r]
-    va = [r for r in rows if "val_loss" in r]
-    fig, ax = subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8, label="train")
-    ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
-    ax.set(xlabel="step", ylabel="loss (nats/token)")
-    ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], "k:", lw=1, label="lr")
-    ax2.set_ylabel("lr")
-    ax.legend(loc="upper right")
-    save(fig, file, dpi=110)
-
-
 def main(argv):
     try:
         if argv[:1] == ["export"]:  # python train.py export out/ckpt_dcp official_dir
@@ -777,8 +535,7 @@ def main(argv):
                 raise ConfigError("usage: python train.py export CHECKPOINT(ckpt.pt | DCP dir | out_dir) OUT_DIR")
             print(f"exported to {export_checkpoint(argv[1], argv[2])} (MiniCPM.from_pretrained reads it)")
             return
-        cfg = get_config(argv)
-        train(cfg)
+        train(get_config(argv))
     except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

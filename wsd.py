@@ -1,5 +1,5 @@
 """
-Warmup-Stable-Decay learning-rate schedule (paper §4, PAPER.md §4) and the cosine baselines it is compared with.
+Warmup-Stable-Decay learning-rate schedule (paper §4) and the cosine baselines it is compared with.
 
     WSD(T; s) = s / W * eta        s < W             (linear warmup)
               = eta                W <= s < T        (stable: the peak lr, as long as one likes)
@@ -24,6 +24,8 @@ import argparse
 import json
 import math
 import os
+
+from plots import save, subplots
 
 DECAYS = ("exp", "linear", "cosine", "1-sqrt")
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -90,7 +92,6 @@ def cosine_loop_lr(s, *, lr, T, W=0, final_lr_ratio=0.1):
 
 
 def plot_schedules(file, S=1000, W=20, lr=0.01):
-    from plots import save, subplots
     steps = range(S + 1)
     fig, axes = subplots(1, 2, figsize=(12, 4))
     ax = axes[0]
@@ -165,7 +166,6 @@ def experiment(quick=False, out=ROOT, S=None):
 
 
 def plot_experiment(res, S, file):
-    from plots import save, subplots
     fig, axes = subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
     for k, r in res.items():

@@ -1,4 +1,4 @@
-# MiniCPM-1.2B's shape (paper §6.1 / PAPER.md table) on a real corpus, for torchrun on GPUs:
+# MiniCPM-1.2B's shape (paper §6.1, the released config.json) on a real corpus, for torchrun on GPUs:
 #   python corpus.py --input corpus/*.jsonl --tokenizer cl100k_base --out data/web
 #   torchrun --standalone --nproc_per_node=8 train.py config/minicpm_1.2b.py
 preset = "minicpm-1.2b"

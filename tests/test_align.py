@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import corpus
 import dpo
 import train
 from model import MiniCPM, MiniCPMConfig
-from test_train import cfg, rows, run_cli
+from conftest import cfg, rows, run_cli
 
 
 # ------------------------------------------------------------------------------------------ the DPO loss
@@ -158,7 +159,7 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path):
     assert h[-1]["loss"] < h[0]["loss"] - 0.05 and h[-1]["rewards/margins"] > 0
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
             "logps/rejected"} <= set(rows(tmp_path / "d")[0])
-    m, _ = train.model_from_checkpoint(str(tmp_path / "d"))
+    m, _ = checkpoint.model_from_checkpoint(str(tmp_path / "d"))
     x = torch.randint(0, 259, (1, 8))
     assert torch.equal(m(x)[0], res["model"](x)[0])
     # under torchrun: 2 processes x 4 pairs log the losses of one process x 8

@@ -11,7 +11,7 @@ import scaling_law as sl
 
 def test_optimal_batch_size_is_the_papers_law():
     assert batchsize.optimal_batch_size(2.5) == pytest.approx(1.21e9 / 2.5 ** 6.24)
-    assert batchsize.optimal_batch_size(2.5) == pytest.approx(3.97e6, rel=5e-3)  # PAPER.md: 3.97M tokens at L=2.5
+    assert batchsize.optimal_batch_size(2.5) == pytest.approx(3.97e6, rel=5e-3)  # paper §3.2: 3.97M tokens at L=2.5
     assert batchsize.optimal_batch_size([2.0, 3.0]) == pytest.approx([1.21e9 / 2 ** 6.24, 1.21e9 / 3 ** 6.24])
 
 
@@ -61,7 +61,7 @@ def test_compute_optimal_closed_form_matches_brute_force():
             grid = np.geomspace(n / 100, n * 100, 200001)
             brute = grid[np.argmin(law(grid, C / (6 * grid)))]
             assert n == pytest.approx(brute, rel=2e-3)
-    n, d = sl.compute_optimal(6 * 1e9 * 186.2e9, sl.PAPER_LAW)  # PAPER.md: ~190 tokens per parameter at N = 1B
+    n, d = sl.compute_optimal(6 * 1e9 * 186.2e9, sl.PAPER_LAW)  # paper §4.5: ~190 tokens per parameter at N = 1B
     assert n == pytest.approx(1e9, rel=0.02) and d / n == pytest.approx(186, rel=0.05)
 
 

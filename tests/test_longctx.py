@@ -80,11 +80,12 @@ def test_bad_rope_scaling_is_a_clear_error(bad):
 
 def test_untie_keeps_logits_and_makes_tensors_independent():
     torch.manual_seed(0)
-    m = MiniCPM(small())
+    tied = MiniCPM(small())
     idx = torch.randint(0, 97, (2, 12))
-    before = m(idx)[0]
-    longctx.untie(m)
+    before = tied(idx)[0]
+    m = longctx.untie(tied)
     assert m.config.tie_word_embeddings is False and m.lm_head is not None
+    assert tied.config.tie_word_embeddings is True and tied.lm_head is None  # a new model: the tied one unchanged
     assert torch.equal(m(idx)[0], before)
     assert m.lm_head.weight.data_ptr() != m.model.embed_tokens.weight.data_ptr()
     with torch.no_grad():
@@ -92,6 +93,21 @@ def test_untie_keeps_logits_and_makes_tensors_independent():
     assert not torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)
     assert "lm_head.weight" in m.state_dict()
     assert not torch.equal(m(idx)[0], before)
+    assert torch.equal(tied(idx)[0], before)
+
+
+def test_with_config_shares_weights_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    m = MiniCPM(small(max_position_embeddings=32))
+    long = m.with_config(max_position_embeddings=128, rope_scaling={"type": "ntk", "factor": 4.0})
+    assert m.config.max_position_embeddings == 32 and m.config.rope_scaling is None
+    assert long.model.embed_tokens.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()  # shared, not copied
+    idx = torch.randint(0, 97, (1, 100))
+    assert long(idx)[0].shape == (1, 100, 97)
+    with pytest.raises(ValueError, match="sequence of 100 tokens is longer"):
+        m(idx)
+    with pytest.raises(ValueError, match="no longer fit"):
+        m.with_config(hidden_size=32, num_attention_heads=2, num_key_value_heads=2)
 
 
 # ------------------------------------------------------------------------------------------ data and passkey
@@ -100,7 +116,7 @@ import numpy as np  # noqa: E402
 
 import corpus  # noqa: E402
 import train  # noqa: E402
-from test_train import cfg  # noqa: E402
+from conftest import cfg  # noqa: E402
 
 ENC = corpus.get_encoding()
 

@@ -112,9 +112,9 @@ def test_kv_cache_generation_equals_recomputation(kv):
     # a chunk after cached tokens (start > 0, T > 1) sees exactly its causal past
     cache = M.KVCache(m.config, 3, 27, "cpu", torch.float32)
     with torch.no_grad():
-        a = m.hidden_states(seq[:, :10], cache, 0)
-        b = m.hidden_states(seq[:, 10:], cache, 10)
-        full = m.hidden_states(seq)
+        a = m.hidden_states(seq[:, :10], cache, 0)[0]
+        b = m.hidden_states(seq[:, 10:], cache, 10)[0]
+        full = m.hidden_states(seq)[0]
     torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-5, atol=1e-5)
 
 

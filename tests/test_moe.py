@@ -4,9 +4,10 @@ import torch
 import torch.nn.functional as F
 
 import moe
+import checkpoint
 import train
 from model import MiniCPM, MiniCPMConfig
-from test_train import cfg, losses
+from conftest import cfg, losses
 
 
 def dense(**kw):
@@ -40,7 +41,8 @@ def test_dispatch_equals_naive_per_token_reference():
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, 13, 64)
-    y = layer(x)
+    y, router_logits = layer(x)
+    torch.testing.assert_close(router_logits, x.reshape(-1, 64) @ layer.router.weight.T)
     ref = torch.zeros(26, 64)
     for t, xt in enumerate(x.reshape(-1, 64)):
         p = torch.softmax(layer.router.weight @ xt, -1)
@@ -106,7 +108,7 @@ def test_train_upcycles_logs_and_resumes_exactly(tmp_path, kept_checkpoints):
     saved = kept_checkpoints
     full = train.train(c, quiet=True)
     assert full["step"] == 24 and len(full["train_loss"]) == 12
-    rows = [r for r in train.read_jsonl(tmp_path / "moe" / "metrics.jsonl") if "train_loss" in r]
+    rows = [r for r in checkpoint.read_jsonl(tmp_path / "moe" / "metrics.jsonl") if "train_loss" in r]
     assert all(len(r["expert_load"]) == 4 and abs(sum(r["expert_load"]) - 1) < 1e-3 and r["aux_loss"] >= 1 - 1e-4
                for r in rows)
     ck = torch.load(tmp_path / "moe" / "ckpt.pt", weights_only=True)

@@ -18,7 +18,7 @@ def run(args):
 
 
 def test_sample_from_out_dir(tmp_path):
-    from test_train import cfg
+    from conftest import cfg
     train.train(cfg(tmp_path, max_steps=3, decay_steps=1, warmup_steps=1, eval_interval=3), quiet=True)
     r = run([f"--out_dir={tmp_path}", "--prompt=Hello", "--max_new_tokens=20", "--num_samples=2"])
     assert r.returncode == 0, r.stderr

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import corpus
 import train
 from model import MiniCPM
-from test_train import cli_args, cfg, losses, run_cli
+from conftest import cli_args, cfg, losses, run_cli
 
 
 def torchrun(n, c):
@@ -28,28 +29,28 @@ def test_fsdp_equals_ddp_resumes_dcp_at_world_sizes_1_and_2_and_exports(tmp_path
              activation_checkpointing=True)
     torchrun(2, fs)
     np.testing.assert_allclose([v for _, v in losses(tmp_path / "fsdp")], ref["train_loss"], rtol=1e-4, atol=1e-4)
-    dcp_dir = tmp_path / "fsdp" / train.DCP_DIR
+    dcp_dir = tmp_path / "fsdp" / checkpoint.DCP_DIR
     assert sorted(os.listdir(dcp_dir)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json"]
     assert json.loads((dcp_dir / "train_state.json").read_text())["step"] == 10
     # resume the step-5 checkpoint on ONE process (8 rows): steps 6..10 as before
     (tmp_path / "one").mkdir()
-    shutil.copytree(tmp_path / "fsdp" / f"{train.DCP_DIR}_000005", tmp_path / "one" / train.DCP_DIR)
+    shutil.copytree(tmp_path / "fsdp" / f"{checkpoint.DCP_DIR}_000005", tmp_path / "one" / checkpoint.DCP_DIR)
     torchrun(1, cfg(tmp_path / "one", **{**steps, "ckpt_interval": 2}, fsdp=True, resume=True, keep_ckpts=True))
     np.testing.assert_allclose([v for _, v in losses(tmp_path / "one")], ref["train_loss"][5:], rtol=1e-4, atol=1e-4)
     # and back: the step-8 checkpoint of that one process resumed on TWO processes (4 rows each)
     (tmp_path / "two").mkdir()
-    shutil.copytree(tmp_path / "one" / f"{train.DCP_DIR}_000008", tmp_path / "two" / train.DCP_DIR)
+    shutil.copytree(tmp_path / "one" / f"{checkpoint.DCP_DIR}_000008", tmp_path / "two" / checkpoint.DCP_DIR)
     torchrun(2, cfg(tmp_path / "two", **steps, fsdp=True, resume=True, batch_size=4))
     np.testing.assert_allclose([v for _, v in losses(tmp_path / "two")], ref["train_loss"][8:], rtol=1e-4, atol=1e-4)
     # a global batch that differs from the checkpoint's is refused with the fix
-    with pytest.raises(train.CheckpointError, match="global batch of 8 rows"):
+    with pytest.raises(checkpoint.CheckpointError, match="global batch of 8 rows"):
         train.train(cfg(tmp_path / "ref", **steps, resume=True, batch_size=4), quiet=True)
     # export the sharded checkpoint to the official format: from_pretrained gives the trained function
     r = run_cli(["train.py", "export", str(dcp_dir), str(tmp_path / "official")])
     assert r.returncode == 0, r.stderr
     m = MiniCPM.from_pretrained(str(tmp_path / "official")).eval()
     x = torch.randint(0, 259, (2, 16))
-    dense, _ = train.model_from_checkpoint(str(dcp_dir))
+    dense, _ = checkpoint.model_from_checkpoint(str(dcp_dir))
     assert torch.equal(m(x)[0], dense(x)[0])
     torch.testing.assert_close(m(x)[0], ref["model"].eval()(x)[0], rtol=0, atol=2e-3)
 
@@ -57,9 +58,9 @@ def test_fsdp_equals_ddp_resumes_dcp_at_world_sizes_1_and_2_and_exports(tmp_path
 def test_fsdp_needs_torchrun_and_dcp_errors(tmp_path):
     with pytest.raises(train.ConfigError, match="torchrun --standalone --nproc_per_node=N train.py --fsdp=True"):
         train.train(cfg(tmp_path, fsdp=True), quiet=True)
-    (tmp_path / train.DCP_DIR).mkdir()  # e.g. a run killed before its first checkpoint was published
-    with pytest.raises(train.CheckpointError, match="no train_state.json"):
-        train.model_from_checkpoint(str(tmp_path / train.DCP_DIR))
+    (tmp_path / checkpoint.DCP_DIR).mkdir()  # e.g. a run killed before its first checkpoint was published
+    with pytest.raises(checkpoint.CheckpointError, match="no train_state.json"):
+        checkpoint.model_from_checkpoint(str(tmp_path / checkpoint.DCP_DIR))
 
 
 def test_shards_stream_and_read_the_same_batches_at_any_world_size(tmp_path):

@@ -11,35 +11,10 @@ import pytest
 import tiktoken
 import torch
 
+import checkpoint
 import corpus
 import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(preset="tiny", hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-            intermediate_size=128, seq_len=32, batch_size=8, max_steps=12, warmup_steps=2, decay_steps=3,
-            eval_interval=6, eval_steps=2, ckpt_interval=100, sample_tokens=0, device="cpu", lr=0.01)
-
-
-def cfg(tmp_path, **kw):
-    return {**TINY, "out_dir": str(tmp_path), **kw}
-
-
-def rows(out_dir):
-    return train.read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
-
-
-def losses(out_dir):
-    return [(r["step"], r["train_loss"]) for r in rows(out_dir) if "train_loss" in r]
-
-
-def run_cli(args, env_extra=None, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
-
-
-def cli_args(c):
-    return [f"--{k}={v}" for k, v in c.items()]
-
+from conftest import ROOT, TINY, cfg, cli_args, losses, rows, run_cli  # noqa: F401
 
 # ------------------------------------------------------------------------------------------ config
 
@@ -202,7 +177,7 @@ def test_periodic_checkpoint_resume_equality(tmp_path, kept_checkpoints):
 
 
 def _checkpoint_error(c):
-    with pytest.raises(train.CheckpointError) as e:
+    with pytest.raises(checkpoint.CheckpointError) as e:
         train.train({**c, "resume": True}, quiet=True)
     return str(e.value)
 
@@ -244,6 +219,6 @@ def test_init_from_branches_off_a_kept_checkpoint(tmp_path):
     # the branch's decay starts at T = 10 - 4 = 6: its first step uses the same lr (f(0) = 1), then it decays
     assert branch["train_loss"][0] == stable["train_loss"][6] and branch["train_loss"][1] == stable["train_loss"][7]
     assert branch["train_loss"][3] != stable["train_loss"][9]
-    with pytest.raises(train.CheckpointError, match=r"init_from checkpoint .* has another model; differing keys: "
+    with pytest.raises(checkpoint.CheckpointError, match=r"init_from checkpoint .* has another model; differing keys: "
                                                     r"hidden_size \(64 vs 128\)"):
         train.train({**c, "hidden_size": 128, "init_from": str(tmp_path / "stable")}, quiet=True)

@@ -1,0 +1,66 @@
+"""
+The command line of train.py (nanoGPT's configurator): defaults <- config files <- --key=value.
+
+    python train.py config/wt_9m.py --lr=3e-3 --decay=linear
+
+A config file is a Python file assigning keys; a --key=value is a Python literal or a plain string. Every key must
+exist in the defaults and keep its type, so a typo or a wrong type stops the run at once with one line.
+"""
+
+import ast
+import difflib
+import os
+import sys
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def unknown_key(key, valid):
+    close = difflib.get_close_matches(key, valid, n=1)
+    return ConfigError(f"unknown config key {key!r}" + (f": did you mean {close[0]!r}?" if close else ""))
+
+
+def check_value(key, value, want):
+    """value converted to / checked against `want` (a type or a tuple of types); ints are accepted for floats."""
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
+    if not ok:
+        names = want.__name__ if isinstance(want, type) else "/".join(t.__name__ for t in want)
+        raise ConfigError(f"config key {key}={value!r} has type {type(value).__name__}, expected {names}")
+    return value
+
+
+def get_config(argv, defaults, types=None, nullable=()):
+    """Defaults <- config files <- --key=value. `types`: the expected type of keys whose default does not tell
+    it (default: type(defaults[key])); keys in `nullable` may also be None."""
+    types = types or {}
+    cfg = dict(defaults)
+
+    def assign(key, value):
+        if key not in cfg:
+            raise unknown_key(key, list(cfg))
+        cfg[key] = value if value is None and key in nullable else check_value(key, value, types.get(key, type(
+            defaults[key])))
+
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                raise ConfigError(f"config file {arg} not found")
+            scope = dict(cfg)
+            exec(open(arg).read(), {}, scope)
+            for k, v in scope.items():
+                if not (k.startswith("_") or isinstance(v, type(sys)) or callable(v)):
+                    assign(k, v)
+            continue
+        key, eq, val = arg[2:].partition("=")
+        if not eq:
+            raise ConfigError(f"argument {arg!r}: write --key=value")
+        try:
+            v = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            v = val  # a plain string
+        assign(key, v)
+    return cfg

@@ -1,0 +1,67 @@
+"""
+The machine a run runs on: device and precision, the processes torchrun starts, and the signals that stop a run.
+Shared by train.py and dpo.py.
+"""
+
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+from configurator import ConfigError
+
+
+def resolve_system(device="auto", dtype="auto", compile="auto"):
+    """(device string, torch dtype, use torch.compile) from the config's `auto` defaults: CUDA with bf16 autocast
+    and compile when there is a GPU, else the CPU in fp32, eager."""
+    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={dev!r} but CUDA is not available: use --device=cpu")
+    dt = dtype if dtype != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
+    if dt not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype={dt!r}: use float32, bfloat16 or float16")
+    comp = compile if compile != "auto" else dev.startswith("cuda")
+    if not isinstance(comp, bool):
+        raise ConfigError(f"compile={compile!r}: use True, False or 'auto'")
+    return dev, getattr(torch, dt), comp
+
+
+def setup_distributed(device_type):
+    """(rank, local_rank, world_size) from torchrun's environment; one process without it."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
+
+
+def all_mean(x, world):
+    """The mean of a tensor over the processes (in place)."""
+    if world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= world
+    return x
+
+
+class StopFlag:
+    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the end of the step and exits cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self.old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread: no handler
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
