@@ -158,17 +158,24 @@ def load_state(model, optimizer, ckpt, path):
 
 def load_full_state(model, optimizer, model_state, named_optimizer_state):
     """Full (unsharded) weights and {param name: AdamW state} into a model and the optimizer made for it, sharded by
-    FSDP2 or not; params without state (a new router, a new untied head) start without."""
-    if any(hasattr(p, "full_tensor") for p in model.parameters()):  # FSDP2 DTensors: PyTorch's resharding loader
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [n for n, q in model.named_parameters()
-                                                                            if any(q is p for p in g["params"])]}
-                  for g in optimizer.param_groups]
-        set_state_dict(model, optimizer, model_state_dict=model_state, options=StateDictOptions(full_state_dict=True),
-                       optim_state_dict={"state": named_optimizer_state, "param_groups": groups})
-    else:
+    FSDP2 or not; params without state (a new router, a new untied head) start without, as a fresh AdamW would."""
+    missing = sorted(set(model.state_dict()) - set(model_state))
+    if missing:
+        raise ValueError(f"no weights for {', '.join(missing[:3])}")
+    if not any(hasattr(p, "full_tensor") for p in model.parameters()):
         model.load_state_dict(model_state)
-        load_named_optimizer_state(model, optimizer, named_optimizer_state)
+        return load_named_optimizer_state(model, optimizer, named_optimizer_state)
+    # FSDP2 DTensors: PyTorch's resharding loader, in its by-name format
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    names = {p: n for n, p in model.named_parameters()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    set_state_dict(model, optimizer, model_state_dict=model_state,
+                   optim_state_dict={"state": named_optimizer_state, "param_groups": groups},
+                   options=StateDictOptions(full_state_dict=True, strict=False))
+    for p, n in names.items():  # PyTorch initialised every state with a step: drop those the checkpoint lacks
+        if n not in named_optimizer_state:
+            optimizer.state.pop(p, None)
 
 
 def model_from_checkpoint(path, device="cpu"):
