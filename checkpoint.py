@@ -9,17 +9,37 @@ per module). train.py, dpo.py, sample.py and the experiments read and write runs
     out_dir/ckpt_000600.pt   keep_ckpts=True: every periodic checkpoint, hard links (WSD decay branch points)
     out_dir/metrics.jsonl    one JSON row per step / evaluation
 
-Writes are atomic: a temporary file in the same directory, renamed over the old one, so a kill at any moment
-leaves the previous checkpoint or the new one, never a mix.
+What is guaranteed:
+- atomic: a checkpoint is written to a temporary file (directory) beside it, fsynced, renamed over the old one and
+  the directory fsynced, so a kill or a power loss at any moment leaves the previous checkpoint or the new one;
+- never worse: non-finite weights are never saved, and a failed write (a full disk) removes its partial file,
+  keeps the previous checkpoint and stops with one line saying how much space a checkpoint needs;
+- locked: a run holds an flock on out_dir/.lock for its whole life (released by the kernel when the process dies,
+  so a killed run leaves no stale lock); a second run on the same out_dir stops at once naming the first;
+- no code runs on load: ckpt.pt is read with torch.load(weights_only=True); a DCP directory's .metadata with an
+  unpickler that admits only PyTorch's checkpoint metadata classes, and its non-tensor entries with
+  torch.load(weights_only=True). A tampered file is one line of error, and nothing in it runs. (Official-format
+  directories, model.from_pretrained: safetensors, or pytorch_model.bin with weights_only=True.)
 """
 
+import contextlib
+import fcntl
+import io
 import json
 import os
+import pickle
 import shutil
-import tempfile
+import socket
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from model import MiniCPM, model_config
 from mup import load_named_optimizer_state
@@ -31,15 +51,65 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def first_line(e):
+    """An exception as one short line (some have an empty message)."""
+    if isinstance(e, CheckpointException) and e.failures:  # a DCP error: the first rank's own exception
+        e = next(iter(e.failures.values()))[0]
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}".rstrip(": ")
+
+
+def fsync_dir(path):
+    """Make a rename in `path` durable: a power loss after it cannot bring the old name back."""
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def nbytes(obj):
+    """Bytes of the tensors in a (nested) state dict: the space a checkpoint of it needs."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
+def all_finite(tensors):
+    """True when every floating-point tensor (local shards of DTensors) is finite."""
+    return all(bool(torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all())
+               for t in tensors if t.is_floating_point())
+
+
+def disk_full_error(path, e, need):
+    return CheckpointError(f"could not write {path} ({first_line(e)}); the previous checkpoint is kept: a checkpoint "
+                           f"needs about {need / 2 ** 20:,.1f} MiB free in {os.path.dirname(path) or '.'}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # single file
 
 
 def save_checkpoint(path, state):
-    """Atomic: write a temporary file in the same directory, then rename over the old checkpoint."""
+    """Atomic and durable: write path.tmp, fsync it, rename it over the old checkpoint, fsync the directory. Refuses
+    non-finite weights; on a write error (a full disk) removes path.tmp, keeps the old checkpoint, one-line error."""
+    if not all_finite(state["model"].values()):
+        raise CheckpointError(f"refusing to save non-finite weights into {path}; the previous checkpoint is kept")
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise disk_full_error(path, e, nbytes(state)) from None
 
 
 def load_checkpoint(path):
@@ -48,9 +118,9 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120]}); it is left in place: delete it or pick another "
-                              f"out_dir") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a plain-data checkpoint "
+                              f"({first_line(e)}); nothing in it was run and it is left in place: delete it or pick "
+                              f"another out_dir") from None
     missing = {"model", "optimizer", "step", "config"} - set(ckpt) if isinstance(ckpt, dict) else {"everything"}
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}: not a train.py checkpoint")
@@ -68,27 +138,94 @@ def keep_copy(path, kept):
 # sharded (FSDP2 + torch.distributed.checkpoint)
 
 
+# what a DCP .metadata file may name: PyTorch's checkpoint metadata classes, paths, sizes, dtypes and layouts
+DCP_METADATA_MODULES = {"torch.distributed.checkpoint.metadata"}
+DCP_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                        ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                        ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath")}
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only the globals a DCP .metadata file holds (the promise of
+    torch.load(weights_only=True) for ckpt.pt): any other global (os.system ...) is refused before it runs."""
+
+    def find_class(self, module, name):
+        if module in DCP_METADATA_MODULES or (module, name) in DCP_METADATA_GLOBALS or \
+                (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a checkpoint metadata class")
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """FileSystemReader whose .metadata is read by MetadataUnpickler instead of pickle.load."""
+
+    def read_metadata(self, *args, **kwargs):
+        with open(os.path.join(self.path, ".metadata"), "rb") as f:
+            metadata = MetadataUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = getattr(self, "load_id", None)
+        return metadata
+
+
+def safe_bytes(value):
+    """A DCP non-tensor entry (optimizer hyper-parameters) decoded by torch.load(weights_only=True), handed on as
+    bytes of those plain values only (PyTorch's planners torch.load them with weights_only=False)."""
+    buf = io.BytesIO()
+    torch.save(torch.load(value, weights_only=True), buf)
+    buf.seek(0)
+    return buf
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    def load_bytes(self, read_item, value):
+        super().load_bytes(read_item, safe_bytes(value))
+
+
+class SafeFullLoadPlanner(_EmptyStateDictLoadPlanner):
+    """Loads a whole DCP checkpoint into an empty dict (what dcp_to_torch_save does), safely."""
+
+    def load_bytes(self, read_item, value):
+        super().load_bytes(read_item, safe_bytes(value))
+
+
 def save_dcp(path, model, optimizer, train_state, keep=None):
     """Every rank writes its shards in parallel into path.tmp; rank 0 then publishes it by renames (the previous
     checkpoint moves to path.old until the new one is in place), so a kill at any moment leaves one whole checkpoint.
-    `keep`: also keep this checkpoint as a hard-linked copy (WSD decay branch points)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    `keep`: also keep this checkpoint as a hard-linked copy (WSD decay branch points). Non-finite weights on any
+    rank, or a write error, leave the previous checkpoint in place (one-line error on every rank)."""
     tmp, old = path + ".tmp", path + ".old"
     rank = dist.get_rank()
+    finite = torch.tensor(float(all_finite(model.parameters())), device=next(model.parameters()).device)
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite.item():
+        raise CheckpointError(f"refusing to save non-finite weights into {path}; the previous checkpoint is kept")
     if rank == 0 and os.path.isdir(tmp):
         shutil.rmtree(tmp)
     dist.barrier()
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp)
+    try:
+        dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp)
+        if rank == 0:
+            with open(os.path.join(tmp, "train_state.json"), "w") as f:
+                json.dump(train_state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            for name in os.listdir(tmp):  # the shards are durable before the directory is published
+                with open(os.path.join(tmp, name), "rb") as f:
+                    os.fsync(f.fileno())
+            fsync_dir(tmp)
+    except (OSError, CheckpointException) as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_full_error(tmp, e, nbytes(msd) + nbytes(osd)) from None
     if rank == 0:
-        with open(os.path.join(tmp, "train_state.json"), "w") as f:
-            json.dump(train_state, f)
         if os.path.isdir(path):
             if os.path.isdir(old):
                 shutil.rmtree(old)
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path))
         shutil.rmtree(old, ignore_errors=True)
         if keep:
             shutil.rmtree(keep, ignore_errors=True)
@@ -101,37 +238,51 @@ def dcp_train_state(path):
     between the two renames of save_dcp."""
     for p in (path, path + ".old"):
         if os.path.isfile(os.path.join(p, "train_state.json")):
-            with open(os.path.join(p, "train_state.json")) as f:
-                return p, json.load(f)
+            try:
+                with open(os.path.join(p, "train_state.json")) as f:
+                    return p, json.load(f)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"DCP checkpoint {p}: train_state.json is unreadable ({first_line(e)})") from None
+    single = os.path.join(os.path.dirname(os.path.normpath(path)), "ckpt.pt")
+    if os.path.isfile(single):
+        raise CheckpointError(f"DCP checkpoint {path} not found, but {single} is a single-file checkpoint: drop "
+                              f"--fsdp=True to resume it (or --init_from it under FSDP)")
     raise CheckpointError(f"DCP checkpoint {path} not found (no train_state.json): train into "
                           f"{os.path.dirname(path) or '.'} with --fsdp=True first")
 
 
+def read_dcp(path, state, planner):
+    """dcp.load into `state` with the safe reader and planner; any failure (a tampered, incomplete or mismatched
+    directory: PyTorch raises CheckpointException, a BaseException) as one CheckpointError line."""
+    try:
+        if isinstance(planner, SafeFullLoadPlanner):  # fills an empty dict (dcp.load only updates existing keys)
+            _load_state_dict(state, storage_reader=SafeFileSystemReader(path), planner=planner, no_dist=True)
+        else:
+            dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=planner)
+    except (Exception, CheckpointException) as e:
+        raise CheckpointError(f"DCP checkpoint {path} cannot be loaded: it is incomplete, does not fit the model, or "
+                              f"holds something other than plain checkpoint data ({first_line(e)}); nothing in it was "
+                              f"run") from None
+
+
 def load_dcp(path, model, optimizer):
     """Load a DCP checkpoint into the (sharded) model and optimizer, at any world size; returns train_state."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     path, train_state = dcp_train_state(path)
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optimizer": osd}
-    try:
-        dcp.load(state, checkpoint_id=path)
-    except Exception as e:
-        raise CheckpointError(f"DCP checkpoint {path} does not fit the model or is incomplete ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]})") from None
+    read_dcp(path, state, SafeLoadPlanner())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return train_state
 
 
 def dcp_to_checkpoint(path):
-    """A DCP directory as the dict of a single-file checkpoint (full tensors, on CPU), through PyTorch's own
-    converter; no process group needed."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    """A DCP directory as the dict of a single-file checkpoint (full tensors, on CPU); no process group needed."""
     path, train_state = dcp_train_state(path)
-    with tempfile.TemporaryDirectory() as d:
-        dcp_to_torch_save(path, os.path.join(d, "full.pt"))
-        full = torch.load(os.path.join(d, "full.pt"), map_location="cpu", weights_only=True)
-    return dict(model=full["model"], optimizer=full["optimizer"], **train_state)
+    state = {}
+    read_dcp(path, state, SafeFullLoadPlanner())  # every process reads it whole
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
+        raise CheckpointError(f"DCP checkpoint {path} lacks its model or optimizer state: not a train.py checkpoint")
+    return dict(model=state["model"], optimizer=state["optimizer"], **train_state)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,7 +317,6 @@ def load_full_state(model, optimizer, model_state, named_optimizer_state):
         model.load_state_dict(model_state)
         return load_named_optimizer_state(model, optimizer, named_optimizer_state)
     # FSDP2 DTensors: PyTorch's resharding loader, in its by-name format
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     names = {p: n for n, p in model.named_parameters()}
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
               for g in optimizer.param_groups]
@@ -196,20 +346,69 @@ def export_checkpoint(src, dst):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# metrics.jsonl
+# the run directory: lock and metrics.jsonl
 
 
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+@contextlib.contextmanager
+def locked(out_dir):
+    """Hold an exclusive flock on out_dir/.lock while the block runs. The kernel releases it when the process ends,
+    however it ends, so a killed run never leaves a stale lock; a second run stops at once with one line."""
+    os.makedirs(out_dir, exist_ok=True)
+    f = open(os.path.join(out_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise CheckpointError(f"out_dir {out_dir} is in use by another run ({holder}): wait for it to finish, stop it, "
+                              f"or choose another --out_dir") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def read_jsonl(path, torn_ok=False):
+    """Rows of a jsonl file. torn_ok: a last line cut short (a crash mid-append) is dropped, as (rows, True);
+    any other bad line is an error naming file:line."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    rows, torn = [], False
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if torn_ok and not any(rest.strip() for rest in lines[i:]):
+                torn = True
+                continue
+            raise CheckpointError(f"{path}:{i} is not a JSON row: repair or delete the line") from None
+    return (rows, torn) if torn_ok else rows
 
 
 def write_jsonl(path, rows):
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
+    """Atomic rewrite; a write error (a full disk) removes the temporary file and is one line."""
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise CheckpointError(f"could not write {path} ({first_line(e)}): free space in "
+                              f"{os.path.dirname(path) or '.'}") from None
 
 
 def append_jsonl(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise CheckpointError(f"could not append to {path} ({first_line(e)}): free space in "
+                              f"{os.path.dirname(path) or '.'}; the last checkpoint is kept") from None

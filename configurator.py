@@ -11,6 +11,7 @@ import ast
 import difflib
 import os
 import sys
+import traceback
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,21 @@ def check_value(key, value, want):
     return value
 
 
+def run_config_file(path, scope):
+    """Execute a config file into scope; a syntax error or an exception in it is one line naming file:line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            code = compile(f.read(), path, "exec")
+    except (SyntaxError, UnicodeDecodeError) as e:
+        where = f"{path}:{e.lineno}" if isinstance(e, SyntaxError) else path
+        raise ConfigError(f"config file {where}: {e.msg if isinstance(e, SyntaxError) else 'not UTF-8 text'}") from None
+    try:
+        exec(code, {}, scope)
+    except Exception as e:
+        line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__)) if fr.filename == path), "?")
+        raise ConfigError(f"config file {path}:{line}: {type(e).__name__}: {e}") from None
+
+
 def get_config(argv, defaults, types=None, nullable=()):
     """Defaults <- config files <- --key=value. `types`: the expected type of keys whose default does not tell
     it (default: type(defaults[key])); keys in `nullable` may also be None."""
@@ -50,7 +66,7 @@ def get_config(argv, defaults, types=None, nullable=()):
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg} not found")
             scope = dict(cfg)
-            exec(open(arg).read(), {}, scope)
+            run_config_file(arg, scope)
             for k, v in scope.items():
                 if not (k.startswith("_") or isinstance(v, type(sys)) or callable(v)):
                     assign(k, v)

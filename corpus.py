@@ -99,7 +99,7 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
         part.tofile(os.path.join(out_dir, f"{split}.bin.tmp"))
         os.replace(os.path.join(out_dir, f"{split}.bin.tmp"), os.path.join(out_dir, f"{split}.bin"))
     meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
-                train_tokens=len(arr) - n_val, val_tokens=n_val,
+                train_tokens=len(arr) - n_val, val_tokens=n_val, max_token_id=int(arr.max()),
                 bytes_per_token=sum(len(d.encode("utf-8")) + 1 for d in docs) / len(arr))
     _write_meta(out_dir, meta)
     return meta
@@ -117,11 +117,13 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
     every = max(1, round(1 / val_fraction)) if val_fraction > 0 else 0
     os.makedirs(out_dir, exist_ok=True)
     shards, buf, count = {"train": [], "val": []}, {"train": [], "val": []}, {"train": 0, "val": 0}
-    n_bytes = n_docs = 0
+    n_bytes = n_docs = max_id = 0
 
     def flush(split):
         name = f"{split}_{len(shards[split]):05d}.bin"
+        nonlocal max_id
         arr = np.asarray(buf[split], dtype=dtype)
+        max_id = max(max_id, int(arr.max())) if len(arr) else max_id
         arr.tofile(os.path.join(out_dir, name + ".tmp"))
         os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
         shards[split].append(name)
@@ -142,7 +144,7 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
         if buf[split] or not shards[split]:
             flush(split)
     meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, shards=shards,
-                train_tokens=count["train"], val_tokens=count["val"],
+                train_tokens=count["train"], val_tokens=count["val"], max_token_id=max_id,
                 bytes_per_token=n_bytes / max(1, count["train"] + count["val"]))
     _write_meta(out_dir, meta)
     return meta
@@ -159,14 +161,52 @@ class TokenData:
         if not os.path.isfile(meta_file):
             raise FileNotFoundError(f"data={data!r}: {meta_file} not found: run `python corpus.py --input FILES "
                                     f"--out {path}` first, or use data='embedded'")
-        with open(meta_file) as f:
-            self.meta = json.load(f)
+        try:
+            with open(meta_file) as f:
+                self.meta = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{meta_file} is not valid JSON ({e}): prepare the data again") from None
         self.path, self.vocab_size = path, self.meta["vocab_size"]
         files = self.meta.get("shards", {s: [f"{s}.bin"] for s in ("train", "val")})
-        self.shards = {s: [np.memmap(os.path.join(path, f), dtype=self.meta["dtype"], mode="r") for f in files[s]]
-                       for s in ("train", "val")}
+        self.shards = {s: [self._open(os.path.join(path, f)) for f in files[s]] for s in ("train", "val")}
+        for s in ("train", "val"):  # what meta.json promises, checked before any step trains on it
+            n = sum(len(a) for a in self.shards[s])
+            if n != self.meta[f"{s}_tokens"]:
+                raise ValueError(f"{path}: the {s} files hold {n:,} tokens but {meta_file} says "
+                                 f"{self.meta[f'{s}_tokens']:,} (a truncated copy?): prepare the data again")
+        largest = self.meta.get("max_token_id")
+        if largest is None:  # data prepared before max_token_id was recorded: find it once
+            largest = max(int(a.max()) for v in self.shards.values() for a in v if len(a))
+        if largest >= self.vocab_size:
+            raise ValueError(f"{path}: token id {largest} is past the tokenizer's vocabulary ({self.vocab_size}, "
+                             f"{self.meta['tokenizer']}): the files or meta.json are corrupt; prepare the data again")
         # one array per split when the data is a single file (longctx reads it directly)
         self.split = {s: v[0] if len(v) == 1 else None for s, v in self.shards.items()}
+
+    def _open(self, file):
+        dtype = self.meta.get("dtype")
+        need = np.uint16 if self.vocab_size <= 65536 else np.uint32  # what prepare() writes for this vocabulary
+        if dtype != np.dtype(need).name:
+            raise ValueError(f"{self.path}/meta.json: dtype {dtype!r} does not match a vocabulary of "
+                             f"{self.vocab_size} (prepare() writes {np.dtype(need).name}): fix meta.json or prepare "
+                             f"the data again")
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file} (listed in {self.path}/meta.json) not found: prepare the data again")
+        size = os.path.getsize(file)
+        if size % np.dtype(need).itemsize:
+            raise ValueError(f"{file}: {size} bytes is not a whole number of {dtype} tokens (truncated?): prepare "
+                             f"the data again")
+        if size == 0:
+            return np.zeros(0, dtype=need)  # (np.memmap cannot map an empty file)
+        return np.memmap(file, dtype=need, mode="r")
+
+    def check_length(self, length):
+        """A clear error now, not at the first evaluation, when a split has no window of `length` tokens."""
+        for s in ("train", "val"):
+            if not any(len(a) > length for a in self.shards[s]):
+                raise ValueError(f"the {s} split of {self.path} has no stretch longer than seq_len + 1 = {length} "
+                                 f"tokens ({sum(len(a) for a in self.shards[s]):,} in all): lower seq_len or "
+                                 f"prepare more data")
 
     def draw(self, split, g, length, size=None):
         """Random windows of `length` tokens as (shard index, offset) arrays, uniform over all valid starts and never
@@ -227,11 +267,15 @@ def read_jsonl_rows(path, fields):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            where = f"{path}:{i}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {e.start} of the line): re-encode the file") from None
             if not line.strip():
                 continue
-            where = f"{path}:{i}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -242,7 +286,7 @@ def read_jsonl_rows(path, fields):
                 row = dict(turns=_chat_turns(row, where))
             else:
                 _require_text(row, fields, where, ", ".join(repr(f) for f in fields))
-            rows.append(row)
+            rows.append({**row, "_line": i})  # the file's line number, for errors found later (too long ...)
     if not rows:
         raise ValueError(f"{path} has no rows")
     return rows
@@ -356,6 +400,11 @@ class MixtureData:
 
     def encoding(self):
         return self.main.encoding()
+
+    def check_length(self, length):
+        for s in self.sources:
+            if isinstance(s, TokenData):
+                s.check_length(length)
 
     def batch(self, split, seed, step, global_batch, seq_len, rows=None):
         if len(self.sources) == 1:

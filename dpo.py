@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
@@ -161,7 +162,8 @@ def encode_responses(enc, rows, key, seq_len):
     for i, r in enumerate(rows):
         a, b = chat_ids(enc, [("user", r["prompt"]), ("assistant", r[key])])
         if len(a) > seq_len:
-            raise ValueError(f"preference row {i} ({key}) has {len(a)} tokens > seq_len={seq_len}: raise seq_len")
+            where = f"line {r['_line']}" if "_line" in r else f"row {i + 1}"  # rows of a file: its line numbers
+            raise ValueError(f"{where}: prompt + {key} is {len(a)} tokens > seq_len={seq_len}: raise seq_len")
         ids[i, :len(a)], lab[i, :len(b)] = a, b
     return torch.from_numpy(ids), torch.from_numpy(lab)
 
@@ -231,7 +233,6 @@ def train_dpo(cfg, quiet=False):
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
     raw = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
     B, A = cfg["batch_size"], cfg["grad_accum"]
     global_batch = B * A * world

@@ -1,6 +1,6 @@
 """
-The machine a run runs on: device and precision, the processes torchrun starts, and the signals that stop a run.
-Shared by train.py and dpo.py.
+The machine a run runs on: device and precision, the processes torchrun starts (and FSDP2's sharding of the model
+over them), and the signals that stop a run. Shared by train.py and dpo.py.
 """
 
 import os
@@ -8,6 +8,8 @@ import signal
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from configurator import ConfigError
 
@@ -42,6 +44,20 @@ def all_mean(x, world):
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         x /= world
     return x
+
+
+def shard_model(model, ptdtype, device):
+    """FSDP2: one fully_shard unit per transformer block, then the root (embeddings, final norm, head). Blocks
+    all-gather their weights in the training dtype (bf16 on CUDA) and reduce gradients in fp32; the fp32 shards are
+    the master weights. The residual stream and the root stay fp32 (cast_forward_inputs=False), as under DDP with
+    autocast, so that FSDP and DDP compute the same function."""
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    low = None if ptdtype == torch.float32 else ptdtype
+    block = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=block)
+    fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
+    return model
 
 
 class StopFlag:

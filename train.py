@@ -28,12 +28,13 @@ from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import configurator
 from bench import flops_per_token, peak_flops
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, keep_copy,
-                        load_checkpoint, load_dcp, load_full_state, load_state, read_checkpoint, read_jsonl,
+                        load_checkpoint, load_dcp, load_full_state, load_state, locked, read_checkpoint, read_jsonl,
                         save_checkpoint, save_dcp, write_jsonl)
 from configurator import ConfigError
 from corpus import MixtureData, load_data
@@ -43,7 +44,7 @@ from model import model_config as _model_config
 from moe import param_counts, upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
-from system import StopFlag, all_mean, resolve_system, setup_distributed
+from system import StopFlag, all_mean, resolve_system, setup_distributed, shard_model
 from wsd import cosine_loop_lr, cosine_lr, wsd_lr
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -133,8 +134,18 @@ def validate_config(cfg):
             raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
     if cfg["long_ratio"] < 1 and not 1 <= cfg["short_len"] <= cfg["seq_len"]:
         raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
-    if cfg["lr"] <= 0:
-        raise ConfigError(f"config key lr={cfg['lr']} must be > 0")
+    for k, v in cfg.items():  # nan / inf in a config file or on the command line
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"config key {k}={v} must be a finite number")
+    for k in ("lr", "grad_clip", "weight_decay", "seed", "warmup_steps", "half_life", "cosine_steps", "short_len"):
+        if cfg[k] < 0 or (k == "lr" and cfg[k] == 0):
+            raise ConfigError(f"config key {k}={cfg[k]} must be {'> 0' if k == 'lr' else '>= 0'}"
+                              + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
+    dev = cfg["device"]
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"config key device={dev!r}: use auto, cpu, cuda or cuda:N")
+    if cfg["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"config key dtype={cfg['dtype']!r}: use auto, float32, bfloat16 or float16")
     if cfg["decay_data"] and not cfg["decay_steps"]:
         raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
     lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
@@ -181,6 +192,10 @@ def load_run_data(cfg, mcfg):
     if (isinstance(data, MixtureData) or decay_data) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
         raise ConfigError("long_ratio / passkey_ratio build rows from one token source: drop them or the mixture")
     for d in (data, decay_data) if decay_data else (data,):
+        try:
+            d.check_length(cfg["seq_len"] + 1)
+        except ValueError as e:
+            raise ConfigError(f"data: {e}") from None
         if getattr(d, "longest", 0) > cfg["seq_len"] + 1:
             raise ConfigError(f"data {d.spec!r} has an example of {d.longest} tokens: raise seq_len to at least "
                               f"{d.longest - 1}")
@@ -219,11 +234,20 @@ def resume_from(cfg, model, optimizer, fsdp, global_batch, device):
     path = os.path.join(cfg["out_dir"], DCP_DIR if fsdp else "ckpt.pt")
     if fsdp:  # train_state.json first: the shards are checked against it, then loaded
         ckpt = dcp_train_state(path)[1]
+    elif os.path.isdir(os.path.join(cfg["out_dir"], DCP_DIR)) and not os.path.exists(path):
+        raise CheckpointError(f"{cfg['out_dir']} holds an FSDP checkpoint ({DCP_DIR}): resume it with --fsdp=True "
+                              f"under torchrun")
     elif not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found: nothing to resume, drop --resume=True")
+        raise CheckpointError(f"checkpoint {path} not found: nothing to resume in {cfg['out_dir']}; to start a new "
+                              f"run there, drop --resume=True")
     else:
         ckpt = load_checkpoint(path)
-    diff = config_diff(ckpt["config"], cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
+    lacks = sorted({"data", "config", "step"} - set(ckpt) | ({"rng"} - set(ckpt) if not fsdp else set()))
+    if lacks:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(lacks)}: it was not written by train.py's loop (a "
+                              f"DPO or converted checkpoint?): start from it with --init_from instead of --resume")
+    # keys added to train.py since the checkpoint was written count as their defaults (as in sweep)
+    diff = config_diff({**default_config(), **ckpt["config"]}, cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
     if diff:
         raise CheckpointError(f"checkpoint {path} was written with another config; differing keys: " +
                               ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
@@ -266,22 +290,6 @@ def start_from(cfg, mcfg, model, optimizer, log):
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {src} does not fit the model ({str(e).splitlines()[0]})") from None
     return ckpt["step"]
-
-
-def shard_model(model, ptdtype, device):
-    """FSDP2: one fully_shard unit per transformer block, then the root (embeddings, final norm, head). Blocks
-    all-gather their weights in the training dtype (bf16 on CUDA) and reduce gradients in fp32; the fp32 shards are
-    the master weights. The residual stream and the root stay fp32 (cast_forward_inputs=False), as under DDP with
-    autocast, so that FSDP and DDP compute the same function."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    low = None if ptdtype == torch.float32 else ptdtype
-    block = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh, mp_policy=block)
-    fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------- the batch
@@ -328,8 +336,16 @@ def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
 
 
 def train(cfg, quiet=False):
-    """Run one training described by a config dict (see the module-level keys); returns its metrics."""
+    """Run one training described by a config dict (see the module-level keys); returns its metrics. The out_dir is
+    locked for the whole run (by rank 0 under torchrun): a second run on it stops at once."""
     cfg = validate_config({**default_config(), **cfg})
+    holds_lock = cfg["out_dir"] and os.environ.get("RANK", "0") == "0"
+    with locked(cfg["out_dir"]) if holds_lock else nullcontext():
+        return run(cfg, quiet)
+
+
+def run(cfg, quiet):
+    """train() of a checked config, its out_dir held."""
     dev, ptdtype, use_compile = resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
     if dev == "cuda":
@@ -357,7 +373,6 @@ def train(cfg, quiet=False):
     if use_compile:
         model = torch.compile(model)
     if world > 1 and not fsdp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         # experts that get no token in a step have no gradient: DDP must expect unused parameters
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
                     find_unused_parameters=mcfg.num_experts > 0)
@@ -418,9 +433,14 @@ def train(cfg, quiet=False):
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
                 grad_norm = grad_norm.full_tensor()
+            train_loss = all_mean(loss_sum, world).item()
+            if not (math.isfinite(train_loss) and math.isfinite(grad_norm.item())):  # before the weights change
+                bar.close()
+                raise FloatingPointError(f"the run diverged at step {step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
+                                         f"train loss {train_loss}, gradient norm {grad_norm.item()}; no step was "
+                                         f"taken and the last checkpoint is kept: lower --lr or check the data")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            train_loss = all_mean(loss_sum, world).item()
             step += 1
             dt = time.perf_counter() - t0
             row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm.item(),
@@ -434,10 +454,6 @@ def train(cfg, quiet=False):
             history["train_loss"].append(train_loss)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
-            if not math.isfinite(train_loss):
-                bar.close()
-                raise FloatingPointError(f"train loss is {train_loss} at step {step}: lower lr (now {cfg['lr']}) "
-                                         f"or check the data")
             if step % cfg["eval_interval"] == 0 or step == S:
                 val, bpb = evaluate(raw_model, data, cfg, global_batch, rank, world, device, autocast)
                 log_row(dict(step=step, val_loss=val, val_bpb=bpb))
@@ -473,7 +489,10 @@ def open_metrics(cfg, step, metrics_path, ckpt_path, log):
     rows = []
     os.makedirs(cfg["out_dir"], exist_ok=True)
     if cfg["resume"] and os.path.isfile(metrics_path):
-        rows = [r for r in read_jsonl(metrics_path) if r["step"] <= step]
+        rows, torn = read_jsonl(metrics_path, torn_ok=True)
+        if torn:
+            log(f"{metrics_path}: dropped a torn last line (a crash while it was written)")
+        rows = [r for r in rows if r.get("step", 0) <= step]
     elif ckpt_path and os.path.exists(ckpt_path):
         log(f"starting fresh: {ckpt_path} will be overwritten (--resume=True continues it)")
     write_jsonl(metrics_path, rows)

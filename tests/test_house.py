@@ -103,4 +103,5 @@ def test_moe_forward_returns_router_logits_and_stashes_nothing():
 def test_the_code_cites_the_paper_not_files_outside_the_repository():
     files = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py")) + \
         glob.glob(os.path.join(ROOT, "config", "*"))
-    assert [f for f in files if "PAPER.md" in open(f).read()] == []
+    notes = "PAPER" + ".md"  # (spelled in two parts so that this file does not cite it)
+    assert [f for f in files if notes in open(f).read()] == []

@@ -191,10 +191,10 @@ def test_bad_checkpoints_are_reported_and_left_in_place(tmp_path):
     assert str(path) in msg and "hidden_size (64 vs 128)" in msg and "lr (0.01 vs 0.02)" in msg
     path.write_bytes(good[: len(good) // 2])  # truncated
     msg = _checkpoint_error(c)
-    assert str(path) in msg and "corrupt or truncated" in msg
+    assert str(path) in msg and "is corrupt, truncated" in msg
     assert len(path.read_bytes()) == len(good) // 2  # left in place, not overwritten
     path.write_bytes(b"\x00garbage" * 10)
-    assert "corrupt or truncated" in _checkpoint_error(c) and path.read_bytes() == b"\x00garbage" * 10
+    assert "is corrupt, truncated" in _checkpoint_error(c) and path.read_bytes() == b"\x00garbage" * 10
     torch.save({"weights": torch.zeros(2)}, path)
     assert "not a train.py checkpoint" in _checkpoint_error(c)
 
