@@ -254,6 +254,14 @@ def dcp_train_state(path):
 def read_dcp(path, state, planner):
     """dcp.load into `state` with the safe reader and planner; any failure (a tampered, incomplete or mismatched
     directory: PyTorch raises CheckpointException, a BaseException) as one CheckpointError line."""
+    try:  # the metadata first, alone: a refusal is then one clear line (PyTorch would log tracebacks first)
+        SafeFileSystemReader(path).read_metadata()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"DCP checkpoint {path} refused: its .metadata is not plain checkpoint metadata ({e}); "
+                              f"nothing in it was run") from None
+    except Exception as e:
+        raise CheckpointError(f"DCP checkpoint {path} is incomplete or corrupt: its .metadata cannot be read "
+                              f"({first_line(e)})") from None
     try:
         if isinstance(planner, SafeFullLoadPlanner):  # fills an empty dict (dcp.load only updates existing keys)
             _load_state_dict(state, storage_reader=SafeFileSystemReader(path), planner=planner, no_dist=True)

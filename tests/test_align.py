@@ -13,7 +13,7 @@ import corpus
 import dpo
 import train
 from model import MiniCPM, MiniCPMConfig
-from conftest import cfg, rows, run_cli
+from conftest import assert_same_losses, cfg, rows, run_cli
 
 
 # ------------------------------------------------------------------------------------------ the DPO loss
@@ -114,13 +114,13 @@ def test_sft_loss_is_the_mean_over_response_tokens_for_any_batch_split(tmp_path)
     c = dict(data=data["sft_train"], seq_len=64, max_steps=6, decay_steps=0, warmup_steps=0, eval_interval=6)
     a = train.train(cfg(tmp_path / "a", **c, batch_size=8), quiet=True)
     b = train.train(cfg(tmp_path / "b", **c, batch_size=2, grad_accum=4), quiet=True)
-    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5, atol=1e-5)
+    assert_same_losses(b["train_loss"], a["train_loss"])
     # step 1's loss is the token mean over the global batch's response tokens (the fresh model, same init)
     torch.manual_seed(train.default_config()["seed"])
     m = MiniCPM(train.model_config(train.validate_config({**train.default_config(), **cfg(tmp_path, **c)})))
     x, y = corpus.load_data(data["sft_train"]).batch("train", 1337, 0, 8, 64)
     ref = F.cross_entropy(m(x)[0].flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum") / (y != -100).sum()
-    assert a["train_loss"][0] == pytest.approx(ref.item(), rel=1e-5)
+    assert a["train_loss"][0] == pytest.approx(ref.item(), rel=2e-6)
 
 
 def test_decay_phase_switches_data_at_T(tmp_path):

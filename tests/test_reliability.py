@@ -1,0 +1,310 @@
+"""Nothing lost, nothing silently wrong: diverging runs, tampered and broken checkpoints, two runs on one out_dir,
+a full disk, corrupt prepared data, out-of-range config values, torn metrics, old checkpoints."""
+import errno
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+import checkpoint
+import corpus
+import dpo
+import sample
+import train
+from conftest import ROOT, cfg, cli_args, rows, run_cli
+
+
+def one_line_error(r, *needles):
+    """A CLI failure that ends in exactly one line `error: ...` (after any progress bar), no traceback, exit 2."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines and lines[-1].startswith("error: ") and "Traceback" not in r.stderr \
+        and sum(line.startswith("error: ") for line in lines) == 1, r.stderr[-2000:]
+    err = lines[-1]
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(main, argv, *needles): an entry point's main(argv) run in this process (no interpreter start-up), as
+    one_line_error checks a subprocess."""
+    def run(main, argv, *needles):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in argv])
+        return one_line_error(subprocess.CompletedProcess(argv, e.value.code, "", capsys.readouterr().err), *needles)
+    return run
+
+
+def finite(state):
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------ divergence
+
+
+def test_a_diverging_run_keeps_its_last_finite_checkpoint(tmp_path, cli):
+    c = cfg(tmp_path, max_steps=20, decay_steps=1, warmup_steps=0, ckpt_interval=1, lr=1000.0)
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+ \(lr 1e\+03.*no step was taken"):
+        train.train(c, quiet=True)
+    ck = checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert finite(ck["model"]) and ck["step"] >= 1
+    logged = [r["step"] for r in rows(tmp_path) if "train_loss" in r]
+    assert ck["step"] == logged[-1]  # the checkpoint is the last step taken: the diverged one was never applied
+    cli(train.main, cli_args({**c, "out_dir": tmp_path / "cli"}), "diverged at step")
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    checkpoint.save_checkpoint(path, dict(model={"w": torch.ones(2)}, step=1))
+    with pytest.raises(checkpoint.CheckpointError, match="refusing to save non-finite weights"):
+        checkpoint.save_checkpoint(path, dict(model={"w": torch.tensor([1.0, math.nan])}, step=2))
+    assert torch.load(path, weights_only=True)["step"] == 1 and not os.path.exists(path + ".tmp")
+
+
+# ------------------------------------------------------------------------------------------ nothing runs on load
+
+
+class Evil:
+    """Unpickling it runs a command: what a tampered checkpoint file could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def tampered_run(tmp_path, where):
+    """An out_dir whose ckpt_dcp/ would run a command when opened by plain pickle / torch.load(weights_only=False):
+    `where` = "metadata" (the .metadata file) or "bytes" (a non-tensor entry in a .distcp shard)."""
+    out, marker = tmp_path / "run", tmp_path / "PWNED"
+    d = out / checkpoint.DCP_DIR
+    state = {"model": {"w": torch.ones(3)}, "optimizer": {"param_groups": [{"lr": 0.01}]}}
+    if where == "bytes":
+        state["optimizer"]["param_groups"][0]["lr"] = Evil(marker)
+    dcp.save(state, checkpoint_id=str(d), no_dist=True)
+    if where == "metadata":
+        (d / ".metadata").write_bytes(pickle.dumps(Evil(marker)))
+    cfg_ = {**train.default_config(), "hidden_size": 64, "num_hidden_layers": 2}
+    (d / "train_state.json").write_text(json.dumps(dict(step=1, config=cfg_, data=dict(global_batch=16))))
+    return out, marker
+
+
+@pytest.mark.parametrize("where", ["metadata", "bytes"])
+def test_a_tampered_dcp_checkpoint_runs_nothing(tmp_path, where, cli):
+    out, marker = tampered_run(tmp_path, where)
+    with pytest.raises(checkpoint.CheckpointError, match="nothing in it was run"):
+        checkpoint.model_from_checkpoint(str(out))
+    if where == "metadata":  # the whole command line once, in its own process
+        one_line_error(run_cli(["sample.py", f"--out_dir={out}"]), "nothing in it was run")
+    cli(sample.main, [f"--out_dir={out}"], "nothing in it was run")
+    cli(train.main, ["export", out, tmp_path / "exported"], "nothing in it was run")
+    cli(train.main, [f"--init_from={out}", f"--out_dir={tmp_path / 'x'}", "--max_steps=2", "--decay_steps=0",
+                     "--warmup_steps=0"], "nothing in it was run")
+    assert not marker.exists()
+    with open(out / checkpoint.DCP_DIR / ".metadata", "rb") as f:  # (plain pickle would have run it)
+        if where == "metadata":
+            pickle.load(f)
+            assert marker.exists()
+
+
+def test_an_incomplete_dcp_directory_is_one_line(tmp_path):
+    d = tmp_path / checkpoint.DCP_DIR
+    dcp.save({"model": {"w": torch.ones(3)}, "optimizer": {}}, checkpoint_id=str(d), no_dist=True)
+    (d / "train_state.json").write_text(json.dumps(dict(step=1, config={}, data={})))
+    for f in d.glob("*.distcp"):  # a copy that lost its shard files
+        f.unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be loaded"):
+        checkpoint.read_checkpoint(str(d))
+
+
+# ------------------------------------------------------------------------------------------ one run per out_dir
+
+
+def test_a_second_run_on_a_locked_out_dir_stops_at_once_and_a_killed_holder_leaves_no_lock(tmp_path, cli):
+    hold = ("import sys, time, checkpoint\nwith checkpoint.locked(sys.argv[1]):\n"
+            "    print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.perf_counter()
+        cli(train.main, [f"--out_dir={tmp_path}", "--max_steps=2", "--decay_steps=0", "--warmup_steps=0"],
+            f"out_dir {tmp_path} is in use by another run (process {holder.pid} on")
+        assert time.perf_counter() - t0 < 10 and not (tmp_path / "metrics.jsonl").exists()
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock with the process
+        holder.wait()
+    train.train(cfg(tmp_path, max_steps=2, decay_steps=0, warmup_steps=0), quiet=True)
+    assert (tmp_path / "ckpt.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save_until_full(obj, f, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_save(obj, f, *a, **kw)
+        f.write(b"partial bytes")  # what a full disk leaves: part of the file
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(checkpoint.CheckpointError, match=r"No space left on device.*the previous checkpoint is kept: "
+                                                         r"a checkpoint needs about [\d.]+ MiB free in"):
+        train.train(cfg(tmp_path, ckpt_interval=6), quiet=True)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 6
+    assert sorted(os.listdir(tmp_path)) == [".lock", "ckpt.pt", "metrics.jsonl"]
+
+
+def test_checkpoints_are_fsynced_file_and_directory(tmp_path, monkeypatch):
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    checkpoint.save_checkpoint(str(tmp_path / "ckpt.pt"), dict(model={"w": torch.ones(2)}))
+    assert synced == [str(tmp_path / "ckpt.pt.tmp"), str(tmp_path)]
+
+
+def test_resume_with_an_unwritable_metrics_file_is_one_line(tmp_path, kept_checkpoints, cli):
+    c = killed_at_3(tmp_path, kept_checkpoints)[0]
+    (tmp_path / "metrics.jsonl.tmp").mkdir()  # writing it fails with an OSError, as on a full disk
+    cli(train.main, cli_args({**c, "resume": True}), "could not write")
+
+
+# ------------------------------------------------------------------------------------------ corrupt data
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    d = tmp_path / "data"
+    corpus.prepare(str(d), ["hello world, " * 200, "another document. " * 100])
+    return d
+
+
+@pytest.fixture
+def data_error(cli):
+    def run(d, seq_len=32):
+        return cli(train.main, [f"--data={d}", f"--seq_len={seq_len}", "--out_dir=", "--max_steps=2",
+                                "--decay_steps=0", "--warmup_steps=0"])
+    return run
+
+
+def test_corrupt_prepared_data_stops_before_the_first_step(prepared, data_error):
+    meta = json.loads((prepared / "meta.json").read_text())
+    tokens = [np.fromfile(prepared / f"{s}.bin", np.uint16) for s in ("train", "val")]
+    assert meta["max_token_id"] == max(int(t.max()) for t in tokens)
+    good = (prepared / "train.bin").read_bytes()
+    (prepared / "train.bin").write_bytes(good[:-20])  # a truncated copy
+    assert "train files hold" in data_error(prepared) and "(a truncated copy?)" in data_error(prepared)
+    (prepared / "train.bin").write_bytes(good)
+    for dtype in ("uint8", "float16"):
+        (prepared / "meta.json").write_text(json.dumps({**meta, "dtype": dtype}))
+        assert f"dtype '{dtype}' does not match" in data_error(prepared)
+    bad = np.frombuffer(good, np.uint16).copy()
+    bad[7] = 60000  # an id past the 259-token byte vocabulary
+    (prepared / "train.bin").write_bytes(bad.tobytes())
+    (prepared / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "max_token_id"}))
+    assert "token id 60000 is past the tokenizer's vocabulary" in data_error(prepared)
+
+
+def test_a_split_shorter_than_seq_len_is_found_at_start(prepared, data_error):
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert "the val split" in data_error(prepared, seq_len=meta["val_tokens"] + 5)
+
+
+# ------------------------------------------------------------------------------------------ config values
+
+
+@pytest.mark.parametrize("arg, needle", [("--grad_clip=-1.0", "grad_clip=-1.0 must be >= 0"),
+                                         ("--seed=-1", "seed=-1 must be >= 0"),
+                                         ("--device=mps", "device='mps': use auto, cpu, cuda or cuda:N"),
+                                         ("--lr=1e999", "lr=inf must be a finite number"),
+                                         ("--weight_decay=-0.1", "weight_decay=-0.1 must be >= 0"),
+                                         ("--dtype=float8", "dtype='float8'")])
+def test_out_of_range_values_are_refused(arg, needle):
+    with pytest.raises(train.ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        train.get_config([arg])
+
+
+def test_config_file_errors_name_the_file_and_line(tmp_path, cli):
+    f = tmp_path / "c.py"
+    f.write_text("lr = 3e-3\nmax_steps = (\n")
+    cli(train.main, [f], f"config file {f}:2")
+    f.write_text("import math\nlr = 3e-3\nwarmup_steps = 1 // 0\n")
+    cli(train.main, [f], f"config file {f}:3: ZeroDivisionError")
+    f.write_text("import math\nlr = math.nan\n")
+    cli(train.main, [f], "lr=nan must be a finite number")
+
+
+def test_bad_jsonl_bytes_and_long_dpo_rows_name_their_line(tmp_path):
+    f = tmp_path / "sft.jsonl"
+    f.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff\xfe", "response": "b"}\n')
+    with pytest.raises(ValueError, match=r"sft.jsonl:2: not UTF-8 text"):
+        corpus.read_jsonl_rows(str(f), "chat")
+    p = tmp_path / "pref.jsonl"
+    p.write_text("\n".join(json.dumps(dict(prompt="q", chosen="a" * (80 if i == 2 else 2), rejected="b"))
+                           for i in range(4)) + "\n")
+    enc = corpus.get_encoding("bytes")
+    with pytest.raises(ValueError, match=r"line 3: prompt \+ chosen is \d+ tokens > seq_len=64"):
+        dpo.encode_pairs(enc, corpus.read_jsonl_rows(str(p), ("prompt", "chosen", "rejected")), 64)
+
+
+# ------------------------------------------------------------------------------------------ resuming what is on disk
+
+
+def test_broken_checkpoints_are_one_line(tmp_path, cli):
+    c = cfg(tmp_path, max_steps=4, decay_steps=0, warmup_steps=0)
+    train.train(c, quiet=True)
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resume = cli_args({**c, "resume": True})
+    for lacks in ("rng", "data"):
+        torch.save({k: v for k, v in ck.items() if k != lacks}, tmp_path / "ckpt.pt")
+        cli(train.main, resume, f"lacks {lacks}", "--init_from instead of --resume")
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    cli(train.main, resume, "is corrupt, truncated")
+    (tmp_path / "ckpt.pt").unlink()
+    (tmp_path / checkpoint.DCP_DIR).mkdir()
+    cli(train.main, resume, "holds an FSDP checkpoint", "--fsdp=True")
+
+
+def killed_at_3(tmp_path, kept_checkpoints):
+    """(config, full run's losses) of a 6-step run whose out_dir is left as a kill after step 3 leaves it."""
+    c = cfg(tmp_path, max_steps=6, decay_steps=0, warmup_steps=0, ckpt_interval=3)
+    full = train.train(c, quiet=True)
+    (tmp_path / "ckpt.pt").write_bytes(kept_checkpoints[3])
+    kept = [r for r in rows(tmp_path) if r["step"] <= 3]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return c, full["train_loss"]
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, kept_checkpoints):
+    c, full = killed_at_3(tmp_path, kept_checkpoints)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "train_lo')  # a crash in the middle of an append
+    r = run_cli(["train.py", *cli_args({**c, "resume": True})])
+    assert r.returncode == 0 and "dropped a torn last line" in r.stdout, r.stderr[-2000:]
+    assert [x["train_loss"] for x in rows(tmp_path) if "train_loss" in x] == full
+
+
+def test_a_checkpoint_from_before_a_config_key_existed_resumes(tmp_path, kept_checkpoints):
+    c, full = killed_at_3(tmp_path, kept_checkpoints)
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ck["config"]["passkey_ratio"]  # as written before the key was added
+    torch.save(ck, tmp_path / "ckpt.pt")
+    res = train.train({**c, "resume": True}, quiet=True)
+    assert res["train_loss"] == full[3:]
