@@ -51,6 +51,7 @@ from wsd import cosine_loop_lr, cosine_lr, wsd_lr
 # I/O
 out_dir = "out"  # checkpoints, metrics.jsonl, loss.png; "" writes nothing (in-process experiments)
 resume = False  # continue out_dir/ckpt.pt exactly where it stopped
+overwrite = False  # start fresh in an out_dir that holds a run (its checkpoint and metrics are replaced)
 init_from = ""  # start from another run's checkpoint (file or out_dir): weights, optimizer and step, with this
 #                run's schedule; how WSD branches a decay off a stable run (paper §4.3)
 keep_ckpts = False  # also keep every periodic checkpoint as ckpt_{step:06d}.pt (decay branch points)
@@ -80,9 +81,9 @@ seq_len = 256
 seed = 1337
 # schedule (wsd.py): S = max_steps, W = warmup_steps, T = S - decay_steps
 schedule = "wsd"  # "wsd" | "cosine" (Cosine(T), T = cosine_steps) | "cosine_loop"
-max_steps = 600
-warmup_steps = 30
-decay_steps = 60  # ~10% of S: the paper finds 10% of the tokens enough for the decay
+max_steps = 600  # S, counted from step 0 of the first stage (an init_from run continues the source's count)
+warmup_steps = None  # W; None: 5% of S (30 of 600), within the stable phase
+decay_steps = None  # S - T; None: 10% of S (the paper finds 10% of the tokens enough for the decay; 0 for cosine)
 decay = "exp"  # exp | linear | cosine | 1-sqrt
 final_lr_ratio = 0.1
 half_life = 0.0  # exp decay half-life in steps; 0: end the decay at final_lr_ratio
@@ -100,7 +101,7 @@ MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
 MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
 CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
 # keys that may change when resuming without changing the run's numbers
-RESUMABLE_CHANGES = {"out_dir", "resume", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
+RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
                      "device", "dtype", "compile", "activation_checkpointing", "keep_ckpts"}
 # may change on resume when the global batch (batch_size x grad_accum x world size) stays the same
 SPLIT_KEYS = {"batch_size", "grad_accum"}
@@ -114,8 +115,9 @@ def default_config():
 def get_config(argv=(), base=None):
     """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
     types = {f.name: f.type for f in fields(MiniCPMConfig)}  # model keys default to None: their type is the field's
-    types["compile"] = (bool, str)
-    return validate_config(configurator.get_config(argv, base or default_config(), types, nullable=MODEL_KEYS))
+    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int)
+    return validate_config(configurator.get_config(argv, base or default_config(), types,
+                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps"]))
 
 
 def validate_config(cfg):
@@ -125,6 +127,12 @@ def validate_config(cfg):
     for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_steps", "eval_interval", "ckpt_interval"):
         if not cfg[k] >= 1:
             raise ConfigError(f"config key {k}={cfg[k]} must be >= 1")
+    cfg = dict(cfg)  # the schedule's defaults scale with the run (paper §4.3: a decay of ~10% of the steps)
+    S = cfg["max_steps"]
+    if cfg["decay_steps"] is None:
+        cfg["decay_steps"] = max(1, round(S / 10)) if cfg["schedule"] == "wsd" else 0
+    if cfg["warmup_steps"] is None:
+        cfg["warmup_steps"] = max(0, min(round(S / 20), S - cfg["decay_steps"]))
     if cfg["schedule"] not in ("wsd", "cosine", "cosine_loop"):
         raise ConfigError(f"config key schedule={cfg['schedule']!r}: use wsd, cosine or cosine_loop")
     if not 0 <= cfg["decay_steps"] <= cfg["max_steps"]:
@@ -218,12 +226,21 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
     if fsdp:
         shard_model(model, ptdtype, device)
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
-    step = 0
+    step, S = 0, cfg["max_steps"]
     if cfg["resume"]:
         step = resume_from(cfg, model, optimizer, fsdp, global_batch, device)
-        log(f"resumed {cfg['out_dir']} at step {step}")
+        if step >= S:
+            raise ConfigError(f"{cfg['out_dir']} finished at step {step} = max_steps: nothing to resume; to train "
+                              f"further, start a new stage: --init_from={cfg['out_dir']} --max_steps=<more than "
+                              f"{step}> --out_dir=<another directory>")
+        log(f"resumed {cfg['out_dir']} at step {step}: steps {step + 1}-{S} to go")
     elif cfg["init_from"]:
         step = start_from(cfg, mcfg, model, optimizer, log)
+        if step >= S:  # (the SFT command of old READMEs trained nothing and exited 0)
+            raise ConfigError(f"init_from {cfg['init_from']} is at step {step}, and max_steps={S} counts from step 0 "
+                              f"of the first stage: nothing to train; set --max_steps={step} + the steps of this "
+                              f"stage (e.g. --max_steps={step + max(1, step // 2)})")
+        log(f"this stage trains steps {step + 1}-{S} ({S - step} steps) under this run's schedule")
     return model, optimizer, step
 
 
@@ -367,6 +384,11 @@ def run(cfg, quiet):
     ckpt_path = os.path.join(out_dir, DCP_DIR if fsdp else "ckpt.pt") if out_dir else None
     metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
 
+    if master and out_dir and not cfg["resume"] and not cfg["overwrite"]:
+        held = [f for f in ("ckpt.pt", DCP_DIR, "metrics.jsonl") if os.path.exists(os.path.join(out_dir, f))]
+        if held:
+            raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
+                              f"start over with --overwrite=True (its checkpoint and metrics are replaced)")
     model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
     rows_log = open_metrics(cfg, step, metrics_path, ckpt_path, log) if master and metrics_path else []
     raw_model = model
@@ -494,7 +516,7 @@ def open_metrics(cfg, step, metrics_path, ckpt_path, log):
             log(f"{metrics_path}: dropped a torn last line (a crash while it was written)")
         rows = [r for r in rows if r.get("step", 0) <= step]
     elif ckpt_path and os.path.exists(ckpt_path):
-        log(f"starting fresh: {ckpt_path} will be overwritten (--resume=True continues it)")
+        log(f"starting over (--overwrite=True): {ckpt_path} will be replaced")
     write_jsonl(metrics_path, rows)
     return rows
 
@@ -535,7 +557,7 @@ def sweep(results_file, runs, desc="runs"):
         if name in done and {**default_config(), **done[name]["config"]} == cfg:
             continue
         t0 = time.perf_counter()
-        res = train(cfg, quiet=True)
+        res = train({**cfg, "overwrite": True}, quiet=True)  # a run redone replaces what an older one left
         res.pop("model")
         if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
             raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")

@@ -221,4 +221,4 @@ def test_init_from_branches_off_a_kept_checkpoint(tmp_path):
     assert branch["train_loss"][3] != stable["train_loss"][9]
     with pytest.raises(checkpoint.CheckpointError, match=r"init_from checkpoint .* has another model; differing keys: "
                                                     r"hidden_size \(64 vs 128\)"):
-        train.train({**c, "hidden_size": 128, "init_from": str(tmp_path / "stable")}, quiet=True)
+        train.train({**c, "out_dir": "", "hidden_size": 128, "init_from": str(tmp_path / "stable")}, quiet=True)
