@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from corpus import load_data, save_tokenizer
 from model import MiniCPM, model_config
 from mup import load_named_optimizer_state
 
@@ -299,6 +300,12 @@ def dcp_to_checkpoint(path):
 
 def read_checkpoint(path):
     """A checkpoint's dict from ckpt.pt, a DCP directory (ckpt_dcp*), or an out_dir holding either."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} does not exist: give a train.py out_dir, its ckpt.pt or a {DCP_DIR} directory")
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in ("ckpt.pt", DCP_DIR)) \
+            and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):
+        raise CheckpointError(f"{path} holds no checkpoint (ckpt.pt or {DCP_DIR}/): train into it first "
+                              f"(python train.py --out_dir={path})")
     if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):  # an out_dir
         path = next((p for p in (os.path.join(path, "ckpt.pt"), os.path.join(path, DCP_DIR)) if os.path.exists(p)),
                     os.path.join(path, "ckpt.pt"))
@@ -347,14 +354,20 @@ def model_from_checkpoint(path, device="cpu"):
 def export_checkpoint(src, dst):
     """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
     (config.json + model.safetensors, or pytorch_model.bin without safetensors), which MiniCPM.from_pretrained
-    reads."""
-    model, _ = model_from_checkpoint(src)
+    reads, and the run's tokenizer beside it (corpus.save_tokenizer), so that sample.py --model_dir=dst works."""
+    model, cfg = model_from_checkpoint(src)
     model.save_pretrained(dst)
+    save_tokenizer(load_data(cfg["data"]).meta["tokenizer"], dst)
     return dst
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the run directory: lock and metrics.jsonl
+
+
+def run_files(out_dir):
+    """What of a run an out_dir holds (a fresh run there would replace it)."""
+    return [f for f in ("ckpt.pt", DCP_DIR, "metrics.jsonl") if os.path.exists(os.path.join(out_dir, f))]
 
 
 @contextlib.contextmanager
@@ -379,6 +392,22 @@ def locked(out_dir):
         yield
     finally:
         f.close()
+
+
+def open_metrics(out_dir, resume, step, log=print):
+    """The rows of out_dir/metrics.jsonl so far, the file rewritten to hold them: on resume those up to the
+    checkpoint's step (rows logged after it are dropped, a torn last line too), else none (a fresh file)."""
+    path, rows = os.path.join(out_dir, "metrics.jsonl"), []
+    os.makedirs(out_dir, exist_ok=True)
+    if resume and os.path.isfile(path):
+        rows, torn = read_jsonl(path, torn_ok=True)
+        if torn:
+            log(f"{path}: dropped a torn last line (a crash while it was written)")
+        rows = [r for r in rows if r.get("step", 0) <= step]
+    elif run_files(out_dir):
+        log(f"starting over (--overwrite=True): the run in {out_dir} will be replaced")
+    write_jsonl(path, rows)
+    return rows
 
 
 def read_jsonl(path, torn_ok=False):
@@ -411,6 +440,13 @@ def write_jsonl(path, rows):
             os.remove(path + ".tmp")
         raise CheckpointError(f"could not write {path} ({first_line(e)}): free space in "
                               f"{os.path.dirname(path) or '.'}") from None
+
+
+def write_json(path, obj):
+    """Atomic JSON file (a run's summary.json)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def append_jsonl(path, row):

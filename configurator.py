@@ -10,12 +10,27 @@ exist in the defaults and keep its type, so a typo or a wrong type stops the run
 import ast
 import difflib
 import os
+import re
 import sys
 import traceback
 
 
 class ConfigError(ValueError):
     """Bad input from the user: printed as one line, exit status 2."""
+
+
+# what an entry point reports as one line `error: ...` with exit status 2 (each adds its own, e.g. CheckpointError)
+USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, ImportError)
+
+
+def exit_on_user_error(work, *errors):
+    """Run an entry point's work(); a user error is one line on stderr and exit status 2, never a traceback (the
+    same for train.py, sample.py, dpo.py and corpus.py). Returns work()'s result otherwise."""
+    try:
+        return work()
+    except USER_ERRORS + errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def unknown_key(key, valid):
@@ -80,3 +95,39 @@ def get_config(argv, defaults, types=None, nullable=()):
             v = val  # a plain string
         assign(key, v)
     return cfg
+
+
+ASSIGNMENT = re.compile(r"^(\s*)(\w+)\s*(?::\s*[^=]+?)?\s*=\s*(.+?)(?:\s+#\s?(.*))?$")
+
+
+def documented_keys(path, start, end):
+    """[(key, default as written, comment)] of the assignments between the lines containing `start` and `end` in a
+    source file (a config block, a dataclass body): the comment beside a key and the comment lines under it, so
+    that --help repeats what the file says, written once."""
+    keys, inside = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if start in line:
+                inside = True
+                continue
+            if not inside:
+                continue
+            if end in line:
+                break
+            m = ASSIGNMENT.match(line.rstrip())
+            if m and not m.group(2).startswith("_") and m.group(2).islower() and "(" not in m.group(2):
+                keys.append([m.group(2), m.group(3), m.group(4) or ""])
+            elif keys and re.match(r"\s*#\s{2,}\S", line):  # "#   ..." continues the comment above; "# data" heads
+                keys[-1][2] += " " + line.strip().lstrip("#").strip()  # a comment continued on the next line
+    return [tuple(k) for k in keys]
+
+
+def help_text(sections):
+    """--help: one line per key, `--key=default  comment`, under each (title, (file, start, end)) section."""
+    out = []
+    for title, where in sections:
+        keys = documented_keys(*where)
+        out.append(f"\n{title}:")
+        width = max(len(f"--{k}={d}") for k, d, _ in keys)
+        out += [f"  {f'--{k}={d}':{width}s}  {c}".rstrip() for k, d, c in keys]
+    return "\n".join(out)

@@ -28,6 +28,8 @@ import numpy as np
 import tiktoken
 import torch
 
+from configurator import ConfigError, exit_on_user_error
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
 # GPT-2's pre-tokenization regex; with byte-level ranks it only decides where BPE could merge, so any split works
@@ -49,6 +51,39 @@ def get_encoding(name="bytes"):
         raise RuntimeError(f"tiktoken BPE {name!r} is not cached and could not be downloaded ({type(e).__name__}): "
                            f"go online once, or point TIKTOKEN_CACHE_DIR at a cache holding it, "
                            f"or use tokenizer='bytes'") from None
+
+
+def byte_level_chars():
+    """GPT-2's printable stand-in for each byte (the ByteLevel alphabet of HF tokenizers), by byte value."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def save_tokenizer(name, out_dir):
+    """Write what a tokenizer needs beside exported weights: for "bytes" an exact HF tokenizer.json (BPE with no
+    merges over the 256 byte tokens, our special tokens at 256...), which sample.py, transformers and vLLM read; for a
+    tiktoken BPE, tiktoken.json naming the encoding (sample.py reads it; it needs the tiktoken package)."""
+    os.makedirs(out_dir, exist_ok=True)
+    if name != "bytes":
+        file, spec = "tiktoken.json", {"tiktoken_encoding": name}
+    else:
+        chars = byte_level_chars()
+        specials = [dict(id=256 + i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                         special=True) for i, t in enumerate(SPECIAL_TOKENS)]
+        file, spec = "tokenizer.json", {
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                              "use_regex": False},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": {c: i for i, c in enumerate(chars)}, "merges": []}}
+    with open(os.path.join(out_dir, file + ".tmp"), "w") as f:
+        json.dump(spec, f, ensure_ascii=False, indent=1)
+    os.replace(os.path.join(out_dir, file + ".tmp"), os.path.join(out_dir, file))
+    return os.path.join(out_dir, file)
 
 
 def embedded_documents():
@@ -93,6 +128,8 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
         ids.append(eot)
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     arr = np.asarray(ids, dtype=dtype)
+    if len(arr) < 2 or not any(d.strip() for d in docs):
+        raise ValueError("the documents are empty: no tokens to train on (check the --input files)")
     n_val = max(1, int(len(arr) * val_fraction))
     os.makedirs(out_dir, exist_ok=True)
     for split, part in (("train", arr[:-n_val]), ("val", arr[-n_val:])):
@@ -140,6 +177,8 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
             n_bytes += len(doc.encode("utf-8")) + 1
             if len(buf[split]) >= shard_tokens:
                 flush(split)
+    if not n_docs or not n_bytes - n_docs:
+        raise ValueError("the documents are empty: no tokens to train on (check the --input files / dataset)")
     for split in ("train", "val"):
         if buf[split] or not shards[split]:
             flush(split)
@@ -329,8 +368,11 @@ class SFTData:
         self.split = {"train": [e for i, e in enumerate(ex) if i % 10], "val": [e for i, e in enumerate(ex) if not i % 10]}
         if not self.split["train"]:
             self.split["train"] = self.split["val"]
-        n_bytes = sum(len("".join(t for _, t in r["turns"]).encode("utf-8")) for r in rows)
-        self.meta = dict(tokenizer=tokenizer, bytes_per_token=n_bytes / max(1, sum(len(e[0]) for e in ex)))
+        # val_bpb: the loss covers the response tokens only (" " + response + <|endoftext|>, counted as one byte as
+        # in prepare()), so bytes per token is over those; exactly 1 for the byte tokenizer
+        n_bytes = sum(len((" " + t).encode("utf-8")) + 1 for r in rows for role, t in r["turns"] if role == "assistant")
+        n_tokens = sum(sum(label != -100 for label in e[1]) for e in ex)
+        self.meta = dict(tokenizer=tokenizer, bytes_per_token=n_bytes / max(1, n_tokens))
         self.longest = max(len(e[0]) for e in ex)
 
     def encoding(self):
@@ -440,7 +482,7 @@ def load_data(spec):
     return TokenData(spec)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description="Tokenize a corpus into memory-mapped train.bin / val.bin")
     p.add_argument("--input", nargs="*", default=[], help=".txt files (one document each) or .jsonl ({'text': ...})")
     p.add_argument("--hf_dataset", default=None, help="a hub dataset name (needs `pip install datasets` and network)")
@@ -451,26 +493,22 @@ def main():
     p.add_argument("--val_fraction", type=float, default=0.1)
     p.add_argument("--shard_tokens", type=int, default=0,
                    help="stream into shards of this many tokens (web-scale corpora; 0: one train.bin / val.bin)")
-    a = p.parse_args()
-    try:
+    a = p.parse_args(argv)
+
+    def work():
         docs = read_documents(a.input)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: {e}") from None
-    if a.hf_dataset:
-        try:
-            import datasets
-        except ImportError:
-            raise SystemExit("error: --hf_dataset needs the optional package: pip install datasets") from None
-        ds = datasets.load_dataset(a.hf_dataset, split=a.hf_split, streaming=True)
-        hub = (row["text"] for row, _ in zip(ds, range(a.hf_max_docs)))
-        docs = itertools.chain(docs, hub) if a.shard_tokens else docs + list(hub)  # shards: streamed, never all held
-    elif not docs:
-        raise SystemExit("error: no documents: give --input files or --hf_dataset")
-    try:
-        meta = prepare(a.out, docs, a.tokenizer, a.val_fraction, a.shard_tokens)
-    except (RuntimeError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    print(json.dumps(meta))
+        if a.hf_dataset:
+            try:
+                import datasets  # optional: only for hub datasets
+            except ImportError:
+                raise ConfigError("--hf_dataset needs the optional package: pip install datasets") from None
+            ds = datasets.load_dataset(a.hf_dataset, split=a.hf_split, streaming=True)
+            hub = (row["text"] for row, _ in zip(ds, range(a.hf_max_docs)))
+            docs = itertools.chain(docs, hub) if a.shard_tokens else docs + list(hub)  # shards: streamed
+        elif not docs:
+            raise ConfigError("no documents: give --input files or --hf_dataset")
+        print(json.dumps(prepare(a.out, docs, a.tokenizer, a.val_fraction, a.shard_tokens)))
+    exit_on_user_error(work, ValueError, RuntimeError)
 
 
 if __name__ == "__main__":

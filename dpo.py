@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
-from configurator import ConfigError
+from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData, chat_ids, embedded_documents, load_data, read_jsonl_rows
 from mup import configure_optimizer, set_lr
 from plots import save, subplots
@@ -173,8 +173,9 @@ def encode_pairs(enc, rows, seq_len):
     return (*encode_responses(enc, rows, "chosen", seq_len), *encode_responses(enc, rows, "rejected", seq_len))
 
 
+# warmup_steps / decay_steps None: 5% / 20% of max_steps (10 / 40 of 200)
 DEFAULTS = dict(init_from="", data="", out_dir="out-dpo", beta=0.1, lr=1e-5, weight_decay=0.0, batch_size=16,
-                grad_accum=1, max_steps=200, warmup_steps=10, decay_steps=40, schedule="wsd", seq_len=64,
+                grad_accum=1, max_steps=200, warmup_steps=None, decay_steps=None, schedule="wsd", seq_len=64,
                 seed=1337, device="auto", grad_clip=1.0)
 
 
@@ -189,7 +190,15 @@ def train_dpo(cfg, quiet=False):
         raise ConfigError("DPO needs --init_from (the SFT out_dir or checkpoint) and --data (a preference .jsonl)")
     if cfg["beta"] <= 0:
         raise ConfigError(f"beta={cfg['beta']} must be > 0")
-    S, W = cfg["max_steps"], cfg["warmup_steps"]
+    for k in ("max_steps", "batch_size", "grad_accum", "seq_len"):
+        if not cfg[k] >= 1:
+            raise ConfigError(f"{k}={cfg[k]} must be >= 1")
+    S = cfg["max_steps"]
+    if cfg["decay_steps"] is None:
+        cfg["decay_steps"] = round(S / 5) if cfg["schedule"] == "wsd" else 0
+    if cfg["warmup_steps"] is None:
+        cfg["warmup_steps"] = min(round(S / 20), S - cfg["decay_steps"])
+    W = cfg["warmup_steps"]
     if cfg["schedule"] == "wsd":  # a linear decay to 0.1 lr over the last decay_steps (T = S - decay_steps)
         def lr_at(s):
             return wsd_lr(s, lr=cfg["lr"], W=W, T=S - cfg["decay_steps"], S=S, decay="linear")
@@ -227,8 +236,8 @@ def train_dpo(cfg, quiet=False):
         return lp[:len(idx)], lp[len(idx):]
     model.eval()
     with torch.no_grad():  # the reference is the initial policy: its log-probs once, then only the policy is kept
-        ref = [torch.cat(t) for t in zip(*(logps(model, torch.arange(i, min(i + 64, len(rows))))
-                                             for i in range(0, len(rows), 64)))]
+        chunks = tqdm(range(0, len(rows), 64), disable=quiet or not master, desc="DPO reference log-probs")
+        ref = [torch.cat(t) for t in zip(*(logps(model, torch.arange(i, min(i + 64, len(rows)))) for i in chunks))]
     model.train()
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
     raw = model
@@ -376,14 +385,14 @@ def plot(summary, hist, file):
     save(fig, file)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", action="store_true", help="decay mixing A-1 vs A-2, then SFT vs SFT + DPO")
     p.add_argument("--quick", action="store_true", help="with --experiment: tiny models on a 2-core CPU")
     p.add_argument("--write_data", metavar="DIR", help="write the offline SFT / preference jsonl sets to DIR")
     for k, v in DEFAULTS.items():
-        p.add_argument(f"--{k}", type=type(v), default=v)
-    a = vars(p.parse_args())
+        p.add_argument(f"--{k}", type=int if v is None else type(v), default=v)
+    a = vars(p.parse_args(argv))
     if a.pop("experiment"):
         return experiment(quick=a["quick"])
     a.pop("quick")
@@ -392,9 +401,7 @@ def main():
         return
     a.pop("write_data")
     try:
-        train_dpo(a)
-    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
-        raise SystemExit(f"error: {e}") from None
+        exit_on_user_error(lambda: train_dpo(a), CheckpointError)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -331,6 +331,21 @@ class MiniCPM(nn.Module):
     def num_params(self, non_embedding=True):
         return sum(p.numel() for n, p in self.named_parameters() if not (non_embedding and self.is_embedding(n)))
 
+    def describe(self):
+        """Parameter counts and the muP width multiplier, in one line (train.py prints it at the start)."""
+        c = self.config
+        line = (f"model: {self.num_params() / 1e6:.2f}M non-embedding params ({self.num_params(False) / 1e6:.2f}M "
+                f"total), m = {c.width_mult:g}")
+        if c.num_experts:
+            line += f", MoE {c.num_experts} experts top-{c.top_k}: {self.num_active_params() / 1e6:.2f}M active"
+        return line
+
+    def num_active_params(self):
+        """Non-embedding parameters a token uses: an MoE token runs top_k of the E experts (and the router)."""
+        c = self.config
+        return self.num_params() - c.num_hidden_layers * max(0, c.num_experts - c.top_k) * 3 * c.hidden_size * \
+            c.intermediate_size
+
     def head_weight(self):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
@@ -594,3 +609,21 @@ def export_llama(model, path):
            "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
            "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
     write_weights(path, llama_state_dict(model), cfg)
+
+
+def main():
+    """`python model.py`: the presets, their shapes and parameter counts (on the meta device: no memory used)."""
+    print(f"{'preset':14s}{'hidden':>8s}{'layers':>8s}{'heads':>7s}{'kv':>5s}{'ffn':>7s}{'vocab':>8s}"
+          f"{'non-embedding':>16s}{'total':>16s}")
+    for name in PRESETS:
+        c = MiniCPMConfig.from_preset(name)
+        with torch.device("meta"):
+            m = MiniCPM(c)
+        print(f"{name:14s}{c.hidden_size:8d}{c.num_hidden_layers:8d}{c.num_attention_heads:7d}"
+              f"{c.num_key_value_heads:5d}{c.intermediate_size:7d}{c.vocab_size:8d}{m.num_params():16,d}"
+              f"{m.num_params(False):16,d}")
+    print("\nMiniCPM(MiniCPMConfig.from_preset(name)) builds one; python train.py --preset=NAME trains one.")
+
+
+if __name__ == "__main__":
+    main()

@@ -90,12 +90,7 @@ def upcycle(dense, num_experts=8, top_k=2, seed=0):
 
 def param_counts(model):
     """(total, active per token) non-embedding parameters: a token uses top_k of the E experts (and the router)."""
-    total = model.num_params()
-    c = model.config
-    if not c.num_experts:
-        return total, total
-    per_expert = 3 * c.hidden_size * c.intermediate_size
-    return total, total - c.num_hidden_layers * (c.num_experts - c.top_k) * per_expert
+    return model.num_params(), model.num_active_params()
 
 
 # ----------------------------------------------------------------------------------------------------------

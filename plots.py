@@ -49,12 +49,14 @@ def quick_cli(description, experiment, argv=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Draw a run's loss and lr curves from its metrics.jsonl")
-    p.add_argument("metrics", help="a train.py run's metrics.jsonl (or its out_dir)")
+    p.add_argument("metrics", nargs="?", default="out", help="a train.py run's metrics.jsonl or out_dir (default: out)")
     p.add_argument("out", nargs="?", help="the figure (default: loss.png beside metrics.jsonl)")
     a = p.parse_args(argv)
     path = os.path.join(a.metrics, "metrics.jsonl") if os.path.isdir(a.metrics) else a.metrics
     if not os.path.isfile(path):
-        sys.exit(f"error: {path} not found: give a run's metrics.jsonl or its out_dir")
+        print(f"error: {path} not found: train first (python train.py), or give a run's metrics.jsonl or out_dir",
+              file=sys.stderr)
+        sys.exit(2)
     out = a.out or os.path.join(os.path.dirname(path), "loss.png")
     with open(path) as f:
         plot_metrics([json.loads(line) for line in f if line.strip()], out)

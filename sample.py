@@ -9,40 +9,49 @@ An official directory's tokenizer is read from tokenizer.json (optional package 
 """
 
 import argparse
+import json
 import os
-import sys
 
 import torch
 
 from checkpoint import CheckpointError, model_from_checkpoint
-from corpus import load_data
+from configurator import ConfigError, exit_on_user_error
+from corpus import get_encoding, load_data
 from model import MiniCPM
+from system import resolve_system
 
 
 class HFTokenizer:
-    """The tokenizer of an official checkpoint directory, through whichever optional package reads it."""
+    """The tokenizer of a checkpoint directory, through whichever package reads it: tokenizer.json (optional
+    `tokenizers`, official checkpoints and nanoCPM byte-level exports), tokenizer.model (optional `sentencepiece`), or
+    tiktoken.json (a nanoCPM export trained with a tiktoken BPE)."""
 
     def __init__(self, path):
-        tj, sp = os.path.join(path, "tokenizer.json"), os.path.join(path, "tokenizer.model")
+        tj, sp, tt = (os.path.join(path, f) for f in ("tokenizer.json", "tokenizer.model", "tiktoken.json"))
         self.eos = None
         if os.path.isfile(tj):
             try:
-                from tokenizers import Tokenizer
+                from tokenizers import Tokenizer  # optional
             except ImportError:
                 raise ImportError(f"{tj} needs the optional package: pip install tokenizers") from None
             self.tok = Tokenizer.from_file(tj)
             self.encode = lambda s: self.tok.encode(s).ids
             self.decode = lambda ids: self.tok.decode(ids)
-            self.eos = self.tok.token_to_id("</s>")
+            self.eos = next((i for i in map(self.tok.token_to_id, ("</s>", "<|endoftext|>")) if i is not None), None)
         elif os.path.isfile(sp):
             try:
-                import sentencepiece
+                import sentencepiece  # optional
             except ImportError:
                 raise ImportError(f"{sp} needs the optional package: pip install sentencepiece") from None
             self.tok = sentencepiece.SentencePieceProcessor(model_file=sp)
             self.encode = lambda s: [self.tok.bos_id()] + self.tok.encode(s)
             self.decode = lambda ids: self.tok.decode(ids)
             self.eos = self.tok.eos_id()
+        elif os.path.isfile(tt):
+            with open(tt) as f:
+                enc = get_encoding(json.load(f)["tiktoken_encoding"])
+            self.encode, self.eos = enc.encode_ordinary, enc.eot_token
+            self.decode = lambda ids: enc.decode([i for i in ids if i < enc.n_vocab])
         else:
             raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {path}")
 
@@ -59,6 +68,17 @@ def load(out_dir=None, model_dir=None, device="cpu"):
     return model, enc.encode_ordinary, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]), enc.eot_token
 
 
+@torch.no_grad()
+def generate_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=40):
+    """A sample from a model with a tiktoken Encoding (train.py's end-of-run sample), ids past the tokenizer (the
+    vocabulary padding) dropped."""
+    model.eval()
+    x = torch.tensor([enc.encode_ordinary(prompt)], device=next(model.parameters()).device)
+    out = model.generate(x, min(max_new_tokens, model.config.max_length - x.size(1)), temperature=temperature,
+                         top_k=top_k)
+    return enc.decode([i for i in out[0].tolist() if i < enc.n_vocab])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
@@ -70,26 +90,25 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top_k", type=int, default=40)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     p.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     a = p.parse_args(argv)
-    try:
-        model, encode, decode, eos = load(None if a.model_dir else a.out_dir, a.model_dir, a.device)
-        dtype = a.dtype if a.dtype != "auto" else ("bfloat16" if a.device.startswith("cuda") else "float32")
-        model.to(getattr(torch, dtype))
+
+    def work():
+        device, dtype, _ = resolve_system(a.device, a.dtype, False)  # the checks train.py makes, one line each
+        model, encode, decode, eos = load(None if a.model_dir else a.out_dir, a.model_dir, device)
+        model.to(dtype)
         ids = encode(a.prompt)
         if not ids:
-            raise ValueError("the prompt encodes to no tokens: give a non-empty --prompt")
-        x = torch.tensor([ids], device=a.device)
+            raise ConfigError("the prompt encodes to no tokens: give a non-empty --prompt")
+        x = torch.tensor([ids], device=device)
         n = min(a.max_new_tokens, model.config.max_length - x.size(1))
         torch.manual_seed(a.seed)
         for _ in range(a.num_samples):
             y = model.generate(x, n, temperature=a.temperature, top_k=a.top_k, eos_token_id=eos)
             print(decode(y[0].tolist()))
             print("-" * 80)
-    except (CheckpointError, FileNotFoundError, ImportError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(work, CheckpointError, ValueError)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ over them), and the signals that stop a run. Shared by train.py and dpo.py.
 """
 
 import os
+import platform
 import signal
 
 import torch
@@ -17,16 +18,37 @@ from configurator import ConfigError
 def resolve_system(device="auto", dtype="auto", compile="auto"):
     """(device string, torch dtype, use torch.compile) from the config's `auto` defaults: CUDA with bf16 autocast
     and compile when there is a GPU, else the CPU in fp32, eager."""
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"device={device!r}: use auto, cpu, cuda or cuda:N")
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={dev!r} but CUDA is not available: use --device=cpu")
     dt = dtype if dtype != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
     if dt not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"dtype={dt!r}: use float32, bfloat16 or float16")
+        raise ConfigError(f"dtype={dt!r}: use auto, float32, bfloat16 or float16")
     comp = compile if compile != "auto" else dev.startswith("cuda")
     if not isinstance(comp, bool):
         raise ConfigError(f"compile={compile!r}: use True, False or 'auto'")
     return dev, getattr(torch, dt), comp
+
+
+def hardware(device):
+    """The machine in words, for results files: the GPU, or the CPU's cores and architecture; and the torch build."""
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()})"
+    return f"{what}, torch {torch.__version__}"
+
+
+def process_device(dev, local_rank):
+    """This process's torch.device: under torchrun, GPU local_rank (TF32 matmuls on, as bf16 autocast would allow)."""
+    if dev == "cuda":
+        dev = f"cuda:{local_rank}"
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(dev)
 
 
 def setup_distributed(device_type):

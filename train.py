@@ -8,7 +8,8 @@ Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4), nanoGPT styl
         --rdzv_endpoint=$HEAD_NODE:29500 --rdzv_id=$JOB_ID train.py config/x.py # many nodes: same command on each
     torchrun ... train.py config/x.py --fsdp=True     # FSDP2, sharded DCP checkpoints (resumable at any world size)
     python train.py export out/ckpt_dcp official_dir  # a checkpoint -> the official format (from_pretrained)
-    python train.py --init_from=out --data=sft.jsonl --decay_steps=0 --lr=1e-3   # SFT (paper §5; dpo.py for DPO)
+    python train.py --init_from=out --data=sft.jsonl --decay_steps=0 --lr=1e-3 --max_steps=1000 --out_dir=out-sft
+                                                      # SFT: steps 601-1000 after a 600-step run (paper §5; dpo.py: DPO)
 
 The file reads top to bottom: the config (every key below can be set in a config file or as --key=value; model
 keys left at None come from `preset`), building the model and its optimizer (fresh, resumed, or from another run),
@@ -34,17 +35,18 @@ from tqdm import tqdm
 import configurator
 from bench import flops_per_token, peak_flops
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, keep_copy,
-                        load_checkpoint, load_dcp, load_full_state, load_state, locked, read_checkpoint, read_jsonl,
-                        save_checkpoint, save_dcp, write_jsonl)
+                        load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics, read_checkpoint,
+                        run_files, save_checkpoint, save_dcp, write_json)
 from configurator import ConfigError
 from corpus import MixtureData, load_data
 from longctx import mixed_batch
-from model import MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
+from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
-from moe import param_counts, upcycle_optimizer_state, upcycle_state_dict
+from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
-from system import StopFlag, all_mean, resolve_system, setup_distributed, shard_model
+from sample import generate_text
+from system import StopFlag, all_mean, hardware, process_device, resolve_system, setup_distributed, shard_model
 from wsd import cosine_loop_lr, cosine_lr, wsd_lr
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -105,6 +107,9 @@ RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_st
                      "device", "dtype", "compile", "activation_checkpointing", "keep_ckpts"}
 # may change on resume when the global batch (batch_size x grad_accum x world size) stays the same
 SPLIT_KEYS = {"batch_size", "grad_accum"}
+LOWER_BOUNDS = dict(max_steps=1, batch_size=1, grad_accum=1, seq_len=1, eval_steps=1, eval_interval=1, ckpt_interval=1,
+                    lr=0, grad_clip=0, weight_decay=0, seed=0, warmup_steps=0, decay_steps=0, half_life=0,
+                    cosine_steps=0, short_len=0)
 
 
 def default_config():
@@ -124,9 +129,13 @@ def validate_config(cfg):
     for k in cfg:
         if k not in CONFIG_KEYS:
             raise configurator.unknown_key(k, CONFIG_KEYS)
-    for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_steps", "eval_interval", "ckpt_interval"):
-        if not cfg[k] >= 1:
-            raise ConfigError(f"config key {k}={cfg[k]} must be >= 1")
+    for k, v in cfg.items():  # nan / inf in a config file or on the command line
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"config key {k}={v} must be a finite number")
+    for k, lo in LOWER_BOUNDS.items():  # (before the defaults below, which divide max_steps)
+        if cfg[k] is not None and not cfg[k] >= lo or (k == "lr" and cfg[k] == 0):
+            raise ConfigError(f"config key {k}={cfg[k]} must be {'> 0' if k == 'lr' else f'>= {lo}'}"
+                              + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
     cfg = dict(cfg)  # the schedule's defaults scale with the run (paper §4.3: a decay of ~10% of the steps)
     S = cfg["max_steps"]
     if cfg["decay_steps"] is None:
@@ -135,25 +144,13 @@ def validate_config(cfg):
         cfg["warmup_steps"] = max(0, min(round(S / 20), S - cfg["decay_steps"]))
     if cfg["schedule"] not in ("wsd", "cosine", "cosine_loop"):
         raise ConfigError(f"config key schedule={cfg['schedule']!r}: use wsd, cosine or cosine_loop")
-    if not 0 <= cfg["decay_steps"] <= cfg["max_steps"]:
-        raise ConfigError(f"decay_steps={cfg['decay_steps']} must be within [0, max_steps={cfg['max_steps']}]")
+    if not cfg["decay_steps"] <= S:
+        raise ConfigError(f"decay_steps={cfg['decay_steps']} must be within [0, max_steps={S}]")
     for k in ("long_ratio", "passkey_ratio"):
         if not 0 <= cfg[k] <= 1:
             raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
     if cfg["long_ratio"] < 1 and not 1 <= cfg["short_len"] <= cfg["seq_len"]:
         raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
-    for k, v in cfg.items():  # nan / inf in a config file or on the command line
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"config key {k}={v} must be a finite number")
-    for k in ("lr", "grad_clip", "weight_decay", "seed", "warmup_steps", "half_life", "cosine_steps", "short_len"):
-        if cfg[k] < 0 or (k == "lr" and cfg[k] == 0):
-            raise ConfigError(f"config key {k}={cfg[k]} must be {'> 0' if k == 'lr' else '>= 0'}"
-                              + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
-    dev = cfg["device"]
-    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        raise ConfigError(f"config key device={dev!r}: use auto, cpu, cuda or cuda:N")
-    if cfg["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"config key dtype={cfg['dtype']!r}: use auto, float32, bfloat16 or float16")
     if cfg["decay_data"] and not cfg["decay_steps"]:
         raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
     lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
@@ -365,16 +362,12 @@ def run(cfg, quiet):
     """train() of a checked config, its out_dir held."""
     dev, ptdtype, use_compile = resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
-    if dev == "cuda":
-        dev = f"cuda:{local_rank}"
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    device, master, fsdp = torch.device(dev), rank == 0, cfg["fsdp"]
+    device, master, fsdp = process_device(dev, local_rank), rank == 0, cfg["fsdp"]
     if fsdp and not dist.is_initialized():
         raise ConfigError("fsdp=True shards the model over the processes of torchrun: run it as `torchrun "
                           "--standalone --nproc_per_node=N train.py --fsdp=True ...` (N=1 works too)")
     log = (lambda *a: None) if quiet or not master else print
+    t_start = time.time()
     mcfg = model_config(cfg)
     data, decay_data = load_run_data(cfg, mcfg)
     S, A, B, seq_len = cfg["max_steps"], cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
@@ -384,13 +377,11 @@ def run(cfg, quiet):
     ckpt_path = os.path.join(out_dir, DCP_DIR if fsdp else "ckpt.pt") if out_dir else None
     metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
 
-    if master and out_dir and not cfg["resume"] and not cfg["overwrite"]:
-        held = [f for f in ("ckpt.pt", DCP_DIR, "metrics.jsonl") if os.path.exists(os.path.join(out_dir, f))]
-        if held:
-            raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
-                              f"start over with --overwrite=True (its checkpoint and metrics are replaced)")
+    if master and out_dir and not cfg["resume"] and not cfg["overwrite"] and run_files(out_dir):
+        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(run_files(out_dir))}): continue it with "
+                          f"--resume=True, or start over with --overwrite=True (its checkpoint and metrics go)")
     model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
-    rows_log = open_metrics(cfg, step, metrics_path, ckpt_path, log) if master and metrics_path else []
+    rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and metrics_path else []
     raw_model = model
     if use_compile:
         model = torch.compile(model)
@@ -401,7 +392,7 @@ def run(cfg, quiet):
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
     tokens_per_step = global_batch * seq_len
     peak = peak_flops(device)
-    log(describe(raw_model, world, A, B, seq_len, dev, ptdtype, use_compile, fsdp))
+    log(describe(raw_model, world, A, B, seq_len, device, ptdtype, use_compile, fsdp))
 
     def log_row(row):
         rows_log.append(row)
@@ -496,52 +487,30 @@ def run(cfg, quiet):
         log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
     if master and out_dir and not stopped:
         plot_metrics(rows_log, os.path.join(out_dir, "loss.png"))
+    text = None
     if master and not quiet and not stopped and cfg["sample_tokens"] > 0 and not fsdp:  # (sharded: export first)
-        print_sample(raw_model, data.encoding(), cfg, device, autocast)
-    return dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
-                tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
-                final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
-                final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
-                final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None, model=raw_model)
+        torch.manual_seed(cfg["seed"])
+        with autocast:
+            text = generate_text(raw_model, data.encoding(), "The ", cfg["sample_tokens"])
+        print("-" * 40 + " sample " + "-" * 40 + "\n" + text + "\n" + "-" * 88)
+    result = dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
+                  tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
+                  final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
+                  final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
+                  final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None)
+    if master and out_dir and not stopped:  # what the run did, where, how fast: the numbers a README may quote
+        write_json(os.path.join(out_dir, "summary.json"), dict(
+            command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("train.py") else None,
+            hardware=hardware(device), wall_s=round(time.time() - t_start, 1), sample=text,
+            **{k: v for k, v in result.items() if k not in history}, first_train_loss=history["train_loss"][0]
+            if history["train_loss"] else None))
+    return dict(result, model=raw_model)
 
 
-def open_metrics(cfg, step, metrics_path, ckpt_path, log):
-    """The rows of metrics.jsonl so far: on resume those up to the checkpoint's step (rows logged after it are
-    dropped), else none (a fresh file)."""
-    rows = []
-    os.makedirs(cfg["out_dir"], exist_ok=True)
-    if cfg["resume"] and os.path.isfile(metrics_path):
-        rows, torn = read_jsonl(metrics_path, torn_ok=True)
-        if torn:
-            log(f"{metrics_path}: dropped a torn last line (a crash while it was written)")
-        rows = [r for r in rows if r.get("step", 0) <= step]
-    elif ckpt_path and os.path.exists(ckpt_path):
-        log(f"starting over (--overwrite=True): {ckpt_path} will be replaced")
-    write_jsonl(metrics_path, rows)
-    return rows
-
-
-def describe(model, world, A, B, seq_len, dev, ptdtype, use_compile, fsdp):
-    c = model.config
-    moe = (f"MoE: {c.num_experts} experts, top-{c.top_k}: {param_counts(model)[1] / 1e6:.2f}M active non-embedding "
-           f"params per token\n") if c.num_experts else ""
-    return (f"{moe}model: {model.num_params() / 1e6:.2f}M non-embedding params ({model.num_params(False) / 1e6:.2f}M "
-            f"total), m = {c.width_mult:g}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
-            f"{world * A * B * seq_len:,} tokens/step on {dev} ({str(ptdtype).replace('torch.', '')}, "
+def describe(model, world, A, B, seq_len, device, ptdtype, use_compile, fsdp):
+    return (f"{model.describe()}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
+            f"{world * A * B * seq_len:,} tokens/step on {device} ({str(ptdtype).replace('torch.', '')}, "
             f"compile={use_compile}{', FSDP2' if fsdp else ''})")
-
-
-@torch.no_grad()
-def print_sample(model, enc, cfg, device, autocast):
-    prompt = torch.tensor([enc.encode("The ")], device=device)
-    torch.manual_seed(cfg["seed"])
-    model.eval()
-    with autocast:
-        out = model.generate(prompt, min(cfg["sample_tokens"], model.config.max_length - 4), temperature=0.8,
-                             top_k=40)
-    print("-" * 40 + " sample " + "-" * 40)
-    print(enc.decode([i for i in out[0].tolist() if i < enc.n_vocab]))  # (not the vocab padding)
-    print("-" * 88)
 
 
 def sweep(results_file, runs, desc="runs"):
@@ -569,17 +538,31 @@ def sweep(results_file, runs, desc="runs"):
     return {name: done[name]["metrics"] for name in runs}
 
 
+def usage():
+    """The docstring, then every config key with its default and the comment beside it in this file (and, for the
+    model keys, in model.py's MiniCPMConfig): written once, where a reader finds it."""
+    here = os.path.abspath(__file__)
+    return __doc__ + configurator.help_text([
+        ("config keys (set in a config file or as --key=value)", (here, "-- config", "CONFIG_KEYS")),
+        (f"model keys (default: the value in --preset, one of {', '.join(PRESETS)}; shown: MiniCPMConfig's own "
+         f"default, model.py)", (os.path.join(os.path.dirname(here), "model.py"), "class MiniCPMConfig", "def __post")
+         )])
+
+
 def main(argv):
-    try:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(usage())
+        return
+
+    def work():
         if argv[:1] == ["export"]:  # python train.py export out/ckpt_dcp official_dir
             if len(argv) != 3:
                 raise ConfigError("usage: python train.py export CHECKPOINT(ckpt.pt | DCP dir | out_dir) OUT_DIR")
             print(f"exported to {export_checkpoint(argv[1], argv[2])} (MiniCPM.from_pretrained reads it)")
             return
         train(get_config(argv))
-    except (ConfigError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    try:
+        configurator.exit_on_user_error(work, CheckpointError)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
