@@ -32,9 +32,6 @@ def test_sample_errors_are_one_line(tmp_path):
     r = run([f"--out_dir={tmp_path}"])
     assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path} holds no checkpoint (ckpt.pt or ckpt_dcp/): " \
                                                      f"train into it first (python train.py --out_dir={tmp_path})"
-    r = run(["--out_dir=out-typo"])  # a mistyped out_dir is named as the missing directory
-    assert r.returncode == 2 and r.stderr.strip() == "error: out-typo does not exist: give a train.py out_dir, its " \
-                                                     "ckpt.pt or a ckpt_dcp directory"
     MiniCPM(MiniCPMConfig()).save_pretrained(tmp_path)
     r = run([f"--model_dir={tmp_path}"])
     assert r.returncode == 2 and r.stderr.strip() == f"error: no tokenizer.json or tokenizer.model in {tmp_path}"
