@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from rope import apply_rope, check_rope_scaling, rope_base, rope_cos_sin, rope_scaling_type
+from rope import apply_rope, check_rope_scaling, rope_base, rope_scaling_type, rope_tables
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,14 +153,16 @@ class RMSNorm(nn.Module):
 
 class KVCache:
     """Preallocated keys/values for every layer, (n_layers, B, n_kv_heads, max_len, head_dim), and the RoPE
-    tables of all max_len positions, computed once per generation instead of once per token."""
+    tables of all max_len positions, computed once per generation instead of once per token (except under a
+    `dynamic` rope_scaling, whose base changes with the length: each forward computes its own, rope.py)."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.cos, self.sin = rope_cos_sin(torch.arange(max_len, device=device), config.head_dim,
-                                          rope_base(config, max_len))
+        self.cos = self.sin = None
+        if rope_scaling_type(config.rope_scaling) != "dynamic":
+            self.cos, self.sin = rope_tables(config, 0, max_len, device)
 
     def update(self, layer, start, k, v):
         end = start + k.size(2)
@@ -357,11 +359,10 @@ class MiniCPM(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens is longer than the model supports "
                              f"(max_position_embeddings={self.config.max_position_embeddings}, rope_scaling="
                              f"{self.config.rope_scaling}): shorten the input or extend the context (longctx.py)")
-        if cache is not None:
+        if cache is not None and cache.cos is not None:
             cos, sin = cache.cos[start:start + T], cache.sin[start:start + T]
-        else:
-            cos, sin = rope_cos_sin(torch.arange(T, device=idx.device), self.config.head_dim,
-                                    rope_base(self.config, T))
+        else:  # (a dynamic base: that of the total length start + T, as the official decoder)
+            cos, sin = rope_tables(self.config, start, T, idx.device)
         x = self.model.embed_tokens(idx) * self.config.scale_emb  # paper §3.1: scale_emb on the embedding output
         router_logits = []
         for layer in self.model.layers:
@@ -447,9 +448,10 @@ class MiniCPM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
-        """Load an official-format MiniCPM directory (tied or untied, single file or sharded with an index)."""
+        """Load an official-format MiniCPM directory (tied or untied, single file or sharded with an index; dense
+        or MiniCPM-MoE in the released layout)."""
         config = config_from_json(path)
-        state = read_weights(path)
+        state = from_official_layout(read_weights(path), config)
         with torch.device("meta"):
             model = cls(config)
         check_state_dict(model, state, path)
@@ -457,12 +459,60 @@ class MiniCPM(nn.Module):
         return model.to(device)
 
     def save_pretrained(self, path):
-        """Write the official MiniCPM format: config.json + model.safetensors (or pytorch_model.bin)."""
-        c = self.config
-        cfg = {"architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "hidden_act": "silu",
-               "initializer_range": c.init_std, "torch_dtype": str(self.head_weight().dtype).replace("torch.", ""),
-               **{k: v for k, v in asdict(c).items() if k not in ("init_std",)}}
-        write_weights(path, {k: v.detach() for k, v in self.state_dict().items()}, cfg)
+        """Write the official MiniCPM format, config.json + model.safetensors (or pytorch_model.bin), so that the
+        official modeling code (and vLLM) computes the same logits: see official_config."""
+        write_weights(path, to_official_layout({k: v.detach() for k, v in self.state_dict().items()}),
+                      official_config(self.config, self.head_weight().dtype))
+
+
+def official_config(c, dtype=torch.float32):
+    """config.json of a MiniCPMConfig, in the official code's terms. What it has no field for is written as its
+    equivalent: standard parametrisation (use_mup=False) as dim_model_base = hidden_size (so the official logits
+    divide by m = 1), an `ntk` rope_scaling as the static rope_theta it amounts to, top_k as num_experts_per_tok."""
+    cfg = {"architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "hidden_act": "silu",
+           "initializer_range": c.init_std, "torch_dtype": str(dtype).replace("torch.", ""),
+           **{k: v for k, v in asdict(c).items() if k not in ("init_std", "top_k", "use_mup")}}
+    if not c.use_mup:
+        cfg["dim_model_base"] = c.hidden_size
+    if rope_scaling_type(c.rope_scaling) == "ntk":
+        cfg.update(rope_theta=rope_base(c, 0), rope_scaling=None)
+    if c.num_experts:
+        cfg["num_experts_per_tok"] = c.top_k
+    return cfg
+
+
+# the released MiniCPM-MoE layout: a router `mlp.gate` and per-expert w1 (gate), w3 (up), w2 (down); in memory the
+# experts are stacked (E, out, in) and the router is `mlp.router`. Converted here, at the boundary, and nowhere else.
+_EXPERT_NAMES = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+
+def to_official_layout(state):
+    out = {}
+    for k, v in state.items():
+        prefix, _, name = k.rpartition(".mlp.")
+        if not prefix or v.dim() != 3 and name != "router.weight":
+            out[k] = v
+        elif name == "router.weight":
+            out[f"{prefix}.mlp.gate.weight"] = v
+        else:
+            for e in range(v.size(0)):
+                out[f"{prefix}.mlp.experts.{e}.{_EXPERT_NAMES[name]}.weight"] = v[e].clone()
+    return out
+
+
+def from_official_layout(state, config):
+    if not config.num_experts:
+        return state
+    out = {k: v for k, v in state.items() if ".mlp.experts." not in k and not k.endswith(".mlp.gate.weight")}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}.mlp"
+        if f"{p}.gate.weight" in state:
+            out[f"{p}.router.weight"] = state[f"{p}.gate.weight"]
+        for ours, theirs in _EXPERT_NAMES.items():
+            experts = [state.get(f"{p}.experts.{e}.{theirs}.weight") for e in range(config.num_experts)]
+            if all(w is not None for w in experts):
+                out[f"{p}.{ours}"] = torch.stack(experts)
+    return out
 
 
 def untie_state_dict(state):
@@ -471,7 +521,7 @@ def untie_state_dict(state):
 
 
 # official config.json fields that map onto MiniCPMConfig under another name
-_CONFIG_ALIASES = {"initializer_range": "init_std"}
+_CONFIG_ALIASES = {"initializer_range": "init_std", "num_experts_per_tok": "top_k"}
 
 
 def config_from_json(path):
@@ -485,8 +535,13 @@ def config_from_json(path):
         raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
     names = {f.name for f in fields(MiniCPMConfig)}
     kw = {_CONFIG_ALIASES.get(k, k): v for k, v in raw.items() if _CONFIG_ALIASES.get(k, k) in names}
-    kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's default
-    return MiniCPMConfig(**kw)
+    kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's defaults
+    if "num_attention_heads" in kw:
+        kw.setdefault("num_key_value_heads", kw["num_attention_heads"])
+    try:
+        return MiniCPMConfig(**kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{file}: {e}") from None
 
 
 def read_weights(path):
@@ -602,10 +657,10 @@ def export_llama(model, path):
            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
            "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
-           # ntk scaling is a fixed base: export it as rope_theta; dynamic scaling has its Llama equivalent
+           # ntk scaling is a fixed base: export it as rope_theta; dynamic and linear have their Llama equivalents
            "rope_theta": rope_base(c, 0) if rope_scaling_type(c.rope_scaling) != "dynamic" else c.rope_theta,
-           "rope_scaling": {"rope_type": "dynamic", "factor": c.rope_scaling["factor"]}
-           if rope_scaling_type(c.rope_scaling) == "dynamic" else None, "tie_word_embeddings": False,
+           "rope_scaling": {"rope_type": rope_scaling_type(c.rope_scaling), "factor": c.rope_scaling["factor"]}
+           if rope_scaling_type(c.rope_scaling) in ("dynamic", "linear") else None, "tie_word_embeddings": False,
            "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
            "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
     write_weights(path, llama_state_dict(model), cfg)

@@ -11,11 +11,15 @@ further:
                                     (the config {"type": "ntk", "factor": s}: a fixed base, works without training)
     dynamic NTK (the released 128K config, {"type": "dynamic", "factor": f}): for a sequence of T > max_pos tokens
                                     base' = base * (f T / max_pos - (f - 1))^(d / (d - 2)), unchanged up to max_pos
+    linear (position interpolation, {"type": "linear", "factor": f}): positions t / f, the base unchanged
+
+Decoding under `dynamic`, as the official code does it: each forward uses the base of the sequence's current total
+length (prompt + tokens so far); keys already in the KV cache keep the rotation they were given when computed.
 """
 
 import torch
 
-ROPE_SCALING_TYPES = ("dynamic", "ntk")
+ROPE_SCALING_TYPES = ("dynamic", "ntk", "linear")
 
 
 def rope_inv_freq(head_dim, base):
@@ -45,13 +49,14 @@ def rope_scaling_type(rope_scaling):
 
 
 def check_rope_scaling(rope_scaling):
-    """None, {"type": "dynamic", "factor": f} (the released 128K config) or {"type": "ntk", "factor": s}."""
+    """None, {"type": "dynamic", "factor": f} (the released 128K config), {"type": "ntk", "factor": s} or
+    {"type": "linear", "factor": f} (official configs)."""
     if rope_scaling is None:
         return
     if rope_scaling_type(rope_scaling) not in ROPE_SCALING_TYPES \
             or not isinstance(rope_scaling.get("factor"), (int, float)) or not rope_scaling["factor"] >= 1:
-        raise ValueError(f"MiniCPMConfig.rope_scaling={rope_scaling!r}: use None, {{'type': 'dynamic', 'factor': f}} "
-                         f"or {{'type': 'ntk', 'factor': s}} with a factor >= 1 (for ABF, set rope_theta instead)")
+        raise ValueError(f"MiniCPMConfig.rope_scaling={rope_scaling!r}: use None, or a type dynamic, ntk or linear "
+                         f"with a factor >= 1, e.g. {{'type': 'dynamic', 'factor': 4.0}} (for ABF, set rope_theta)")
 
 
 def rope_base(config, seq_len):
@@ -61,14 +66,25 @@ def rope_base(config, seq_len):
         return base
     if rope_scaling_type(rs) == "ntk":
         return ntk_scaled_base(base, rs["factor"], d)
+    if rope_scaling_type(rs) == "linear":
+        return base
     return dynamic_ntk_base(base, rs["factor"], seq_len, config.max_position_embeddings, d)
+
+
+def rope_tables(config, start, length, device=None):
+    """(cos, sin) of positions start .. start + length - 1 of a model config: a forward over a sequence whose total
+    length is start + length (its base under `dynamic`), positions divided by the factor under `linear`."""
+    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    if rope_scaling_type(config.rope_scaling) == "linear":
+        positions = positions / config.rope_scaling["factor"]
+    return rope_cos_sin(positions, config.head_dim, rope_base(config, start + length))
 
 
 def rope_cos_sin(positions, head_dim, theta):
     """RoPE tables in fp32 for the given positions, (T, head_dim), frequencies theta^(-2i/d) in the rotate-half
     layout of the official code: pairs (i, i + d/2). The sin table carries the sign of the rotation:
     rotate_half(x) * sin == roll(x, d/2) * cat(-sin, sin), one op fewer on the hot path."""
-    freqs = torch.outer(positions.float(), rope_inv_freq(head_dim, theta).to(positions.device))
+    freqs = torch.outer(positions.float(), rope_inv_freq(head_dim, theta).to(positions.device))  # (T, d/2) angles
     return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
 
 
