@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 
 def fold_minicpm(model):
-    """Paper §3.1 / the official modeling code: MiniCPM == Llama with E*scale_emb, o/down * scale_depth/sqrt(L), lm_head = head / m."""
+    """Paper §3.1 / the official code: MiniCPM == Llama with E * scale_emb, o/down * scale_depth / sqrt(L),
+    lm_head = head / m."""
     c = model.config
     sd = {k: v.detach().double().clone() for k, v in model.state_dict().items()}
     head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"]).clone()

@@ -15,7 +15,7 @@ import model as M
 import plots
 import sample
 import train
-from conftest import ROOT, cfg, rows, run_cli
+from conftest import ROOT, cfg, rows
 
 
 @pytest.fixture

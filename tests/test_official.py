@@ -47,7 +47,8 @@ def test_what_we_save_means_the_same_to_the_official_code_and_loads_back(tmp_pat
     torch.testing.assert_close(back(idx)[0], ours, rtol=1e-12, atol=1e-12)
     if kw.get("num_experts"):  # the released MiniCPM-MoE layout and routing key
         assert cfg["num_experts_per_tok"] == kw["top_k"] and "top_k" not in cfg
-        assert "model.layers.1.mlp.gate.weight" in sd and sd["model.layers.1.mlp.experts.3.w2.weight"].shape == (64, 96)
+        assert "model.layers.1.mlp.gate.weight" in sd
+        assert sd["model.layers.1.mlp.experts.3.w2.weight"].shape == (64, 96)
         assert not any(".mlp.router" in k or k.endswith("mlp.gate_proj") for k in sd)
     if not kw.get("use_mup", True):
         assert cfg["dim_model_base"] == cfg["hidden_size"]  # the official 1/m is then 1, as in SP
@@ -87,7 +88,8 @@ OFFICIAL = dict(architectures=["MiniCPMForCausalLM"], model_type="minicpm", voca
                 max_position_embeddings=32, scale_emb=12, scale_depth=1.4, dim_model_base=16, rms_norm_eps=1e-5)
 
 
-@pytest.mark.parametrize("extra", [dict(num_experts=4, num_experts_per_tok=1), dict(num_experts=4, num_experts_per_tok=2),
+@pytest.mark.parametrize("extra", [dict(num_experts=4, num_experts_per_tok=1),
+                                   dict(num_experts=4, num_experts_per_tok=2),
                                    dict(rope_scaling={"type": "linear", "factor": 2.0}),
                                    dict(num_key_value_heads=None)],
                          ids=["moe-top1", "moe-top2", "linear-rope", "no-kv-heads"])
