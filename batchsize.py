@@ -73,7 +73,7 @@ def best_batch_per_loss(curves, levels):
 # ----------------------------------------------------------------------------------------------------------
 # experiment
 
-def experiment(quick=False, out=ROOT):
+def experiment(quick=False, out=ROOT, fresh=False):
     from train import sweep
     if quick:  # 2-core CPU, ~5 minutes
         sizes = {f"w{w}": {k: v for k, v in ladder(w, 2).items() if k != "vocab_size"} for w in (64, 128)}
@@ -89,7 +89,7 @@ def experiment(quick=False, out=ROOT):
                 preset="tiny", **model, out_dir="", batch_size=r, seq_len=seq, max_steps=steps, lr=0.01,
                 schedule="cosine", warmup_steps=max(1, steps // 50), decay_steps=0, eval_interval=max(1, steps // 16),
                 eval_steps=8, sample_tokens=0, seed=1)
-    results = sweep(os.path.join(out, "results", f"batchsize{'_quick' if quick else ''}.json"), runs,
+    results = sweep(os.path.join(out, "results", f"batchsize{'_quick' if quick else ''}.json"), runs, fresh=fresh,
                     desc="batch-size sweep")
     points, curves_all = [], {}
     for name in sizes:

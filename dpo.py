@@ -40,7 +40,7 @@ from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
 from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData, chat_ids, embedded_documents, load_data, read_jsonl_rows
 from mup import configure_optimizer, set_lr
-from plots import save, subplots
+from plots import FRESH_HELP, save, subplots
 from system import all_mean, resolve_system, setup_distributed
 from wsd import cosine_lr, wsd_lr
 
@@ -302,7 +302,7 @@ def pretrain_val_loss(model, data, windows=16, seq_len=128, seed=0):
     return model(x, y)[1].item()
 
 
-def experiment(quick=False, out=ROOT, steps=None):
+def experiment(quick=False, out=ROOT, steps=None, fresh=False):
     """1. decay mixing (paper A-1 vs A-2): one stable run, two decays (pre-training data only / mixed with the SFT
     tasks), the same SFT after each; 2. DPO on the better SFT model: held-out task score, reward curves, drift."""
     from train import sweep
@@ -332,7 +332,7 @@ def experiment(quick=False, out=ROOT, steps=None):
         "A-1 + SFT": dict(sft, out_dir=d["a1sft"], init_from=ck["a1"]),
         "A-2 + SFT": dict(sft, out_dir=d["a2sft"], init_from=ck["a2"]),
     }
-    sweep(os.path.join(out, "results", f"align{tag}.json"), runs, desc="two-stage runs")
+    sweep(os.path.join(out, "results", f"align{tag}.json"), runs, desc="two-stage runs", fresh=fresh)
     held = task_examples("val", 300)[:n_val]  # the prompts of sft_val.jsonl, with their task names
     text = TokenData()
     enc = text.encoding()
@@ -389,13 +389,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", action="store_true", help="decay mixing A-1 vs A-2, then SFT vs SFT + DPO")
     p.add_argument("--quick", action="store_true", help="with --experiment: tiny models on a 2-core CPU")
+    p.add_argument("--fresh", action="store_true", help="with --experiment: " + FRESH_HELP)
     p.add_argument("--write_data", metavar="DIR", help="write the offline SFT / preference jsonl sets to DIR")
     for k, v in DEFAULTS.items():
         p.add_argument(f"--{k}", type=int if v is None else type(v), default=v)
     a = vars(p.parse_args(argv))
     if a.pop("experiment"):
-        return experiment(quick=a["quick"])
+        return experiment(quick=a["quick"], fresh=a["fresh"])
     a.pop("quick")
+    a.pop("fresh")
     if a["write_data"]:
         print(json.dumps(write_task_data(a.pop("write_data")), indent=1))
         return

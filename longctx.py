@@ -164,7 +164,7 @@ def loss_by_position(model, data, length, windows, buckets=8, seed=0):
     return [x.mean().item() for x in losses.mean(0).chunk(buckets)]
 
 
-def experiment(quick=False, out=None):
+def experiment(quick=False, out=None, fresh=False):
     """(a) unchanged RoPE, (b) NTK-aware scaling without training, (c) ABF + untie + continued training on the
     44/56 long/short mix, each evaluated at 1x-8x the training length L: passkey heatmaps and loss by position."""
     from train import sweep
@@ -195,7 +195,7 @@ def experiment(quick=False, out=None):
                     short_len=L, batch_size=rows // 4, max_steps=S1 + S2, warmup_steps=S1 // 20,
                     decay_steps=S2 // 5, eval_interval=S2, ckpt_interval=10 ** 9),
     }
-    res = sweep(os.path.join(out, "results", f"longctx{tag}.json"), runs, desc="long-context runs")
+    res = sweep(os.path.join(out, "results", f"longctx{tag}.json"), runs, desc="long-context runs", fresh=fresh)
     data = TokenData()
     enc = data.encoding()
     lengths, depths = [L, 2 * L, 4 * L, 8 * L], [0.0, 0.25, 0.5, 0.75, 1.0]

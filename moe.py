@@ -36,7 +36,7 @@ from bench import timeit
 from checkpoint import read_jsonl
 # the layer and its balancing loss live with the model (model.py builds them); named here too, where §7.3 is read
 from model import MLP, MiniCPM, MiniCPMConfig, MoE, expert_load, load_balancing_loss, model_config  # noqa: F401
-from plots import save, subplots
+from plots import FRESH_HELP, save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -127,7 +127,7 @@ def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
 # experiment
 
 
-def experiment(quick=False, out=ROOT, steps=None):
+def experiment(quick=False, out=ROOT, steps=None, fresh=False):
     from train import sweep
     if quick:  # 2-core CPU
         model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -154,7 +154,7 @@ def experiment(quick=False, out=ROOT, steps=None):
         "MoE 8x top-2": dict(base, out_dir=os.path.join(out, f"out-moe{tag}"), init_from=ck, num_experts=8, top_k=2,
                              max_steps=S1 + S2, decay_steps=0, eval_interval=ev, ckpt_interval=10 ** 9),
     }
-    res = sweep(os.path.join(out, "results", f"moe{tag}.json"), runs, desc="MoE sweep")
+    res = sweep(os.path.join(out, "results", f"moe{tag}.json"), runs, desc="MoE sweep", fresh=fresh)
     tok_step = rows * seq
     d_curve = [(s * tok_step, v) for s, v in res["dense continued"]["val_loss"]]
     m_curve = [(s * tok_step, v) for s, v in res["MoE 8x top-2"]["val_loss"]]
@@ -199,13 +199,14 @@ def plot(res, loads, branch_tokens, tok_step, file):
 def main():
     p = argparse.ArgumentParser(description="MiniCPM-MoE by sparse upcycling (paper §7.3)")
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     p.add_argument("--bench", action="store_true", help="time one MoE layer against the dense MLP")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.bench:
         bench(device=a.device)
     else:
-        experiment(quick=a.quick)
+        experiment(quick=a.quick, fresh=a.fresh)
 
 
 if __name__ == "__main__":

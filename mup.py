@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from corpus import TokenData
 from model import MiniCPM, MiniCPMConfig, ladder
-from plots import save, subplots
+from plots import FRESH_HELP, save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, "assets")
@@ -189,7 +189,7 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
 # learning-rate transfer (paper §3.3, Fig. 3): the loss-vs-lr curves of several widths share their minimum
 
 
-def lr_transfer(quick=False, out=ROOT):
+def lr_transfer(quick=False, out=ROOT, fresh=False):
     from train import sweep
     lrs = [0.000625, 0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04]
     if quick:  # 2-core CPU, ~6 minutes
@@ -208,7 +208,7 @@ def lr_transfer(quick=False, out=ROOT):
                                                    decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
                                                    sample_tokens=0, seed=1)
     tag = "_quick" if quick else ""
-    res = sweep(os.path.join(out, "results", f"lr_transfer{tag}.json"), runs, desc="lr transfer")
+    res = sweep(os.path.join(out, "results", f"lr_transfer{tag}.json"), runs, desc="lr transfer", fresh=fresh)
     table = {mode: {w: [res[f"{mode}_w{w}_lr{lr}"]["final_val_loss"] for lr in lrs] for w in widths}
              for mode in ("muP", "SP")}
     summary = {"lrs": lrs, "widths": widths, "val_loss": table}
@@ -259,6 +259,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     p.add_argument("--quick", action="store_true", help="2-core CPU sizes: coord widths 64..512 with one seed; "
                                                         "tiny lr-transfer sweep")
     a = p.parse_args()
@@ -267,7 +268,7 @@ def main():
     if a.experiment in ("coord", "all"):
         run_coord_check(a.widths, a.steps, a.lr, tuple(range(a.seeds)), a.layers, tag="_quick" if a.quick else "")
     if a.experiment in ("transfer", "all"):
-        lr_transfer(quick=a.quick)
+        lr_transfer(quick=a.quick, fresh=a.fresh)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,18 @@ def plot_metrics(rows, file):
     save(fig, file, dpi=110)
 
 
+FRESH_HELP = ("train every run again (default: runs already in results/*.json with the same config are reused, so "
+              "an interrupted experiment resumes and a finished one only redraws its figures)")
+
+
 def quick_cli(description, experiment, argv=None):
-    """`python <file>.py [--quick]`: run experiment(quick=...) (the shared command line of the experiment scripts)."""
+    """`python <file>.py [--quick] [--fresh]`: run experiment(quick=..., fresh=...) (the shared command line of
+    the experiment scripts)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
-    return experiment(quick=p.parse_args(argv).quick)
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
+    a = p.parse_args(argv)
+    return experiment(quick=a.quick, fresh=a.fresh)
 
 
 def main(argv=None):

@@ -115,7 +115,7 @@ def fit_scaling_law(N, D, L, delta=1e-3, top_k=32):
 # ----------------------------------------------------------------------------------------------------------
 # experiment
 
-def experiment(quick=False, out=ROOT):
+def experiment(quick=False, out=ROOT, fresh=False):
     from train import sweep
     if quick:
         widths, layers, seq, rows, S, every, lr = [16, 24, 32, 48, 64], 2, 64, 16, 1280, 320, 0.004
@@ -136,7 +136,7 @@ def experiment(quick=False, out=ROOT):
             d = max(1, s // 9)  # decay = 10% of the branch's steps (paper §4.3)
             runs[f"w{w}_decay{s}"] = dict(base, out_dir="", init_from=os.path.join(stable_dir, f"ckpt_{s:06d}.pt"),
                                           max_steps=s + d, decay_steps=d, ckpt_interval=10 ** 9, eval_interval=s + d)
-    results = sweep(os.path.join(out, "results", f"scaling{tag}.json"), runs, desc="scaling-law sweep")
+    results = sweep(os.path.join(out, "results", f"scaling{tag}.json"), runs, desc="scaling-law sweep", fresh=fresh)
     points = []
     for name, res in results.items():
         if "_decay" not in name:

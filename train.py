@@ -513,11 +513,12 @@ def describe(model, world, A, B, seq_len, device, ptdtype, use_compile, fsdp):
             f"compile={use_compile}{', FSDP2' if fsdp else ''})")
 
 
-def sweep(results_file, runs, desc="runs"):
+def sweep(results_file, runs, desc="runs", fresh=False):
     """Train every {name: config} in `runs` in this process, saving each run's metrics into results_file (JSON) as
-    it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes."""
+    it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes (the
+    default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again."""
     done = {}
-    if os.path.isfile(results_file):
+    if os.path.isfile(results_file) and not fresh:
         with open(results_file) as f:
             done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):

@@ -25,7 +25,7 @@ import json
 import math
 import os
 
-from plots import save, subplots
+from plots import FRESH_HELP, save, subplots
 
 DECAYS = ("exp", "linear", "cosine", "1-sqrt")
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -116,7 +116,7 @@ def plot_schedules(file, S=1000, W=20, lr=0.01):
 # experiment (paper §4.3, Fig. 4-6): WSD vs Cosine, decay length, decay shape, decays branched off one stable run
 
 
-def experiment(quick=False, out=ROOT, S=None):
+def experiment(quick=False, out=ROOT, S=None, fresh=False):
     from train import sweep
     if quick:  # 2-core CPU, ~5 minutes
         model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -146,7 +146,7 @@ def experiment(quick=False, out=ROOT, S=None):
         d = s // 9  # the decay is 10% of the branch's steps
         runs[f"branch {s}+{d}"] = dict(base, init_from=os.path.join(stable_dir, f"ckpt_{s:06d}.pt"),
                                        max_steps=s + d, decay_steps=d, eval_interval=max(1, d // 4))
-    res = sweep(os.path.join(out, "results", f"wsd{tag}.json"), runs, desc="WSD sweep")
+    res = sweep(os.path.join(out, "results", f"wsd{tag}.json"), runs, desc="WSD sweep", fresh=fresh)
     final = {k: r["final_val_loss"] for k, r in res.items()}
     cos_s = final[f"Cosine(T={S})"]
     summary = dict(S=S, final_val_loss=final, gap_wsd10_minus_cosineS=final["WSD exp 10.0%"] - cos_s,
@@ -203,12 +203,13 @@ def main():
     p.add_argument("--W", type=int, default=20)
     p.add_argument("--plot_only", action="store_true", help="only draw the schedules")
     p.add_argument("--quick", action="store_true", help="tiny model on a 2-core CPU, ~5 minutes")
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     a = p.parse_args()
     file = os.path.join(ASSETS, "wsd_schedules.png")
     plot_schedules(file, a.S, a.W)
     print(f"figure: {file}")
     if not a.plot_only:
-        experiment(quick=a.quick)
+        experiment(quick=a.quick, fresh=a.fresh)
 
 
 if __name__ == "__main__":

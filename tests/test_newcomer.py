@@ -67,7 +67,7 @@ def test_a_continuation_says_what_it_trains_and_never_trains_nothing(tmp_path, c
     assert len(d["history"]) == 2
 
 
-def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path):
+def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path, monkeypatch):
     c = cfg(tmp_path, max_steps=4, decay_steps=0, warmup_steps=0)
     first = train.train(c, quiet=True)
     before = (tmp_path / "ckpt.pt").read_bytes()
@@ -77,9 +77,15 @@ def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path):
     assert (tmp_path / "ckpt.pt").read_bytes() == before and len(rows(tmp_path)) == len(first["train_loss"]) + 1
     again = train.train({**c, "overwrite": True}, quiet=True)
     assert again["train_loss"] == first["train_loss"]
-    # sweeps redo what they must without asking
+    # sweeps redo what they must without asking; a finished run is reused unless fresh=True (--fresh)
     res = train.sweep(str(tmp_path / "r.json"), {"a": c})
     assert res["a"]["train_loss"] == first["train_loss"]
+    trained, real = [], train.train
+    monkeypatch.setattr(train, "train", lambda cfg_, quiet=False: trained.append(1) or real(cfg_, quiet))
+    train.sweep(str(tmp_path / "r.json"), {"a": c})
+    assert trained == []
+    assert train.sweep(str(tmp_path / "r.json"), {"a": c}, fresh=True)["a"]["train_loss"] == first["train_loss"]
+    assert trained == [1]
 
 
 # ------------------------------------------------------------------------------------------ what every file says
