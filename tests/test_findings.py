@@ -1,0 +1,34 @@
+"""The wind tunnel's ledger: verdicts need a margin of twice the seed-to-seed noise, and the README's findings
+table is results/findings.json's."""
+import os
+
+import pytest
+
+import findings
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("diffs, claim, verdict", [
+    ([-0.030, -0.020, -0.025], "lower", "reproduced"),       # mean -0.025, noise 0.005: a margin of 5 noises
+    ([-0.012, 0.004, -0.007], "lower", "within noise"),      # mean -0.005, noise 0.0082
+    ([0.030, 0.020, 0.025], "lower", "not reproduced"),
+    ([0.010, 0.000, 0.020], "no gain", "reproduced"),
+    ([-0.030, -0.020, -0.025], "no gain", "not reproduced"),
+])
+def test_verdicts_need_twice_the_noise(diffs, claim, verdict):
+    mean, noise, v = findings.verdict(diffs, claim)
+    assert v == verdict and mean == pytest.approx(sum(diffs) / 3)
+
+
+def test_a_verdict_needs_three_seeds():
+    with pytest.raises(ValueError, match="2 seeds: a verdict needs at least 3"):
+        findings.verdict([0.1, 0.2], "lower")
+
+
+def test_the_readme_shows_what_findings_json_holds():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    shown = readme.split(findings.BEGIN, 1)[1].split(findings.END, 1)[0].strip()
+    assert shown == findings.table().strip()
+    for f in findings.load().values():  # every recorded finding: >= 3 seeds, a command, hardware and time
+        assert f["ours"]["seeds"] >= 3 and f["command"] and f["hardware"] and f["wall_s"] > 0
+        assert f["verdict"] == findings.verdict(f["ours"]["diff_per_seed"], f["test"])[2]
