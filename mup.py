@@ -28,11 +28,13 @@ import argparse
 import json
 import math
 import os
+import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import findings
 from corpus import TokenData
 from model import MiniCPM, MiniCPMConfig, ladder
 from plots import FRESH_HELP, save, subplots
@@ -168,9 +170,13 @@ def plot_coord_check(results, widths, steps, lr, file):
 
 
 def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
-    results = {}
-    for mode in tqdm(("muP", "SP"), desc="coord check"):
-        results[mode] = coord_check(widths, mode == "muP", steps=steps, lr=lr, seeds=seeds, layers=layers)
+    """The coordinate check, each seed on its own (the table averages them); with >= 3 seeds the per-seed slopes of
+    the hidden activations, muP against SP, are recorded as findings (findings.py)."""
+    t0 = time.perf_counter()
+    per_seed = {mode: [coord_check(widths, mode == "muP", steps=steps, lr=lr, seeds=(s,), layers=layers)
+                       for s in tqdm(seeds, desc=f"coord check {mode}")] for mode in ("muP", "SP")}
+    results = {mode: {k: [sum(r[k][i] for r in runs) / len(runs) for i in range(len(widths))] for k in KINDS}
+               for mode, runs in per_seed.items()}
     print(f"mean |activation| after {steps} steps at lr={lr} (columns: hidden_size)")
     print(f"{'':16s}" + "".join(f"{w:>9d}" for w in widths) + "    slope")
     for mode in ("muP", "SP"):
@@ -182,6 +188,15 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
     with open(os.path.join(RESULTS, f"coord_check{tag}.json"), "w") as f:
         json.dump(dict(widths=widths, steps=steps, lr=lr, seeds=list(seeds), results=results), f, indent=1)
     print(f"figure: {os.path.join(out, f'coord_check{tag}.png')}")
+    if len(seeds) >= 3:
+        for kind, name in (("mlp", "MLP output"), ("attention", "attention output")):
+            slopes = {m: [growth(r[kind], widths) for r in per_seed[m]] for m in ("muP", "SP")}
+            findings.record(f"coord_check_{kind}{tag}", "§3.1", f"muP keeps the {name} from growing with width as "
+                            f"SP does: its log-log slope over widths {widths[0]}-{widths[-1]} is lower",
+                            "activations flat in width under muP (the wind tunnel's premise)", "lower",
+                            f"muP {name} slope", f"SP {name} slope", slopes["muP"], slopes["SP"],
+                            f"python mup.py coord --seeds {len(seeds)}" + (" --quick" if tag else ""),
+                            findings.this_cpu(), time.perf_counter() - t0)
     return results
 
 
