@@ -302,13 +302,12 @@ def read_checkpoint(path):
     """A checkpoint's dict from ckpt.pt, a DCP directory (ckpt_dcp*), or an out_dir holding either."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path} does not exist: give a train.py out_dir, its ckpt.pt or a {DCP_DIR} directory")
-    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in ("ckpt.pt", DCP_DIR)) \
-            and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):
-        raise CheckpointError(f"{path} holds no checkpoint (ckpt.pt or {DCP_DIR}/): train into it first "
-                              f"(python train.py --out_dir={path})")
     if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):  # an out_dir
-        path = next((p for p in (os.path.join(path, "ckpt.pt"), os.path.join(path, DCP_DIR)) if os.path.exists(p)),
-                    os.path.join(path, "ckpt.pt"))
+        held = [p for p in (os.path.join(path, "ckpt.pt"), os.path.join(path, DCP_DIR)) if os.path.exists(p)]
+        if not held:
+            raise CheckpointError(f"{path} holds no checkpoint (ckpt.pt or {DCP_DIR}/): train into it first "
+                                  f"(python train.py --out_dir={path})")
+        path = held[0]
     return dcp_to_checkpoint(path) if os.path.isdir(path) else load_checkpoint(path)
 
 
@@ -318,7 +317,7 @@ def load_state(model, optimizer, ckpt, path):
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the model ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({first_line(e)})") from None
     return ckpt["step"]
 
 
@@ -442,10 +441,10 @@ def write_jsonl(path, rows):
                               f"{os.path.dirname(path) or '.'}") from None
 
 
-def write_json(path, obj):
-    """Atomic JSON file (a run's summary.json)."""
+def write_json(path, obj, indent=1):
+    """Atomic JSON file (a run's summary.json, a sweep's results)."""
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(obj, f, indent=indent)
     os.replace(path + ".tmp", path)
 
 

@@ -490,13 +490,13 @@ def to_official_layout(state):
     out = {}
     for k, v in state.items():
         prefix, _, name = k.rpartition(".mlp.")
-        if not prefix or v.dim() != 3 and name != "router.weight":
-            out[k] = v
-        elif name == "router.weight":
+        if prefix and name == "router.weight":
             out[f"{prefix}.mlp.gate.weight"] = v
-        else:
+        elif prefix and name in _EXPERT_NAMES:  # stacked experts (E, out, in); a dense MLP's is `gate_proj.weight`
             for e in range(v.size(0)):
                 out[f"{prefix}.mlp.experts.{e}.{_EXPERT_NAMES[name]}.weight"] = v[e].clone()
+        else:
+            out[k] = v
     return out
 
 

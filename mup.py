@@ -75,12 +75,17 @@ def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95)):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
+def optimizer_param_names(model):
+    """The names of the params of configure_optimizer(model), in the order PyTorch numbers them."""
+    return [n for _, ps, _, _ in named_param_groups(model) for n, _ in ps]
+
+
 def named_optimizer_state(config, optimizer_state):
     """{param name: AdamW state} of an optimizer state dict written for a model of `config` by configure_optimizer:
     PyTorch numbers the params in group order (ckpt.pt), DCP names them (ckpt_dcp). Lets a run start from another
     model's optimizer by name (a context extension that unties the head, sparse upcycling)."""
     with torch.device("meta"):
-        names = [n for _, ps, _, _ in named_param_groups(MiniCPM(config)) for n, _ in ps]
+        names = optimizer_param_names(MiniCPM(config))
     ids = [i for g in optimizer_state["param_groups"] for i in g["params"]]
     by_id = {i: (i if isinstance(i, str) else names[k]) for k, i in enumerate(ids)}
     return {by_id[i]: st for i, st in optimizer_state["state"].items()}
@@ -89,7 +94,7 @@ def named_optimizer_state(config, optimizer_state):
 def load_named_optimizer_state(model, optimizer, named_state):
     """Load {param name: AdamW state} into the optimizer configure_optimizer made for `model`; params not named
     there start without state. Through optimizer.load_state_dict, so PyTorch puts each tensor where it belongs."""
-    names = [n for _, ps, _, _ in named_param_groups(model) for n, _ in ps]
+    names = optimizer_param_names(model)
     sd = optimizer.state_dict()
     sd["state"] = {i: named_state[n] for i, n in enumerate(names) if n in named_state}
     optimizer.load_state_dict(sd)

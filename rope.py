@@ -42,7 +42,8 @@ def dynamic_ntk_base(base, factor, seq_len, max_position_embeddings, head_dim):
 
 
 def rope_scaling_type(rope_scaling):
-    """"dynamic", "ntk" or None; official configs name the key "type", newer transformers ones "rope_type"."""
+    """"dynamic", "ntk", "linear" or None; official configs name the key "type", newer transformers ones
+    "rope_type"."""
     if not isinstance(rope_scaling, dict):
         return None
     return rope_scaling.get("type", rope_scaling.get("rope_type"))

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 import configurator
 from bench import flops_per_token, peak_flops
-from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, keep_copy,
-                        load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics, read_checkpoint,
-                        run_files, save_checkpoint, save_dcp, write_json)
+from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
+                        keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
+                        read_checkpoint, run_files, save_checkpoint, save_dcp, write_json)
 from configurator import ConfigError
 from corpus import MixtureData, load_data
 from longctx import mixed_batch
@@ -302,7 +302,7 @@ def start_from(cfg, mcfg, model, optimizer, log):
     try:
         load_full_state(model, optimizer, state, opt_state)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {src} does not fit the model ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"checkpoint {src} does not fit the model ({first_line(e)})") from None
     return ckpt["step"]
 
 
@@ -321,9 +321,10 @@ def micro_batches(cfg, src, step, global_batch, rank, world):
         x, y = src.batch("train", cfg["seed"], step, global_batch, seq_len)
         n = max(1, int((y != -100).sum()))
         return [(x[r], y[r], int((y[r] != -100).sum()) * world / n) for r in rows]
-    if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:
-        return [(*mixed_batch(src, cfg["seed"], step, global_batch, seq_len, r, cfg["long_ratio"],
-                              cfg["short_len"], cfg["passkey_ratio"])[:2], 1 / A) for r in rows]
+    if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:  # (drawn as a whole global batch: built once a step)
+        x, y, _ = mixed_batch(src, cfg["seed"], step, global_batch, seq_len, None, cfg["long_ratio"],
+                              cfg["short_len"], cfg["passkey_ratio"])
+        return [(x[r], y[r], 1 / A) for r in rows]
     return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
 
 
@@ -377,9 +378,10 @@ def run(cfg, quiet):
     ckpt_path = os.path.join(out_dir, DCP_DIR if fsdp else "ckpt.pt") if out_dir else None
     metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
 
-    if master and out_dir and not cfg["resume"] and not cfg["overwrite"] and run_files(out_dir):
-        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(run_files(out_dir))}): continue it with "
-                          f"--resume=True, or start over with --overwrite=True (its checkpoint and metrics go)")
+    held = run_files(out_dir) if master and out_dir and not cfg["resume"] and not cfg["overwrite"] else []
+    if held:
+        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
+                          f"start over with --overwrite=True (its checkpoint and metrics go)")
     model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
     rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and metrics_path else []
     raw_model = model
@@ -446,17 +448,17 @@ def run(cfg, quiet):
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
                 grad_norm = grad_norm.full_tensor()
-            train_loss = all_mean(loss_sum, world).item()
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm.item())):  # before the weights change
+            train_loss, grad_norm = all_mean(loss_sum, world).item(), grad_norm.item()
+            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
                 bar.close()
                 raise FloatingPointError(f"the run diverged at step {step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
-                                         f"train loss {train_loss}, gradient norm {grad_norm.item()}; no step was "
-                                         f"taken and the last checkpoint is kept: lower --lr or check the data")
+                                         f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and "
+                                         f"the last checkpoint is kept: lower --lr or check the data")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             dt = time.perf_counter() - t0
-            row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm.item(),
+            row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
                        tokens=step * tokens_per_step, tok_per_s=tokens_per_step / dt)
             if peak:
                 row["mfu"] = flops_per_token(mcfg, seq_len) * tokens_per_step / dt / (peak * world)
@@ -477,9 +479,10 @@ def run(cfg, quiet):
             stop_now = torch.tensor(float(stop.set), device=device)
             if world > 1:  # every process stops at the same step
                 dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-            if stop_now.item() or step % cfg["ckpt_interval"] == 0 or step == S:
+            stop_now = bool(stop_now.item())
+            if stop_now or step % cfg["ckpt_interval"] == 0 or step == S:
                 checkpoint()
-            if stop_now.item():
+            if stop_now:
                 stopped = True
                 break
     bar.close()
@@ -533,9 +536,7 @@ def sweep(results_file, runs, desc="runs", fresh=False):
             raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
         done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0)
         os.makedirs(os.path.dirname(results_file) or ".", exist_ok=True)
-        with open(results_file + ".tmp", "w") as f:
-            json.dump(done, f)
-        os.replace(results_file + ".tmp", results_file)
+        write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
 
 
