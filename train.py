@@ -27,6 +27,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -39,7 +40,7 @@ from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state,
                         read_checkpoint, run_files, save_checkpoint, save_dcp, write_json)
 from configurator import ConfigError
 from corpus import MixtureData, load_data
-from longctx import mixed_batch
+from longctx import mixed_batch, passkey_document
 from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
 from moe import upcycle_optimizer_state, upcycle_state_dict
@@ -207,6 +208,11 @@ def load_run_data(cfg, mcfg):
         if mcfg.vocab_size < d.vocab_size:
             raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's tokenizer vocabulary "
                               f"({d.vocab_size}, {d.meta['tokenizer']}): set --vocab_size={d.vocab_size}")
+    if cfg["passkey_ratio"] > 0:  # a passkey document must fit a row: found now, not at the first step
+        try:
+            passkey_document(np.random.default_rng(0), cfg["seq_len"] + 1, data.encoding().encode_ordinary)
+        except ValueError as e:
+            raise ConfigError(f"passkey_ratio={cfg['passkey_ratio']}: {e}: raise seq_len") from None
     if cfg["seq_len"] > mcfg.max_position_embeddings:
         raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
                           f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")

@@ -236,9 +236,11 @@ def test_a_split_shorter_than_seq_len_is_found_at_start(prepared, data_error):
                                          ("--device=cuda:x", "device='cuda:x'"),
                                          ("--lr=1e999", "lr=inf must be a finite number"),
                                          ("--weight_decay=-0.1", "weight_decay=-0.1 must be >= 0"),
-                                         ("--dtype=float8", "dtype='float8'")])
+                                         ("--dtype=float8", "dtype='float8'"),
+                                         ("--passkey_ratio=0.5", "passkey_ratio=0.5: passkey prompt of 27 tokens is "
+                                                                 "too short: it needs at least 80 tokens")])
 def test_out_of_range_values_are_refused(arg, needle, cli):
-    cli(train.main, [arg, "--out_dir=", "--max_steps=2"], needle)
+    cli(train.main, [arg, "--out_dir=", "--max_steps=2", "--seq_len=32"], needle)
 
 
 def test_config_file_errors_name_the_file_and_line(tmp_path, cli):
