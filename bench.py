@@ -5,6 +5,8 @@ Benchmarks that print numbers (no timed tests).
                                     # against transformers' LlamaForCausalLM on the same shapes and weights
     python bench.py --device cuda --preset minicpm-1.2b --seq_len 4096 --batch_size 4 --modes mfu
                                     # tokens/s and MFU with bf16 autocast + torch.compile
+    python bench.py --modes split   # how far one run's losses drift across batch splits (float summation order):
+                                    # results/batch_split_drift.json, the tolerances of tests/conftest.py
 
 The reference is our model exported with `model.export_llama` (the multipliers folded into the weights), so both
 compute the same function; runs alternate in one process so that machine noise hits both alike. transformers is an
@@ -13,12 +15,16 @@ optional, benchmark-only dependency (`pip install transformers`).
 
 import argparse
 import copy
+import json
+import os
 import statistics
 import tempfile
 import time
 
 import torch
 
+from dpo import write_task_data
+from findings import this_cpu
 from model import MiniCPM, MiniCPMConfig, export_llama
 from mup import configure_optimizer
 
@@ -187,13 +193,42 @@ def bench_memory(a):
           f"{a.activation_checkpointing}, compile={a.compile}): {fits} tokens")
 
 
+def bench_split(a):
+    """The relative difference between the losses of one run computed as 1 x 8 rows and as 4 x 2 and 2 x 4
+    micro-batches, per step, over 4 seeds: pre-training text (12 steps) and SFT (6 steps, lr 0.01)."""
+    from train import train
+    t0, out = time.perf_counter(), {}
+    with tempfile.TemporaryDirectory() as d:
+        sft = write_task_data(os.path.join(d, "tasks"), 200, 20)["sft_train"]
+        tiny = dict(preset="tiny", hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                    intermediate_size=128, eval_steps=2, sample_tokens=0, device="cpu", lr=0.01, out_dir="")
+        kinds = {"text": dict(seq_len=32, max_steps=12, warmup_steps=2, decay_steps=3, eval_interval=6),
+                 "sft": dict(data=sft, seq_len=64, max_steps=6, warmup_steps=0, decay_steps=0, eval_interval=6)}
+        for kind, extra in kinds.items():
+            first, later = [], []
+            for seed in (1337, 1, 2, 3):
+                ref = train({**tiny, **extra, "seed": seed, "batch_size": 8}, quiet=True)["train_loss"]
+                for B, A in ((4, 2), (2, 4)):
+                    got = train({**tiny, **extra, "seed": seed, "batch_size": B, "grad_accum": A}, quiet=True)
+                    rel = [abs(x - y) / abs(y) for x, y in zip(got["train_loss"], ref)]
+                    first.append(rel[0])
+                    later.append(max(rel[1:]))
+            out[kind] = dict(first_step_max=max(first), later_steps_max=max(later), steps=extra["max_steps"])
+            print(f"{kind:5s}: step 1 differs by <= {max(first):.1e} (relative), later steps by <= {max(later):.1e}")
+    os.makedirs("results", exist_ok=True)
+    with open(os.path.join("results", "batch_split_drift.json"), "w") as f:
+        json.dump(dict(command="python bench.py --modes split", hardware=this_cpu(), torch=torch.__version__,
+                       wall_s=round(time.perf_counter() - t0, 1), splits="1x8 vs 4x2 and 2x4, seeds 1337, 1, 2, 3",
+                       **out), f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="wt-9m")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=["train", "generate"],
-                   help="train generate (CPU, against transformers) | mfu | memory (CUDA)")
+                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU)")
     p.add_argument("--activation_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
     p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
@@ -203,6 +238,8 @@ def main():
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--new_tokens", type=int, default=128)
     a = p.parse_args()
+    if "split" in a.modes:
+        return bench_split(a)
     if "mfu" in a.modes or "memory" in a.modes:
         if "mfu" in a.modes:
             bench_mfu(a)

@@ -35,8 +35,9 @@ def assert_same_losses(got, ref, later=2e-4):
     """Losses of one run computed with another batch split, world size or sharding. Step 1 is the same function of
     the same numbers summed in another order: equal to float32 rounding (<= 2e-7 relative measured; asserted 2e-6).
     Every later step starts from weights that already differ by that rounding, and training amplifies it (SFT at lr
-    0.01: up to 7.5e-6 relative after 6 steps on this 2-core machine, 2e-5 on another): later steps to `later`,
-    ten times the largest drift seen; a wrong weighting of micro-batches is off by 1e-2 and more."""
+    0.01: up to 7.5e-6 relative after 6 steps, results/batch_split_drift.json from `python bench.py --modes split`;
+    2e-5 was seen on another 2-core machine): later steps to `later`, ten times the largest drift seen anywhere; a
+    wrong weighting of micro-batches is off by 1e-2 and more."""
     np.testing.assert_allclose(got[:1], ref[:1], rtol=2e-6)
     np.testing.assert_allclose(got[1:], ref[1:], rtol=later)
 

@@ -175,6 +175,13 @@ def test_the_readme_quotes_todays_numbers():
                    f"{q['final_val_bpb']:.2f}", f"{q['wall_s'] / 60:.1f} minutes", f"{q['tok_per_s'] / 1000:.1f}k"):
         assert number in quick, number
     assert q["sample"].strip().splitlines()[0] in quick
+    for other in q["other_runs"]:  # a rerun: the same losses, its own speed
+        assert other["final_val_loss"] == q["final_val_loss"] and f"{other['wall_s'] / 60:.1f} minutes" in quick
+        assert f"{other['tok_per_s'] / 1000:.1f}k" in quick
+    d = json.load(open(os.path.join(ROOT, "results", "batch_split_drift.json")))  # (python bench.py --modes split)
+    for x in (d["sft"]["first_step_max"], d["sft"]["later_steps_max"], d["text"]["later_steps_max"]):
+        assert re.sub(r"e-0(\d)", r"e-\1", f"{x:.1e}") in readme
+    assert d["sft"]["first_step_max"] < 2e-6 and 10 * max(d[k]["later_steps_max"] for k in ("sft", "text")) < 2e-4
     s = json.load(open(os.path.join(ROOT, "results", "wt_9m_cpu_speed.json")))
     assert s["hardware"].startswith("2-core CPU") and 1000 < s["tok_per_s"] < 2000  # 3000 x 16k tokens: ~9-10 h
     assert "about 10 hours for 3000 steps on 2 cores" in open(os.path.join(ROOT, "config", "wt_9m.py")).read()
