@@ -442,7 +442,8 @@ def write_jsonl(path, rows):
 
 
 def write_json(path, obj, indent=1):
-    """Atomic JSON file (a run's summary.json, a sweep's results)."""
+    """Atomic JSON file (a run's summary.json, a sweep's results), its directory made if needed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f, indent=indent)
     os.replace(path + ".tmp", path)

@@ -5,7 +5,10 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
   tokens: it needs no download, so `python train.py` works offline. `gpt2` / `cl100k_base` are tiktoken's BPEs
   (downloaded once by tiktoken, or read from TIKTOKEN_CACHE_DIR).
 - Embedded corpus: the English documentation that ships inside Python itself (`pydoc_data.topics`, ~465 KB),
-  tokenized once and cached under `data/embedded/`.
+  tokenized once and cached under `data/embedded/`. A larger offline corpus, `python_source`: the source of
+  Python's own standard library (~30 MB of .py files for Python 3.11, tests included; the exact text depends on
+  the Python version), cached under `data/python_source/` on first use (~1 minute). Experiments that would repeat
+  the embedded corpus several times use it (each run reports its `epochs`).
 - Real corpora: `python corpus.py --input a.txt b.jsonl --tokenizer gpt2 --out data/web` (or `--hf_dataset`
   with the optional `datasets` package) writes memory-mapped `train.bin` / `val.bin` token files (uint16, or
   uint32 when the vocabulary exceeds 65535) and a `meta.json`.
@@ -23,6 +26,7 @@ import functools
 import itertools
 import json
 import os
+import sysconfig
 
 import numpy as np
 import tiktoken
@@ -92,6 +96,22 @@ def embedded_documents():
     return [topics[k] for k in sorted(topics)]
 
 
+def python_source_documents():
+    """The source files of Python's standard library (site-packages excluded), in sorted path order."""
+    root = sysconfig.get_paths()["stdlib"]
+    docs = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x not in ("site-packages", "__pycache__"))
+        for f in sorted(files):
+            if f.endswith(".py"):
+                with open(os.path.join(d, f), encoding="utf-8", errors="replace") as fh:
+                    docs.append(fh.read())
+    return docs
+
+
+BUILTIN = {"embedded": embedded_documents, "python_source": python_source_documents}  # offline, prepared on first use
+
+
 def read_documents(paths):
     """Documents from local .txt files (one document per file) and .jsonl files (a "text" field per line)."""
     docs = []
@@ -122,12 +142,10 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
         return prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens)
     enc = get_encoding(tokenizer)
     eot = enc.eot_token
-    ids = []
-    for toks in enc.encode_ordinary_batch(list(docs)):
-        ids.extend(toks)
-        ids.append(eot)
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
-    arr = np.asarray(ids, dtype=dtype)
+    docs = list(docs)
+    parts = [np.asarray(toks + [eot], dtype=dtype) for toks in enc.encode_ordinary_batch(docs)]
+    arr = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     if len(arr) < 2 or not any(d.strip() for d in docs):
         raise ValueError("the documents are empty: no tokens to train on (check the --input files)")
     n_val = max(1, int(len(arr) * val_fraction))
@@ -190,12 +208,12 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
 
 
 class TokenData:
-    """Memory-mapped train/val tokens of a prepared directory (or "embedded", prepared on first use)."""
+    """Memory-mapped train/val tokens of a prepared directory (or a BUILTIN corpus, prepared on first use)."""
 
     def __init__(self, data="embedded"):
-        path = os.path.join(DATA_DIR, "embedded") if data == "embedded" else data
-        if data == "embedded" and not os.path.isfile(os.path.join(path, "meta.json")):
-            prepare(path, embedded_documents())
+        path = os.path.join(DATA_DIR, data) if data in BUILTIN else data
+        if data in BUILTIN and not os.path.isfile(os.path.join(path, "meta.json")):
+            prepare(path, BUILTIN[data]())
         meta_file = os.path.join(path, "meta.json")
         if not os.path.isfile(meta_file):
             raise FileNotFoundError(f"data={data!r}: {meta_file} not found: run `python corpus.py --input FILES "
@@ -403,8 +421,8 @@ class SFTData:
 
 
 def parse_mixture(spec):
-    """"src[:weight],src[:weight]" -> [(src, weight)]; a src is "embedded", a prepared directory or a .jsonl file of
-    prompt/response examples; weights are normalised (a 0 weight only names the tokenizer)."""
+    """"src[:weight],src[:weight]" -> [(src, weight)]; a src is a BUILTIN corpus, a prepared directory or a .jsonl
+    file of prompt/response examples; weights are normalised (a 0 weight only names the tokenizer)."""
     parts = []
     for item in spec.split(","):
         src, _, w = item.strip().rpartition(":") if item.count(":") else ("", "", "")
@@ -473,6 +491,26 @@ class MixtureData:
                 w = src.read(split, shard[keep], offset[keep], seq_len + 1)
                 x[dst], y[dst] = w[:, :-1], w[:, 1:]
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def load_eval_sets(spec, data, length):
+    """{name: TokenData} of a comma-separated list of held-out sets, each under the tokenizer of `data` and with a
+    window of `length` tokens."""
+    sets = {}
+    for name in filter(None, (n.strip() for n in spec.split(","))):
+        d = load_data(name)
+        if isinstance(d, MixtureData) or d.meta["tokenizer"] != data.meta.get("tokenizer"):
+            raise ValueError(f"eval_data {name!r} must be token data under the run's tokenizer "
+                             f"({data.meta.get('tokenizer')}), not a mixture or .jsonl")
+        d.check_length(length)
+        sets[name] = d
+    return sets
+
+
+def epochs(data, tokens):
+    """How many times `tokens` of training go over the training split of `data` (None for SFT rows / mixtures)."""
+    n = getattr(data, "meta", {}).get("train_tokens")
+    return round(tokens / n, 3) if n else None
 
 
 def load_data(spec):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import findings
 from checkpoint import model_from_checkpoint
 from corpus import TokenData
 from model import MiniCPMConfig
@@ -164,13 +165,19 @@ def loss_by_position(model, data, length, windows, buckets=8, seed=0):
     return [x.mean().item() for x in losses.mean(0).chunk(buckets)]
 
 
-def experiment(quick=False, out=None, fresh=False):
+METHODS = {"a": "(a) RoPE, unchanged", "b": "(b) NTK-aware, no training", "c": "(c) ABF + untie + long/short training",
+           "d": "(d) control: (c) with the old base", "e": "(e) (c) with rope_theta 1e6"}
+
+
+def experiment(quick=False, out=None, fresh=False, seeds=1):
     """(a) unchanged RoPE, (b) NTK-aware scaling without training, (c) ABF + untie + continued training on the
-    44/56 long/short mix, each evaluated at 1x-8x the training length L: passkey heatmaps and loss by position."""
+    44/56 long/short mix, and two controls: (d) the same continued training with the old base (is it ABF, or only
+    the training at 4L?) and (e) with a much larger base, 1e6; each evaluated at 1x-8x the training length L:
+    passkey heatmaps and loss by position. Every run with seeds 1 .. seeds; >= 3 records the verdicts."""
     from train import sweep
     out = out or os.path.dirname(os.path.abspath(__file__))
     tag = "_quick" if quick else ""
-    if quick:  # 2-core CPU, ~5 minutes
+    if quick:  # 2-core CPU, ~5 minutes a seed
         model = dict(preset="tiny")
         L, S1, S2, rows, trials, windows, ratio = 128, 900, 150, 32, 8, 8, 0.9
     else:  # one GPU
@@ -178,53 +185,46 @@ def experiment(quick=False, out=None, fresh=False):
     # the base model learns passkey retrieval at L from a mix of passkey rows (a fraction `ratio`) and text; the
     # retrieval forms abruptly after some hundred steps, and fewer passkey rows delay it; the tiny shape learns it in
     # standard parametrisation with scale_emb 1 (under muP with scale_emb 12 it stayed at chance for 3000 steps)
-    base = dict(**model, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, seed=1, eval_steps=4,
+    base = dict(**model, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
                 batch_size=rows, passkey_ratio=ratio)
-    base_dir = os.path.join(out, f"out-longctx-base{tag}")
-    ext_dir = os.path.join(out, f"out-longctx-abf{tag}")
     shape = MiniCPMConfig.from_preset(model["preset"], **{k: v for k, v in model.items() if k != "preset"})
     # ABF: a larger rope_theta, here the NTK-aware base for 8x (1e4 -> 8.6e4 at head_dim 64): long positions
     # rotate as slowly as 8x shorter ones did, and the short-range frequencies the model relies on barely move
     theta = round(ntk_scaled_base(shape.rope_theta, 8, shape.head_dim))
-    runs = {
-        "base": dict(base, out_dir=base_dir, seq_len=L, max_position_embeddings=L, max_steps=S1,
-                     warmup_steps=S1 // 20, decay_steps=S1 // 10, eval_interval=S1 // 2),
+    runs, dirs = {}, {}
+    for seed in range(1, seeds + 1):
+        sfx = tag + (f"-seed{seed}" if seed > 1 else "")
+        d = dirs[seed] = {k: os.path.join(out, f"out-longctx-{name}{sfx}")
+                          for k, name in (("a", "base"), ("c", "abf"), ("d", "oldbase"), ("e", "abf1e6"))}
+        b = dict(base, seed=seed)
+        runs[findings.seed_name("base", seed)] = dict(
+            b, out_dir=d["a"], seq_len=L, max_position_embeddings=L, max_steps=S1, warmup_steps=S1 // 20,
+            decay_steps=S1 // 10, eval_interval=S1 // 2)
         # paper §7.2: untie, a larger base, and a mix of 44% long (4L) and 56% short (L) rows, WSD
-        "abf": dict(base, out_dir=ext_dir, init_from=os.path.join(base_dir, "ckpt.pt"), seq_len=4 * L,
-                    max_position_embeddings=4 * L, rope_theta=theta, tie_word_embeddings=False, long_ratio=0.44,
-                    short_len=L, batch_size=rows // 4, max_steps=S1 + S2, warmup_steps=S1 // 20,
-                    decay_steps=S2 // 5, eval_interval=S2, ckpt_interval=10 ** 9),
-    }
-    res = sweep(os.path.join(out, "results", f"longctx{tag}.json"), runs, desc="long-context runs", fresh=fresh)
+        ext = dict(b, init_from=os.path.join(d["a"], "ckpt.pt"), seq_len=4 * L, max_position_embeddings=4 * L,
+                   tie_word_embeddings=False, long_ratio=0.44, short_len=L, batch_size=rows // 4, max_steps=S1 + S2,
+                   warmup_steps=S1 // 20, decay_steps=S2 // 5, eval_interval=S2, ckpt_interval=10 ** 9)
+        for k, name, th in (("c", "abf", theta), ("d", "old base", shape.rope_theta), ("e", "abf 1e6", 1e6)):
+            runs[findings.seed_name(name, seed)] = dict(ext, out_dir=d[k], rope_theta=th)
+    file = os.path.join(out, "results", f"longctx{tag}.json")
+    res = sweep(file, runs, desc="long-context runs", fresh=fresh)
     data = TokenData()
-    enc = data.encoding()
     lengths, depths = [L, 2 * L, 4 * L, 8 * L], [0.0, 0.25, 0.5, 0.75, 1.0]
-    digits = 5
-    grids, curves = {}, {}
-    plain, _ = model_from_checkpoint(os.path.join(base_dir, "ckpt.pt"))
-    abf, _ = model_from_checkpoint(os.path.join(ext_dir, "ckpt.pt"))
-    methods = {"(a) RoPE, unchanged": (plain, lambda T: None),
-               "(b) NTK-aware, no training": (plain, lambda T: {"type": "ntk", "factor": T / L} if T > L else None),
-               "(c) ABF + untie + long/short training": (abf, lambda T: None)}
-    for name, (net, scaling) in methods.items():
-        grid = {}
-        for T in lengths:  # T = prompt + answer, so that T = L is exactly the trained length
-            # the same weights, allowed 8L positions (evaluation beyond the trained length is the point)
-            m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(T))
-            P = T - digits - 1
-            grid[T] = passkey_accuracy(m, enc.encode_ordinary, enc.decode, [P], depths, trials, seed=T,
-                                       digits=digits)[P]
-        grids[name] = grid
-        m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(8 * L))
-        curves[name] = loss_by_position(m, data, 8 * L, windows)
+    evals = {seed: evaluate_methods(dirs[seed], data, L, lengths, depths, trials, windows) for seed in dirs}
+    grids, curves = evals[1]
+    if seeds >= 3:
+        record_longctx_findings(evals, L, seeds, quick, findings.wall_s(file, ["base", "abf", "old base", "abf 1e6"]))
     summary = dict(L=L, lengths=lengths, depths=depths, trials=trials, rope_theta_abf=theta,
                    passkey={n: {str(T): sum(g[T]) / len(depths) for T in lengths} for n, g in grids.items()},
                    passkey_by_depth={n: {str(T): g[T] for T in lengths} for n, g in grids.items()},
                    loss_by_position={n: c for n, c in curves.items()},
-                   base_val_loss=res["base"]["val_loss"][-1][1], abf_val_loss=res["abf"]["val_loss"][-1][1])
+                   base_val_loss=res["base"]["val_loss"][-1][1], abf_val_loss=res["abf"]["val_loss"][-1][1],
+                   per_seed={str(s): dict(passkey={n: {str(T): sum(g[T]) / len(depths) for T in lengths}
+                                                   for n, g in gr.items()}, loss_by_position=cu)
+                             for s, (gr, cu) in evals.items()})
     with open(os.path.join(out, "results", f"longctx_summary{tag}.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"passkey accuracy (mean over {len(depths)} depths x {trials} keys), trained at L={L}:")
+    print(f"passkey accuracy (mean over {len(depths)} depths x {trials} keys), trained at L={L}, seed 1:")
     print(f"{'':40s}" + "".join(f"{T:>8d}" for T in lengths))
     for n, accs in summary["passkey"].items():
         print(f"{n:40s}" + "".join(f"{accs[str(T)]:8.0%}" for T in lengths))
@@ -233,8 +233,61 @@ def experiment(quick=False, out=None, fresh=False):
         print(f"{n:40s}" + " ".join(f"{x:.3f}" for x in c))
     plot_passkey(grids, lengths, depths, os.path.join(out, "assets", f"longctx_passkey{tag}.png"))
     plot_loss_by_position(curves, 8 * L, L, os.path.join(out, "assets", f"longctx_loss{tag}.png"),
-                          trained={4 * L: "(c)"})
+                          trained={4 * L: "(c)-(e)"})
     return summary
+
+
+def evaluate_methods(dirs, data, L, lengths, depths, trials, windows, digits=5):
+    """Passkey accuracy (length -> per-depth list) and loss by position over 8L of each method in METHODS, from
+    the checkpoints in dirs {"a": base, "c": ABF, "d": old base, "e": ABF 1e6}."""
+    enc = data.encoding()
+    plain = model_from_checkpoint(os.path.join(dirs["a"], "ckpt.pt"))[0]
+    nets = {k: (plain, None) for k in "ab"}
+    nets.update({k: (model_from_checkpoint(os.path.join(dirs[k], "ckpt.pt"))[0], None) for k in "cde"})
+    grids, curves = {}, {}
+    for k, (net, _) in nets.items():
+        def scaling(T):  # (b) only: the NTK base of the length asked for
+            return {"type": "ntk", "factor": T / L} if k == "b" and T > L else None
+        grid = {}
+        for T in lengths:  # T = prompt + answer, so that T = L is exactly the trained length
+            # the same weights, allowed 8L positions (evaluation beyond the trained length is the point)
+            m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(T))
+            P = T - digits - 1
+            grid[T] = passkey_accuracy(m, enc.encode_ordinary, enc.decode, [P], depths, trials, seed=T,
+                                       digits=digits)[P]
+        grids[METHODS[k]] = grid
+        m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(8 * L))
+        curves[METHODS[k]] = loss_by_position(m, data, 8 * L, windows)
+    return grids, curves
+
+
+def record_longctx_findings(evals, L, seeds, quick, wall):
+    """The §7.2 verdicts over seeds: per seed, passkey error (1 - accuracy, mean over depths) at a length, and mean
+    validation loss over a range of 8 position buckets of L tokens."""
+    def err(k, T):
+        return [1 - sum(evals[s][0][METHODS[k]][T]) / len(evals[s][0][METHODS[k]][T]) for s in range(1, seeds + 1)]
+
+    def loss(k, lo, hi):  # buckets lo .. hi - 1, i.e. positions [lo L, hi L)
+        return [sum(evals[s][1][METHODS[k]][lo:hi]) / (hi - lo) for s in range(1, seeds + 1)]
+    cmd, hw = f"python longctx.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu() if quick else "GPU"
+    for fid, claim, paper, a, b, va, vb in (
+            ("longctx_ntk_2L", f"NTK-aware scaling without training retrieves more passkeys at 2L = {2 * L} than "
+             f"unchanged RoPE (passkey error)", "NTK-aware scaling extends the context without training", "b", "a",
+             err("b", 2 * L), err("a", 2 * L)),
+            ("longctx_abf_vs_old_base_loss", f"ABF: continued training at 4L with the larger base ends with a lower "
+             f"loss over positions L-4L ({L}-{4 * L}) than the same training with the old base",
+             "ABF + continued long-context training (MiniCPM-128K)", "c", "d", loss("c", 1, 4), loss("d", 1, 4)),
+            ("longctx_abf_vs_old_base_passkey", f"ABF: with the larger base, retrieval at 4L = {4 * L} after the same "
+             f"continued training is better than with the old base (passkey error)",
+             "ABF + continued long-context training (MiniCPM-128K)", "c", "d", err("c", 4 * L), err("d", 4 * L)),
+            ("longctx_1e6_loss_beyond", f"a much larger base (rope_theta 1e6) keeps the loss lower beyond the trained "
+             f"4L (positions {4 * L}-{8 * L}) than the 8x NTK base", "ABF to a large base (1e6 for 128K)", "e", "c",
+             loss("e", 4, 8), loss("c", 4, 8)),
+            ("longctx_1e6_passkey", f"a much larger base (rope_theta 1e6) retrieves at 4L = {4 * L} as well as the "
+             f"8x NTK base after the same training: the 8x base is not better (passkey error)",
+             "ABF to a large base (1e6 for 128K)", "c", "e", err("c", 4 * L), err("e", 4 * L))):
+        findings.record(fid, "§7.2", claim, paper, "no gain" if fid == "longctx_1e6_passkey" else "lower",
+                        METHODS[a], METHODS[b], va, vb, cmd, hw, wall)
 
 
 def plot_loss_by_position(curves, length, L, file, trained=None):

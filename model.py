@@ -113,6 +113,11 @@ def ladder(width, layers, vocab=320):
                 num_key_value_heads=heads, intermediate_size=max(16, int(2.5 * width) // 16 * 16))
 
 
+def ladder_keys(width, layers):
+    """train.py's model keys of a ladder shape, the vocabulary left to the preset / data."""
+    return {k: v for k, v in ladder(width, layers).items() if k != "vocab_size"}
+
+
 PRESETS = {
     # the released models (paper §6.1 / the official config.json files)
     "minicpm-2.4b": dict(vocab_size=122753, hidden_size=2304, num_hidden_layers=40, num_attention_heads=36,

@@ -32,11 +32,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import findings
 from bench import timeit
 from checkpoint import read_jsonl
 # the layer and its balancing loss live with the model (model.py builds them); named here too, where §7.3 is read
-from model import MLP, MiniCPM, MiniCPMConfig, MoE, expert_load, load_balancing_loss, model_config  # noqa: F401
-from plots import FRESH_HELP, save, subplots
+from model import (MLP, MiniCPM, MiniCPMConfig, MoE, expert_load, ladder_keys, load_balancing_loss,  # noqa: F401
+                   model_config)
+from plots import FRESH_HELP, SEEDS_HELP, save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -127,44 +129,61 @@ def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
 # experiment
 
 
-def experiment(quick=False, out=ROOT, steps=None, fresh=False):
+def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
+    """A dense run, then (per seed) the upcycled MoE beside the dense model continued for the same tokens and for
+    the same active compute, each continuation ending in a 10% WSD decay; with >= 3 seeds the verdicts go to
+    results/findings.json. The quick setting trains on python_source (~28M training tokens) so that no run repeats
+    its corpus (the embedded docs would be gone over 3-5 times)."""
     from train import sweep
     if quick:  # 2-core CPU
-        model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     num_key_value_heads=2, intermediate_size=320)
+        model = dict(preset="tiny", **ladder_keys(128, 2), data="python_source")
         S1, S2, rows, seq, lr = 400, 1000, 16, 64, 0.004
     else:  # one GPU
         model, S1, S2, rows, seq, lr = dict(preset="wt-9m"), 4000, 2000, 32, 256, 0.01
     if steps:
         S1, S2 = steps, steps // 2
     tag = "_quick" if quick else ""
-    dense_dir = os.path.join(out, f"out-moe-dense{tag}")
-    base = dict(**model, lr=lr, batch_size=rows, seq_len=seq, sample_tokens=0, seed=1, eval_steps=8,
-                warmup_steps=S1 // 20)
+    base = dict(**model, lr=lr, batch_size=rows, seq_len=seq, sample_tokens=0, eval_steps=8, warmup_steps=S1 // 20)
     with torch.device("meta"):
         dense_n = MiniCPM(model_config(dict(base))).num_params()
         total, active = param_counts(MiniCPM(model_config(dict(base, num_experts=8, top_k=2))))
     ratio = active / dense_n  # active compute per token, MoE / dense (non-embedding matmuls)
-    S2d = int(round(S2 * ratio))  # the dense continuation runs long enough to compare at equal compute
+    S2d = int(round(S2 * ratio))  # the dense continuation long enough to compare at equal compute
     ev = max(1, S2 // 8)
-    ck = os.path.join(dense_dir, "ckpt.pt")
-    runs = {
-        "dense": dict(base, out_dir=dense_dir, max_steps=S1, decay_steps=0, eval_interval=S1 // 4),
-        "dense continued": dict(base, out_dir="", init_from=ck, max_steps=S1 + S2d, decay_steps=0, eval_interval=ev),
-        "MoE 8x top-2": dict(base, out_dir=os.path.join(out, f"out-moe{tag}"), init_from=ck, num_experts=8, top_k=2,
-                             max_steps=S1 + S2, decay_steps=0, eval_interval=ev, ckpt_interval=10 ** 9),
-    }
-    res = sweep(os.path.join(out, "results", f"moe{tag}.json"), runs, desc="MoE sweep", fresh=fresh)
-    tok_step = rows * seq
-    d_curve = [(s * tok_step, v) for s, v in res["dense continued"]["val_loss"]]
-    m_curve = [(s * tok_step, v) for s, v in res["MoE 8x top-2"]["val_loss"]]
-    m_end, m_loss = m_curve[-1]
-    d_tok, d_val = zip(*d_curve)  # np.interp holds the end values outside the curve
-    d_equal_tokens = float(np.interp(m_end, d_tok, d_val))
-    d_equal_compute = float(np.interp(S1 * tok_step + (m_end - S1 * tok_step) * ratio, d_tok, d_val))
+    runs = {}
+    for seed in range(1, seeds + 1):
+        dense_dir = os.path.join(out, f"out-moe-dense{tag}" + (f"-seed{seed}" if seed > 1 else ""))
+        ck = os.path.join(dense_dir, "ckpt.pt")
+        b = dict(base, seed=seed)
+        one = {
+            "dense": dict(b, out_dir=dense_dir, max_steps=S1, decay_steps=0, eval_interval=S1 // 4),
+            "dense continued": dict(b, out_dir="", init_from=ck, max_steps=S1 + S2, decay_steps=S2 // 10,
+                                    eval_interval=ev),
+            "dense continued, equal compute": dict(b, out_dir="", init_from=ck, max_steps=S1 + S2d,
+                                                   decay_steps=S2d // 10, eval_interval=ev),
+            "MoE 8x top-2": dict(b, out_dir=os.path.join(out, f"out-moe{tag}") if seed == 1 else "", init_from=ck,
+                                 num_experts=8, top_k=2, max_steps=S1 + S2, decay_steps=S2 // 10, eval_interval=ev,
+                                 ckpt_interval=10 ** 9),
+        }
+        runs.update({findings.seed_name(k, seed): v for k, v in one.items()})
+    file = os.path.join(out, "results", f"moe{tag}.json")
+    res = sweep(file, runs, desc="MoE sweep", fresh=fresh)
+    if seeds >= 3:
+        cmd, hw = f"python moe.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu() if quick else "GPU"
+        for fid, dense, what in (("moe_equal_tokens", "dense continued", "the same tokens"),
+                                 ("moe_equal_compute", "dense continued, equal compute",
+                                  f"the same active compute ({ratio:.2f}x the MoE's tokens)")):
+            findings.record(fid, "§7.3", f"the upcycled MoE (8 experts, top-2) ends below the dense model continued "
+                            f"for {what}", "MiniCPM-MoE (4B active) beats the dense 2.4B it was upcycled from", "lower",
+                            "MoE 8x top-2", dense, findings.per_seed(res, "MoE 8x top-2", seeds),
+                            findings.per_seed(res, dense, seeds), cmd, hw, findings.wall_s(file, list(one)))
+    res = {k: r for k, r in res.items() if " seed" not in k}
+    m_loss, d_equal_tokens = res["MoE 8x top-2"]["final_val_loss"], res["dense continued"]["final_val_loss"]
+    d_equal_compute = res["dense continued, equal compute"]["final_val_loss"]
     summary = dict(dense_params=dense_n, moe_total=total, moe_active=active, active_ratio=ratio,
                    moe_val=m_loss, dense_val_equal_tokens=d_equal_tokens, dense_val_equal_compute=d_equal_compute,
-                   gap_equal_tokens=m_loss - d_equal_tokens, gap_equal_compute=m_loss - d_equal_compute)
+                   gap_equal_tokens=m_loss - d_equal_tokens, gap_equal_compute=m_loss - d_equal_compute,
+                   epochs=res["MoE 8x top-2"].get("epochs"))
     loads = [(r["step"], r["expert_load"]) for r in read_jsonl(os.path.join(out, f"out-moe{tag}", "metrics.jsonl"))
              if "expert_load" in r]
     summary["final_expert_load"] = loads[-1][1] if loads else None
@@ -172,10 +191,10 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False):
         json.dump(summary, f, indent=1)
     print(f"non-embedding params: dense {dense_n / 1e6:.3f}M; MoE {total / 1e6:.3f}M total, {active / 1e6:.3f}M "
           f"active ({ratio:.2f}x the dense compute per token)")
-    print(f"val loss after {S2} more steps: MoE {m_loss:.4f}; dense at equal tokens {d_equal_tokens:.4f} "
+    print(f"val loss after {S2} more steps (seed 1): MoE {m_loss:.4f}; dense at equal tokens {d_equal_tokens:.4f} "
           f"(gap {summary['gap_equal_tokens']:+.4f}); dense at equal active compute {d_equal_compute:.4f} "
           f"(gap {summary['gap_equal_compute']:+.4f})")
-    plot(res, loads, S1 * tok_step, tok_step, os.path.join(out, "assets", f"moe{tag}.png"))
+    plot(res, loads, S1 * rows * seq, rows * seq, os.path.join(out, "assets", f"moe{tag}.png"))
     return summary
 
 
@@ -200,13 +219,14 @@ def main():
     p = argparse.ArgumentParser(description="MiniCPM-MoE by sparse upcycling (paper §7.3)")
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
+    p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
     p.add_argument("--bench", action="store_true", help="time one MoE layer against the dense MLP")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.bench:
         bench(device=a.device)
     else:
-        experiment(quick=a.quick, fresh=a.fresh)
+        experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,13 @@ import math
 import os
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import findings
 from corpus import TokenData
 from model import MiniCPM, MiniCPMConfig, ladder
-from plots import FRESH_HELP, save, subplots
+from plots import FRESH_HELP, SEEDS_HELP, save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, "assets")
@@ -209,39 +208,90 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
 # learning-rate transfer (paper §3.3, Fig. 3): the loss-vs-lr curves of several widths share their minimum
 
 
-def lr_transfer(quick=False, out=ROOT, fresh=False):
+def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
+    """Loss against lr for several widths (muP against SP), and for two depths at one width (with the depth scaling
+    scale_depth / sqrt(L) against plain residuals); every run with seeds 1 .. seeds; >= 3 records the verdicts."""
     from train import sweep
     lrs = [0.000625, 0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04]
-    if quick:  # 2-core CPU, ~6 minutes
-        widths, layers, seq, rows, steps = [64, 128, 256, 512], 2, 64, 8, 100
+    if quick:  # 2-core CPU, ~6 minutes a seed (widths) + ~3 (depths)
+        widths, layers, seq, rows, steps, depth_width, depths = [64, 128, 256, 512], 2, 64, 8, 100, 128, [2, 8]
     else:  # one GPU
-        widths, layers, seq, rows, steps = [128, 256, 512, 1024], 4, 256, 32, 1500
+        widths, layers, seq, rows, steps, depth_width, depths = [128, 256, 512, 1024], 4, 256, 32, 1500, 256, [4, 16]
+    depth_lrs = lrs[1:-1]
+
+    def run(w, L, use_mup, lr, seed, **kw):
+        c = width_config(w, use_mup, L, **kw)
+        model = {k: getattr(c, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                            "num_key_value_heads", "intermediate_size", "use_mup", *kw)}
+        return dict(preset="tiny", **model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=steps,
+                    warmup_steps=steps // 10, decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
+                    sample_tokens=0, seed=seed)
     runs = {}
-    for mode in ("muP", "SP"):
-        for w in widths:
-            c = width_config(w, mode == "muP", layers)
-            model = {k: getattr(c, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                "num_key_value_heads", "intermediate_size", "use_mup")}
-            for lr in lrs:
-                runs[f"{mode}_w{w}_lr{lr}"] = dict(preset="tiny", **model, out_dir="", lr=lr, batch_size=rows,
-                                                   seq_len=seq, max_steps=steps, warmup_steps=steps // 10,
-                                                   decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
-                                                   sample_tokens=0, seed=1)
+    for seed in range(1, seeds + 1):
+        for mode in ("muP", "SP"):
+            for w in widths:
+                for lr in lrs:
+                    runs[findings.seed_name(f"{mode}_w{w}_lr{lr}", seed)] = run(w, layers, mode == "muP", lr, seed)
+        # depth (paper §3.1): residual branches x scale_depth / sqrt(L) ("depth-muP", scale_depth 1.4) against
+        # plain residuals (scale_depth = sqrt(L), a multiplier of 1); width muP in both
+        for mode in ("depth-muP", "plain"):
+            for L in depths:
+                for lr in depth_lrs:
+                    kw = {} if mode == "depth-muP" else dict(scale_depth=math.sqrt(L))
+                    runs[findings.seed_name(f"{mode}_L{L}_lr{lr}", seed)] = run(depth_width, L, True, lr, seed, **kw)
     tag = "_quick" if quick else ""
-    res = sweep(os.path.join(out, "results", f"lr_transfer{tag}.json"), runs, desc="lr transfer", fresh=fresh)
-    table = {mode: {w: [res[f"{mode}_w{w}_lr{lr}"]["final_val_loss"] for lr in lrs] for w in widths}
-             for mode in ("muP", "SP")}
-    summary = {"lrs": lrs, "widths": widths, "val_loss": table}
-    print(f"final val loss (nats/token) after {steps} steps; columns: lr")
+    file = os.path.join(out, "results", f"lr_transfer{tag}.json")
+    res = sweep(file, runs, desc="lr transfer", fresh=fresh)
+
+    def curves(seed):
+        width = {mode: {w: [res[findings.seed_name(f"{mode}_w{w}_lr{lr}", seed)]["final_val_loss"] for lr in lrs]
+                        for w in widths} for mode in ("muP", "SP")}
+        depth = {mode: {L: [res[findings.seed_name(f"{mode}_L{L}_lr{lr}", seed)]["final_val_loss"]
+                            for lr in depth_lrs] for L in depths} for mode in ("depth-muP", "plain")}
+        return width, depth
+
+    def shift(grid, table):  # octaves between the best lrs of the first and last curve (signed)
+        keys = list(table)
+        return math.log2(best_lr(grid, table[keys[-1]]) / best_lr(grid, table[keys[0]]))
+
+    table, depth_table = curves(1)
+    summary = {"lrs": lrs, "widths": widths, "val_loss": table, "depth_lrs": depth_lrs, "depths": depths,
+               "depth_width": depth_width, "depth_val_loss": depth_table}
+    print(f"final val loss (nats/token) after {steps} steps, seed 1; columns: lr")
     for mode in ("muP", "SP"):
         best = {w: best_lr(lrs, table[mode][w]) for w in widths}
-        shift = math.log2(max(best.values()) / min(best.values()))
-        summary[mode] = dict(best_lr=best, shift_octaves=shift)
+        sh = math.log2(max(best.values()) / min(best.values()))
+        summary[mode] = dict(best_lr=best, shift_octaves=sh)
         for w in widths:
             print(f"{mode:3s} width {w:5d}: " + " ".join(f"{v:7.4f}" for v in table[mode][w]) +
                   f"   best lr {best[w]:.4f}")
-        print(f"{mode}: the best lr moves by a factor {2 ** shift:.2f} ({shift:.2f} octaves) across an "
+        print(f"{mode}: the best lr moves by a factor {2 ** sh:.2f} ({sh:.2f} octaves) across an "
               f"{widths[-1] // widths[0]}x width range")
+    for mode in ("depth-muP", "plain"):
+        best = {L: best_lr(depth_lrs, depth_table[mode][L]) for L in depths}
+        summary[mode] = dict(best_lr=best, shift_octaves=shift(depth_lrs, depth_table[mode]))
+        print(f"{mode:9s} width {depth_width}, best lr at {' / '.join(map(str, depths))} layers: "
+              + " / ".join(f"{v:.4f}" for v in best.values()))
+    if seeds >= 3:
+        per = {s: curves(s) for s in range(1, seeds + 1)}
+        cmd, hw = f"python mup.py transfer{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
+        wall = findings.wall_s(file, [k.split(" seed")[0] for k in runs])
+        findings.record("mup_width_transfer", "§3.3", f"the best base lr moves less across widths {widths[0]}-"
+                        f"{widths[-1]} under muP than under SP (|log2 shift|, octaves)",
+                        "the optimal lr stays ~0.01 from 0.04B to 0.5B (Fig. 3)", "lower", "muP |shift|",
+                        "SP |shift|", [abs(shift(lrs, per[s][0]["muP"])) for s in per],
+                        [abs(shift(lrs, per[s][0]["SP"])) for s in per], cmd, hw, wall)
+        findings.record("mup_depth_transfer", "§3.1", f"with residuals x scale_depth / sqrt(L), the best base lr "
+                        f"moves less from {depths[0]} to {depths[-1]} layers than with plain residuals "
+                        f"(|log2 shift|, octaves; width {depth_width})", "depth muP: hyper-parameters transfer "
+                        "across depth", "lower", "depth-muP |shift|", "plain |shift|",
+                        [abs(shift(depth_lrs, per[s][1]["depth-muP"])) for s in per],
+                        [abs(shift(depth_lrs, per[s][1]["plain"])) for s in per], cmd, hw, wall)
+        findings.record("mup_wider_better", "§3.3", f"under muP the widest model ({widths[-1]}) ends below the "
+                        f"narrowest ({widths[0]}), each at its best lr of the grid", "wider is better at the shared "
+                        "optimum (Fig. 3)", "lower", f"muP width {widths[-1]}", f"muP width {widths[0]}",
+                        [min(per[s][0]["muP"][widths[-1]]) for s in per],
+                        [min(per[s][0]["muP"][widths[0]]) for s in per], cmd, hw, wall)
     with open(os.path.join(out, "results", f"lr_transfer_summary{tag}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot_lr_transfer(summary, os.path.join(out, "assets", f"lr_transfer{tag}.png"))
@@ -250,21 +300,23 @@ def lr_transfer(quick=False, out=ROOT, fresh=False):
 
 def best_lr(lrs, losses):
     """The lr of lowest loss, refined by a parabola in log2(lr) through the minimum and its two neighbours
-    (a grid point when the minimum is at the edge of the grid)."""
-    i = int(np.nanargmin(losses))
-    if i == 0 or i == len(lrs) - 1:
-        return lrs[i]
-    x, y = np.log2(lrs[i - 1:i + 2]), np.asarray(losses[i - 1:i + 2])
-    a, b, _ = np.polyfit(x, y, 2)
-    return float(2 ** (-b / (2 * a)))
+    (a grid point when the minimum is at the edge of the grid): findings.log2_vertex."""
+    return findings.log2_vertex(lrs, losses)
 
 
 def plot_lr_transfer(summary, file):
-    fig, axes = subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = subplots(1, 4, figsize=(19, 4))
     for ax, mode in zip(axes, ("muP", "SP")):
         for w in summary["widths"]:
             ax.plot(summary["lrs"], summary["val_loss"][mode][w], "o-", label=f"width {w}")
-        ax.set(xscale="log", xlabel="base lr", title=f"{mode}: best lr moves {2 ** summary[mode]['shift_octaves']:.2f}x")
+        ax.set(xscale="log", xlabel="base lr",
+               title=f"{mode}: best lr moves {2 ** summary[mode]['shift_octaves']:.2f}x")
+        ax.legend(fontsize=8)
+    for ax, mode in zip(axes[2:], ("depth-muP", "plain")):
+        for L in summary.get("depths", []):
+            ax.plot(summary["depth_lrs"], summary["depth_val_loss"][mode][L], "o-", label=f"{L} layers")
+        ax.set(xscale="log", xlabel="base lr", title=f"{mode} residuals (width {summary.get('depth_width')}): "
+               f"{2 ** summary[mode]['shift_octaves']:.2f}x" if mode in summary else mode)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("final val loss")
     save(fig, file, dpi=120)
@@ -277,18 +329,21 @@ def main():
     p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512, 1024], help="coordinate check widths")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=None,
+                   help="coordinate check: seeds (default 3; 1 with --quick); lr transfer: " + SEEDS_HELP +
+                   " (default 1)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     p.add_argument("--quick", action="store_true", help="2-core CPU sizes: coord widths 64..512 with one seed; "
                                                         "tiny lr-transfer sweep")
     a = p.parse_args()
+    coord_seeds = a.seeds or (1 if a.quick else 3)
     if a.quick:
-        a.widths, a.seeds = [64, 128, 256, 512], 1
+        a.widths = [64, 128, 256, 512]
     if a.experiment in ("coord", "all"):
-        run_coord_check(a.widths, a.steps, a.lr, tuple(range(a.seeds)), a.layers, tag="_quick" if a.quick else "")
+        run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers, tag="_quick" if a.quick else "")
     if a.experiment in ("transfer", "all"):
-        lr_transfer(quick=a.quick, fresh=a.fresh)
+        lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1)
 
 
 if __name__ == "__main__":

@@ -44,14 +44,18 @@ FRESH_HELP = ("train every run again (default: runs already in results/*.json wi
               "an interrupted experiment resumes and a finished one only redraws its figures)")
 
 
+SEEDS_HELP = "every compared run with seeds 1..N (init and data order); N >= 3 records the verdicts (findings.py)"
+
+
 def quick_cli(description, experiment, argv=None):
-    """`python <file>.py [--quick] [--fresh]`: run experiment(quick=..., fresh=...) (the shared command line of
-    the experiment scripts)."""
+    """`python <file>.py [--quick] [--fresh] [--seeds N]`: run experiment(quick=..., fresh=..., seeds=...) (the
+    shared command line of the experiment scripts)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
+    p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
     a = p.parse_args(argv)
-    return experiment(quick=a.quick, fresh=a.fresh)
+    return experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds)
 
 
 def main(argv=None):

@@ -39,7 +39,7 @@ from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state,
                         keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
                         read_checkpoint, run_files, save_checkpoint, save_dcp, write_json)
 from configurator import ConfigError
-from corpus import MixtureData, load_data
+from corpus import MixtureData, epochs, load_data, load_eval_sets
 from longctx import mixed_batch, passkey_document
 from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
@@ -48,7 +48,7 @@ from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
 from sample import generate_text
 from system import StopFlag, all_mean, hardware, process_device, resolve_system, setup_distributed, shard_model
-from wsd import cosine_loop_lr, cosine_lr, wsd_lr
+from wsd import DecayStats, cosine_loop_lr, cosine_lr, wsd_lr
 
 # ---------------------------------------------------------------------------------------------------- config
 # I/O
@@ -63,8 +63,11 @@ eval_steps = 10  # validation batches per evaluation
 ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM / Ctrl-C)
 sample_tokens = 300  # tokens sampled from the model at the end (0: none)
 # data
-data = "embedded"  # "embedded" (Python's own docs, offline), a directory prepared by corpus.py, a .jsonl of
-#                   prompt/response examples (SFT: loss on the responses only), or a mixture "src:w,src:w"
+data = "embedded"  # "embedded" (Python's own docs, offline), "python_source" (its ~30 MB of source, offline), a
+#                   directory prepared by corpus.py, a .jsonl of prompt/response examples (SFT: loss on the
+#                   responses only), or a mixture "src:w,src:w"
+eval_data = ""  # more held-out sets, e.g. "python_source,embedded": each one's val split is evaluated at the end
+#                 (bits/byte in the result's val_bpb_by_set; paper §4.5 averages the loss over several held-out sets)
 decay_data = ""  # paper §5, two-stage pre-training: the mixture the WSD decay trains on, from T = S - decay_steps,
 #                  e.g. "embedded:0.7,data/tasks/sft_train.jsonl:0.3"; "" keeps `data`
 long_ratio = 1.0  # long-context mix (paper §7.2: 0.44): the fraction of rows that are seq_len-long windows ...
@@ -91,6 +94,8 @@ decay = "exp"  # exp | linear | cosine | 1-sqrt
 final_lr_ratio = 0.1
 half_life = 0.0  # exp decay half-life in steps; 0: end the decay at final_lr_ratio
 cosine_steps = 0  # T of Cosine(T) / CosineLoop(T); 0: = max_steps
+update_stats = False  # paper §4.4: also record, each step, the largest element-wise weight update and the cosine
+#                       of consecutive gradients (wsd.DecayStats; copies the weight matrices each step; not FSDP)
 # system
 device = "auto"  # auto: cuda if available, else cpu
 dtype = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
@@ -152,6 +157,8 @@ def validate_config(cfg):
             raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
     if cfg["long_ratio"] < 1 and not 1 <= cfg["short_len"] <= cfg["seq_len"]:
         raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
+    if cfg["update_stats"] and cfg["fsdp"]:
+        raise ConfigError("update_stats=True compares whole weights and gradients step to step: not with fsdp=True")
     if cfg["decay_data"] and not cfg["decay_steps"]:
         raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
     lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
@@ -189,10 +196,12 @@ def config_diff(a, b, ignore=()):
 
 
 def load_run_data(cfg, mcfg):
-    """(data, decay_data or None) of a run, checked against the model: vocabulary, longest example, length."""
+    """(data, decay_data or None, {eval_data name: data}) of a run, checked against the model: vocabulary, longest
+    example, length."""
     try:
         data = load_data(cfg["data"])
         decay_data = load_data(cfg["decay_data"]) if cfg["decay_data"] else None
+        eval_sets = load_eval_sets(cfg["eval_data"], data, cfg["seq_len"] + 1)
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
     if (isinstance(data, MixtureData) or decay_data) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
@@ -216,7 +225,7 @@ def load_run_data(cfg, mcfg):
     if cfg["seq_len"] > mcfg.max_position_embeddings:
         raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
                           f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")
-    return data, decay_data
+    return data, decay_data, eval_sets
 
 
 def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
@@ -356,6 +365,22 @@ def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
 # ---------------------------------------------------------------------------------------------------- training
 
 
+def save_run(cfg, step, model, optimizer, ckpt_path, global_batch, master, device, world):
+    """The run's checkpoint at `step` (every process takes part under FSDP; rank 0 writes the single file)."""
+    train_state = dict(step=step, config=cfg, data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch))
+    if cfg["fsdp"] and ckpt_path:
+        keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
+        save_dcp(ckpt_path, model, optimizer, train_state, keep)
+    elif master and ckpt_path:
+        rng = dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rng=rng,
+                                        **train_state))
+        if cfg["keep_ckpts"]:
+            keep_copy(ckpt_path, os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt"))
+    if world > 1:
+        dist.barrier()
+
+
 def train(cfg, quiet=False):
     """Run one training described by a config dict (see the module-level keys); returns its metrics. The out_dir is
     locked for the whole run (by rank 0 under torchrun): a second run on it stops at once."""
@@ -376,7 +401,7 @@ def run(cfg, quiet):
     log = (lambda *a: None) if quiet or not master else print
     t_start = time.time()
     mcfg = model_config(cfg)
-    data, decay_data = load_run_data(cfg, mcfg)
+    data, decay_data, eval_sets = load_run_data(cfg, mcfg)
     S, A, B, seq_len = cfg["max_steps"], cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
     T = S - cfg["decay_steps"]  # WSD: the decay (and with decay_data, stage 2 of two-stage pre-training) starts at T
     global_batch = B * A * world
@@ -400,31 +425,23 @@ def run(cfg, quiet):
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
     tokens_per_step = global_batch * seq_len
     peak = peak_flops(device)
-    log(describe(raw_model, world, A, B, seq_len, device, ptdtype, use_compile, fsdp))
+    log(f"{raw_model.describe()}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
+        f"{tokens_per_step:,} tokens/step on {device} ({str(ptdtype).replace('torch.', '')}, "
+        f"compile={use_compile}{', FSDP2' if fsdp else ''})")
+    if epochs(data, S * tokens_per_step):  # a run never repeats its corpus silently
+        log(f"{S:,} steps x {tokens_per_step:,} tokens = {epochs(data, S * tokens_per_step):.2f} epochs of "
+            f"{cfg['data']}")
 
     def log_row(row):
         rows_log.append(row)
         if master and metrics_path:
             append_jsonl(metrics_path, row)
 
-    def checkpoint():
-        train_state = dict(step=step, config=cfg, data=dict(seed=cfg["seed"], next_step=step,
-                                                             global_batch=global_batch))
-        if fsdp and ckpt_path:
-            keep = os.path.join(out_dir, f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
-            save_dcp(ckpt_path, raw_model, optimizer, train_state, keep)
-        elif master and ckpt_path:
-            rng = dict(cpu=torch.get_rng_state(),
-                       cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-            save_checkpoint(ckpt_path, dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                                            rng=rng, **train_state))
-            if cfg["keep_ckpts"]:
-                keep_copy(ckpt_path, os.path.join(out_dir, f"ckpt_{step:06d}.pt"))
-        if world > 1:
-            dist.barrier()
-
     bar = tqdm(total=S, initial=step, disable=not master or quiet, dynamic_ncols=True)
     history = dict(train_loss=[], val_loss=[], val_bpb=[])
+    decay_stats = DecayStats(raw_model) if cfg["update_stats"] else None  # paper §4.4
+    if decay_stats:
+        history["decay_stats"] = decay_stats.rows  # [step, lr, grad norm, cos to the last gradient, max |update|, loss]
     stopped = False
     with StopFlag() as stop:
         while step < S:
@@ -460,7 +477,10 @@ def run(cfg, quiet):
                 raise FloatingPointError(f"the run diverged at step {step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
                                          f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and "
                                          f"the last checkpoint is kept: lower --lr or check the data")
-            optimizer.step()
+            if decay_stats:  # the gradients and weights read around the step
+                decay_stats.step(optimizer, step + 1, lr_now, grad_norm, train_loss)
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             dt = time.perf_counter() - t0
@@ -487,11 +507,15 @@ def run(cfg, quiet):
                 dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
             stop_now = bool(stop_now.item())
             if stop_now or step % cfg["ckpt_interval"] == 0 or step == S:
-                checkpoint()
+                save_run(cfg, step, raw_model, optimizer, ckpt_path, global_batch, master, device, world)
             if stop_now:
                 stopped = True
                 break
     bar.close()
+    if eval_sets and not stopped:  # the other held-out sets, once, at the end
+        history["val_bpb_by_set"] = {name: evaluate(raw_model, d, cfg, global_batch, rank, world, device, autocast)[1]
+                                     for name, d in eval_sets.items()}
+        log("held-out sets (bits/byte): " + ", ".join(f"{k} {v:.4f}" for k, v in history["val_bpb_by_set"].items()))
     if stopped:
         log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
     if master and out_dir and not stopped:
@@ -506,7 +530,8 @@ def run(cfg, quiet):
                   tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
                   final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
                   final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
-                  final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None)
+                  final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None,
+                  epochs=epochs(data, step * tokens_per_step))
     if master and out_dir and not stopped:  # what the run did, where, how fast: the numbers a README may quote
         write_json(os.path.join(out_dir, "summary.json"), dict(
             command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("train.py") else None,
@@ -514,12 +539,6 @@ def run(cfg, quiet):
             **{k: v for k, v in result.items() if k not in history}, first_train_loss=history["train_loss"][0]
             if history["train_loss"] else None))
     return dict(result, model=raw_model)
-
-
-def describe(model, world, A, B, seq_len, device, ptdtype, use_compile, fsdp):
-    return (f"{model.describe()}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
-            f"{world * A * B * seq_len:,} tokens/step on {device} ({str(ptdtype).replace('torch.', '')}, "
-            f"compile={use_compile}{', FSDP2' if fsdp else ''})")
 
 
 def sweep(results_file, runs, desc="runs", fresh=False):
@@ -532,8 +551,9 @@ def sweep(results_file, runs, desc="runs", fresh=False):
             done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = validate_config({**default_config(), **cfg})
-        # a finished run counts when its config matches; keys added to train.py since it ran take their defaults
-        if name in done and {**default_config(), **done[name]["config"]} == cfg:
+        # done: the same config (new keys at their defaults), and its out_dir, if any, still there (for branches)
+        if name in done and {**default_config(), **done[name]["config"]} == cfg and \
+                not (cfg["out_dir"] and not run_files(cfg["out_dir"])):
             continue
         t0 = time.perf_counter()
         res = train({**cfg, "overwrite": True}, quiet=True)  # a run redone replaces what an older one left
@@ -541,7 +561,6 @@ def sweep(results_file, runs, desc="runs", fresh=False):
         if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
             raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
         done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0)
-        os.makedirs(os.path.dirname(results_file) or ".", exist_ok=True)
         write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
 

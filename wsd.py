@@ -25,8 +25,12 @@ import json
 import math
 import os
 
+import numpy as np
+import torch
+
 import findings
-from plots import FRESH_HELP, save, subplots
+from model import MiniCPM, ladder_keys, model_config
+from plots import FRESH_HELP, SEEDS_HELP, save, subplots
 
 DECAYS = ("exp", "linear", "cosine", "1-sqrt")
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -113,86 +117,205 @@ def plot_schedules(file, S=1000, W=20, lr=0.01):
     save(fig, file, dpi=120)
 
 
+class DecayStats:
+    """Paper §4.4, the decay phase seen from the optimizer: each step, the cosine between this step's gradient and
+    the previous one (over every weight matrix, after clipping), and the largest element-wise update of any matrix,
+    max_ij |W_ij(t+1) - W_ij(t)|. train.py (config key update_stats) calls step(optimizer, ...) in place of
+    optimizer.step(); rows: [step, lr, grad norm, cosine (None at the first step), max |update|, loss]."""
+
+    def __init__(self, model):
+        self.params = [p for p in model.parameters() if p.dim() >= 2]
+        self.prev_grad, self.weights, self.rows = None, None, []
+
+    def step(self, optimizer, step, lr, grad_norm, loss):
+        cos = self.before_step()
+        optimizer.step()
+        self.rows.append([step, lr, grad_norm, cos, self.after_step(), loss])
+
+    @torch.no_grad()
+    def before_step(self):
+        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float() for p in self.params])
+        cos = None if self.prev_grad is None else torch.nn.functional.cosine_similarity(g, self.prev_grad, 0).item()
+        self.prev_grad, self.weights = g, [p.detach().clone() for p in self.params]
+        return cos
+
+    @torch.no_grad()
+    def after_step(self):
+        return max((p.detach() - w).abs().max().item() for p, w in zip(self.params, self.weights))
+
+
 # ----------------------------------------------------------------------------------------------------------
-# experiment (paper §4.3, Fig. 4-6): WSD vs Cosine, decay length, decay shape, decays branched off one stable run
+# experiment (paper §4.3, Fig. 4-6): WSD vs Cosine, decay length and shape, decays branched off one stable run,
+# continual training; the §4.4 analysis of the decay; every compared run over seeds (findings.py)
+
+QUICK_MODEL = dict(preset="tiny", **ladder_keys(128, 2))  # 0.4M non-embedding parameters
 
 
-SEEDED = ("Cosine(T={S})", "WSD exp 10.0%", "WSD exp 20.0%")  # the runs compared over seeds (findings.py)
-
-
-def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1):
-    """`seeds` > 1: the compared runs (SEEDED) also with seeds 2 .. seeds (init and data order), for the verdicts."""
-    from train import sweep
-    if quick:  # 2-core CPU, ~5 minutes
-        model = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     num_key_value_heads=2, intermediate_size=320)
+def setting(quick):
+    """(model, S, rows, seq_len, lr) of the §4.3 runs."""
+    if quick:  # 2-core CPU
         # lr: the optimum that `python mup.py transfer --quick` finds at this tiny scale (~0.002-0.004), not the
         # paper's 0.01, which is too high for 1k-token batches and makes every schedule a noise-floor contest
-        S_, rows, seq, lr = 500, 16, 64, 0.004
-    else:  # one GPU
-        model, S_, rows, seq, lr = dict(preset="wt-9m"), 8000, 32, 256, 0.01
-    S = S or S_
-    W = S // 40
-    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S, warmup_steps=W,
-                eval_interval=S // 10, eval_steps=8, sample_tokens=0, seed=1)
+        return QUICK_MODEL, 500, 16, 64, 0.004
+    return dict(preset="wt-9m"), 8000, 32, 256, 0.01  # one GPU
+
+
+TUNED = ("Cosine(T={S})", "Cosine(T={S125})", "WSD exp 10.0%")  # each also at a quarter, half and twice the lr
+
+
+def schedule_runs(base, S, stable_dir):
+    """One seed's runs: Cosine(T) for T = 0.75S, S, 1.25S; CosineLoop(S/2); WSD with exp decays over 2.5-20% of S
+    and three other shapes over 10%; the compared schedules also at lr / 4, lr / 2 and 2 lr; a stable run (lr = eta
+    throughout) whose checkpoints at S/4 .. S are branched into 10% decays, each beside a dedicated Cosine run of the
+    same length; and continual training: the stable run taken on from S to 2S, then decayed."""
     runs = {}
     for T in (int(0.75 * S), S, int(1.25 * S)):
         runs[f"Cosine(T={T})"] = dict(base, schedule="cosine", cosine_steps=T, decay_steps=0)
     runs[f"CosineLoop(T={S // 2})"] = dict(base, schedule="cosine_loop", cosine_steps=S // 2, decay_steps=0)
     for frac in (0.025, 0.05, 0.1, 0.2):
         runs[f"WSD exp {frac:.1%}"] = dict(base, decay="exp", decay_steps=int(frac * S))
+    runs["WSD exp 10.0%"]["update_stats"] = True  # §4.4 (it only reads: the run's numbers are the same)
     for shape in ("linear", "cosine", "1-sqrt"):
         runs[f"WSD {shape} 10.0%"] = dict(base, decay=shape, decay_steps=S // 10)
-    tag = "_quick" if quick else ""
-    stable_dir = os.path.join(out, f"out-wsd-stable{tag}")
+    TUNED_ = [n.format(S=S, S125=int(1.25 * S)) for n in TUNED]
+    for name in TUNED_:  # the control "per-schedule lr optima": each compared schedule also at lr / 4, lr / 2, 2 lr
+        for f in (0.25, 0.5, 2):
+            runs[f"{name} lr{base['lr'] * f:g}"] = dict(runs[name], lr=base["lr"] * f, update_stats=False)
     runs["stable"] = dict(base, out_dir=stable_dir, decay_steps=0, keep_ckpts=True, ckpt_interval=S // 4)
-    branches = [S // 4 * i for i in range(1, 5)]
-    for s in branches:
-        d = s // 9  # the decay is 10% of the branch's steps
-        runs[f"branch {s}+{d}"] = dict(base, init_from=os.path.join(stable_dir, f"ckpt_{s:06d}.pt"),
-                                       max_steps=s + d, decay_steps=d, eval_interval=max(1, d // 4))
-    for seed in range(2, seeds + 1):
-        for name in SEEDED:
-            runs[f"{name.format(S=S)} seed{seed}"] = dict(runs[name.format(S=S)], seed=seed)
-    res = sweep(os.path.join(out, "results", f"wsd{tag}.json"), runs, desc="WSD sweep", fresh=fresh)
-    if seeds > 1:
-        with open(os.path.join(out, "results", f"wsd{tag}.json")) as f:
-            wall = sum(v["seconds"] for k, v in json.load(f).items()
-                       if any(k.startswith(n.format(S=S)) for n in SEEDED))
-        record_wsd_findings(res, S, seeds, quick, wall)
+    for s in [S // 4 * i for i in range(1, 5)] + [2 * S]:
+        d = s // 9  # the decay is 10% of the run's steps
+        name = f"branch {s}+{d}" if s <= S else f"continued {S}->{s}+{d}"
+        runs[name] = dict(base, init_from=os.path.join(stable_dir, f"ckpt_{min(s, S):06d}.pt"), max_steps=s + d,
+                          decay_steps=d, eval_interval=max(1, d // 4))
+        runs[f"dedicated Cosine({s + d})"] = dict(base, schedule="cosine", cosine_steps=s + d, max_steps=s + d,
+                                                  decay_steps=0, eval_interval=(s + d) // 10)
+    return runs
+
+
+def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1):
+    """Every run of schedule_runs with seeds 1 .. `seeds` (init and data order); with >= 3 seeds the verdicts go to
+    results/findings.json."""
+    from train import sweep
+    model, S_, rows, seq, lr = setting(quick)
+    S = S or S_
+    tag = "_quick" if quick else ""
+    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S, warmup_steps=S // 40,
+                eval_interval=S // 10, eval_steps=8, sample_tokens=0)
+    runs = {}
+    for seed in range(1, seeds + 1):
+        stable_dir = os.path.join(out, f"out-wsd-stable{tag}" + (f"-seed{seed}" if seed > 1 else ""))
+        runs.update({findings.seed_name(k, seed): v
+                     for k, v in schedule_runs(dict(base, seed=seed), S, stable_dir).items()})
+    file = os.path.join(out, "results", f"wsd{tag}.json")
+    res = sweep(file, runs, desc="WSD sweep", fresh=fresh)
+    if seeds >= 3:
+        record_wsd_findings(res, S, seeds, quick, file)
     res = {k: r for k, r in res.items() if " seed" not in k}
     final = {k: r["final_val_loss"] for k, r in res.items()}
     cos_s = final[f"Cosine(T={S})"]
     summary = dict(S=S, final_val_loss=final, gap_wsd10_minus_cosineS=final["WSD exp 10.0%"] - cos_s,
                    branches={k: dict(tokens=r["tokens"], val_loss=r["final_val_loss"]) for k, r in res.items()
-                             if k.startswith("branch")})
+                             if k.startswith(("branch", "continued"))})
     with open(os.path.join(out, "results", f"wsd_summary{tag}.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"final validation loss (nats/token) at S = {S} steps:")
+    print(f"final validation loss (nats/token), seed 1, S = {S} steps:")
     for k, v in final.items():
-        if not k.startswith(("branch", "stable")):
+        if not k.startswith(("branch", "stable", "continued", "dedicated")):
             print(f"  {k:22s} {v:.4f}  ({v - cos_s:+.4f} vs Cosine(S))")
-    print(f"WSD (exp, 10% decay) - Cosine(S) = {summary['gap_wsd10_minus_cosineS']:+.4f}")
     for k, b in summary["branches"].items():
-        print(f"  {k:22s} {b['tokens']:>10,} tokens  val {b['val_loss']:.4f}")
+        ded = "dedicated Cosine({})".format(sum(int(x) for x in k.split()[-1].split("->")[-1].split("+")))
+        print(f"  {k:22s} {b['tokens']:>10,} tokens  val {b['val_loss']:.4f}  ({ded}: {final[ded]:.4f})")
     plot_experiment(res, S, os.path.join(out, "assets", f"wsd_vs_cosine{tag}.png"))
+    plot_decay_analysis(res, S, os.path.join(out, "assets", f"wsd_decay_analysis{tag}.png"))
     return summary
 
 
-def record_wsd_findings(res, S, seeds, quick, wall):
-    """§4.3 over seeds 1..seeds: WSD (exp, 10% decay) vs Cosine(S), and 20% vs 10% of decay (findings.py)."""
-    def per_seed(name):
-        return [res[name if s == 1 else f"{name} seed{s}"]["final_val_loss"] for s in range(1, seeds + 1)]
+def decay_windows(stats, S, d):
+    """§4.4 numbers of one run's decay_stats rows: (the last d stable steps, the d decay steps) each as
+    dict(max_update, grad_norm, grad_cos, loss_slope) of window means (loss_slope: fitted, per step)."""
+    rows = {r[0]: r for r in stats}
+    out = []
+    for lo, hi in ((S - 2 * d + 1, S - d), (S - d + 1, S)):
+        w = [rows[s] for s in range(lo, hi + 1)]
+        out.append(dict(max_update=float(np.mean([r[4] for r in w])), grad_norm=float(np.mean([r[2] for r in w])),
+                        grad_cos=float(np.mean([r[3] for r in w])),
+                        loss_slope=float(np.polyfit([r[0] for r in w], [r[5] for r in w], 1)[0])))
+    return out
+
+
+def record_wsd_findings(res, S, seeds, quick, file):
+    """The §4.3 and §4.4 verdicts over seeds 1 .. seeds (findings.py)."""
     cmd = f"python wsd.py{' --quick' if quick else ''} --seeds {seeds}"
     hw = findings.this_cpu() if quick else "one GPU"
-    findings.record("wsd_vs_cosine", "§4.3", "WSD (exp decay over the last 10% of S) ends at or below Cosine(S)",
-                    "WSD matches Cosine(S) (Fig. 5)", "lower", "WSD exp 10.0%", f"Cosine(T={S})",
-                    per_seed("WSD exp 10.0%"), per_seed(f"Cosine(T={S})"), cmd, hw, wall)
-    findings.record("wsd_decay_10_percent", "§4.3", "a decay over 10% of S is enough: 20% does not end lower",
-                    "10% of the tokens suffice for the decay", "no gain", "WSD exp 20.0%", "WSD exp 10.0%",
-                    per_seed("WSD exp 20.0%"), per_seed("WSD exp 10.0%"), cmd, hw, wall, DECAY_EXPLANATION)
+
+    def rec(fid, claim, paper, test, a, b, va=None, vb=None, explanation="", wall_names=None):
+        va = va if va is not None else findings.per_seed(res, a, seeds)
+        vb = vb if vb is not None else findings.per_seed(res, b, seeds)
+        findings.record(fid, "§4.4" if fid.startswith("decay_") else "§4.3", claim, paper, test, a, b, va, vb,
+                        cmd, hw, findings.wall_s(file, wall_names or (a, b)), explanation)
+
+    cos, wsd10, cos125 = f"Cosine(T={S})", "WSD exp 10.0%", f"Cosine(T={int(1.25 * S)})"
+
+    def best(name):  # per seed, the lowest final loss over lr / 4, lr / 2, lr, 2 lr; and the runs it took
+        names = [name] + [k for k in res if k.startswith(name + " lr") and " seed" not in k]
+        return [min(v) for v in zip(*(findings.per_seed(res, n, seeds) for n in names))], names
+
+    rec("wsd_vs_cosine", "WSD (exp decay over the last 10% of S) ends at or below Cosine(S)",
+        "WSD matches Cosine(S) (Fig. 5)", "lower", wsd10, cos)
+    (w_best, w_names), (c_best, c_names), (l_best, l_names) = best(wsd10), best(cos), best(cos125)
+    rec("wsd_vs_cosine_tuned", "at each schedule's best lr (of lr/4, lr/2, lr, 2 lr): WSD 10% ends at or below "
+        "Cosine(S)",
+        "WSD matches Cosine(S) (Fig. 5)", "lower", "WSD exp 10.0%, best lr", "Cosine(T=S), best lr", w_best, c_best,
+        wall_names=w_names + c_names)
+    rec("cosine_T_long_tuned", "at each schedule's best lr (of lr/4, lr/2, lr, 2 lr): Cosine(T = S) ends below "
+        "Cosine(T = 1.25 S)", "T = S is the best Cosine(T) (Fig. 4)", "lower", "Cosine(T=S), best lr",
+        "Cosine(T=1.25S), best lr", c_best, l_best, wall_names=c_names + l_names)
+    rec("wsd_decay_10_percent", "a decay over 10% of S is enough: 20% does not end lower",
+        "10% of the tokens suffice for the decay", "no gain", "WSD exp 20.0%", wsd10, explanation=DECAY_EXPLANATION)
+    rec("wsd_decay_2_5_percent", "a decay over 2.5% of S is too short: 10% ends lower",
+        "2.5% of the tokens is not enough", "lower", wsd10, "WSD exp 2.5%")
+    for T in (int(0.75 * S), int(1.25 * S)):
+        rec(f"cosine_T_{'short' if T < S else 'long'}", f"Cosine(T = S) ends below Cosine(T = {T / S:g} S)",
+            "T = S is the best Cosine(T) (Fig. 4)", "lower", cos, f"Cosine(T={T})",
+            explanation="" if T < S else COSINE_LONG_EXPLANATION)
+    rec("cosine_loop", "Cosine(T = S) ends below CosineLoop(T = S/2), which climbs back to eta after S/2",
+        "restarting the cosine loses (Fig. 4)", "lower", cos, f"CosineLoop(T={S // 2})")
+    for shape in ("linear", "cosine", "1-sqrt"):
+        rec(f"wsd_shape_{shape}", f"MiniCPM's exp decay is not beaten by a {shape} decay (both over 10% of S)",
+            "exp decay used for MiniCPM (no shape comparison given)", "no gain", f"WSD {shape} 10.0%", wsd10)
+    branches = [k for k in res if k.startswith("branch ") and " seed" not in k]
+    dedicated = ["dedicated Cosine({})".format(sum(map(int, k.split()[1].split("+")))) for k in branches]
+    mean_of = {names[0]: [float(np.mean([findings.per_seed(res, n, seeds)[i] for n in names])) for i in range(seeds)]
+               for names in (branches, dedicated)}
+    rec("wsd_branches", f"decays branched off one stable run at {', '.join(k.split()[1] for k in branches)} steps "
+        "end (on average) no higher than dedicated Cosine runs of the same lengths, at O(mC) instead of O(m^2 C)",
+        "one stable run + branched decays trace the loss-vs-data curve (Fig. 6)", "no gain", "dedicated Cosine runs",
+        "WSD branches", mean_of[dedicated[0]], mean_of[branches[0]], wall_names=branches + dedicated + ["stable"])
+    cont = next(k for k in res if k.startswith("continued") and " seed" not in k)
+    rec("wsd_continual", f"continual training: the stable run taken on from S to 2S and decayed again "
+        f"({cont.split()[1]}) ends no higher than a dedicated Cosine run of the whole length",
+        "a WSD run can be continued and decayed again (Fig. 6)", "no gain",
+        "dedicated Cosine({})".format(sum(map(int, cont.split("->")[1].split("+")))), cont)
+    d = S // 10
+    win = [decay_windows(res[findings.seed_name(wsd10, s)]["decay_stats"], S, d) for s in range(1, seeds + 1)]
+    stable_w, decay_w = [w[0] for w in win], [w[1] for w in win]
+    for key, claim, paper, flip in (
+            ("max_update", "the largest element-wise weight update is smaller in the decay than in the stable phase "
+             "(it follows the lr)", "max element-wise update tracks the lr (Fig. 8)", False),
+            ("grad_norm", "the gradient norm is lower in the decay than in the stable phase",
+             "the gradient norm falls in the decay", False),
+            ("grad_cos", "consecutive gradients agree more in the decay: their cosine is lower in the stable phase",
+             "cosine of consecutive gradients mostly positive in the decay", True),
+            ("loss_slope", "the training loss falls faster (per step) in the decay than in the stable phase before it",
+             "the loss falls fast in the decay although updates shrink", False)):
+        a, b = ("stable", "decay") if flip else ("decay", "stable")
+        vals = {"stable": [w[key] for w in stable_w], "decay": [w[key] for w in decay_w]}
+        rec(f"decay_{key}", claim, paper, "lower", f"{key}, last {d} {a} steps", f"{key}, last {d} {b} steps",
+            vals[a], vals[b], wall_names=[wsd10])
 
 
+COSINE_LONG_EXPLANATION = ("Cosine(1.25 S) keeps a higher lr at every step and never reaches final_lr_ratio; at this "
+                           "scale the late phase of Cosine(S) anneals too far or too early")
 DECAY_EXPLANATION = ("control wsd_decay_10_percent_S2000 (wsd.decay_length_at): the 20% decay's advantage persists at "
                      "4x the steps, so it is not too few decay steps; at this scale (0.4M parameters, byte tokens) "
                      "the gain of a longer decay has not saturated at 20%")
@@ -202,35 +325,63 @@ def decay_length_at(S, seeds=3, out=ROOT, fresh=False):
     """The control for "10% of the steps suffice for the decay": 20% vs 10% exp decays at a longer S (the quick
     model and batch), over seeds; if 10% is too few *steps* at S = 500, the gap should shrink as S grows."""
     from train import sweep
-    base = dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                intermediate_size=320, out_dir="", lr=0.004, batch_size=16, seq_len=64, max_steps=S,
+    model, _, rows, seq, lr = setting(quick=True)
+    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S,
                 warmup_steps=S // 40, eval_interval=S, eval_steps=8, sample_tokens=0, decay="exp")
     runs = {f"WSD exp {f:.1%} seed{s}": dict(base, decay_steps=int(f * S), seed=s)
             for f in (0.1, 0.2) for s in range(1, seeds + 1)}
     file = os.path.join(out, "results", f"wsd_decay_length_S{S}_quick.json")
     res = sweep(file, runs, desc=f"decay length at S={S}", fresh=fresh)
-    with open(file) as f:
-        wall = sum(v["seconds"] for v in json.load(f).values())
     per = {f: [res[f"WSD exp {f:.1%} seed{s}"]["final_val_loss"] for s in range(1, seeds + 1)] for f in (0.1, 0.2)}
     return findings.record(f"wsd_decay_10_percent_S{S}", "§4.3", f"at S = {S}: a decay over 10% of S is enough, 20% "
                            f"does not end lower", "10% of the tokens suffice for the decay", "no gain",
                            "WSD exp 20.0%", "WSD exp 10.0%", per[0.2], per[0.1],
-                           f"python -c 'import wsd; wsd.decay_length_at({S}, {seeds})'", findings.this_cpu(), wall,
-                           DECAY_EXPLANATION)
+                           f"python wsd.py --decay_length_at {S} --seeds {seeds}", findings.this_cpu(),
+                           findings.wall_s(file, list(runs)), DECAY_EXPLANATION)
+
+
+def small_long_vs_large_short(seeds=3, out=ROOT, fresh=False):
+    """Paper §4.3 (Fig. 7): a small model trained long with WSD against a ~4x larger one trained short, at ~4x the
+    large run's training compute (and ~4x less inference compute). Ours: width 24 (11.6k non-embedding parameters)
+    against width 48 (50.9k) trained on 10 N tokens, both on python_source (no repeated data), WSD with 10% decays."""
+    from train import sweep
+    rows, seq, lr = 16, 64, 0.004
+    with torch.device("meta"):
+        n = {w: MiniCPM(model_config(dict(preset="tiny", **ladder_keys(w, 2)))).num_params() for w in (24, 48)}
+    large_steps = round(10 * n[48] / (rows * seq))
+    small_steps = round(4 * n[48] * large_steps / n[24])  # 6 N D equal to 4x the large run's
+    runs = {}
+    for seed in range(1, seeds + 1):
+        for w, S in ((48, large_steps), (24, small_steps)):
+            runs[findings.seed_name(f"width {w}, {S} steps", seed)] = dict(
+                preset="tiny", **ladder_keys(w, 2), data="python_source", out_dir="", lr=lr, batch_size=rows,
+                seq_len=seq, max_steps=S, warmup_steps=S // 40, decay_steps=S // 10, eval_interval=S // 4,
+                eval_steps=16, sample_tokens=0, seed=seed)
+    file = os.path.join(out, "results", "wsd_small_long_quick.json")
+    res = sweep(file, runs, desc="small-long vs large-short", fresh=fresh)
+    large, small = f"width 48, {large_steps} steps", f"width 24, {small_steps} steps"
+    ratio = n[24] * small_steps / (n[48] * large_steps)
+    return findings.record(
+        "small_long_vs_large_short", "§4.3", f"a {n[48] / n[24]:.1f}x smaller model trained with WSD on {ratio:.1f}x "
+        f"the large run's compute is not beaten by the large model trained on 10 N tokens", "0.036B trained long "
+        "matches 0.17B on "
+        "40N tokens at ~4x the training compute (Fig. 7)", "no gain", large, small,
+        findings.per_seed(res, large, seeds), findings.per_seed(res, small, seeds),
+        f"python wsd.py --small_long --seeds {seeds}", findings.this_cpu(), findings.wall_s(file, [large, small]))
 
 
 def plot_experiment(res, S, file):
     fig, axes = subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
     for k, r in res.items():
-        if k.startswith(("Cosine", "WSD exp 10")):
+        if k.startswith(("Cosine", "WSD exp 10")) and " lr" not in k:
             ax.plot(*zip(*r["val_loss"]), "o-" if k.startswith("WSD") else "-", ms=3, label=k)
     ax.set(xlabel="step", ylabel="val loss", title=f"WSD vs Cosine (S = {S})")
     lo = min(r["final_val_loss"] for r in res.values())
     ax.set_ylim(lo - 0.03, lo + 0.6)
     ax.legend(fontsize=8)
     ax = axes[1]
-    keys = [k for k in res if k.startswith("WSD")]
+    keys = [k for k in res if k.startswith("WSD") and " lr" not in k]
     ax.barh(keys, [res[k]["final_val_loss"] for k in keys], color=["C0"] * 4 + ["C1"] * 3)
     cos = res[f"Cosine(T={S})"]["final_val_loss"]
     ax.axvline(cos, color="k", ls="--", label=f"Cosine(T={S})")
@@ -243,10 +394,38 @@ def plot_experiment(res, S, file):
     tok_step = st["tokens"] / st["step"]
     ax.plot([s * tok_step for s, _ in st["val_loss"]], [v for _, v in st["val_loss"]], "k-", label="stable (lr = eta)")
     for k, r in res.items():
-        if k.startswith("branch"):
+        if k.startswith(("branch", "continued")):
             ax.plot([s * tok_step for s, _ in r["val_loss"]], [v for _, v in r["val_loss"]], "o-", ms=3, label=k)
-    ax.set(xlabel="tokens", ylabel="val loss", title="decays branched off one stable run")
+        if k.startswith("dedicated"):
+            ax.plot(r["tokens"], r["final_val_loss"], "kx", ms=7, label="dedicated Cosine" if "x" not in str(
+                ax.get_legend_handles_labels()[1]) else None)
+    ax.set(xlabel="tokens", ylabel="val loss", title="decays branched off one stable run (x: dedicated Cosine)")
     ax.legend(fontsize=8)
+    save(fig, file, dpi=110)
+
+
+def plot_decay_analysis(res, S, file):
+    """§4.4: lr, the largest element-wise update, gradient norm, cosine of consecutive gradients and the loss, step
+    by step, for the WSD 10% run (every seed run; the others faint)."""
+    fig, axes = subplots(1, 4, figsize=(18, 4))
+    for k, r in res.items():
+        if not k.startswith("WSD exp 10.0%") or "decay_stats" not in r:
+            continue
+        st = np.array([[np.nan if v is None else v for v in row] for row in r["decay_stats"]], dtype=float)
+        alpha, lab = (1.0, "seed 1") if " seed" not in k else (0.35, k.split()[-1])
+        ax = axes[0]
+        ax.plot(st[:, 0], st[:, 4] / np.nanmax(st[:, 4]), alpha=alpha, label=f"max |update| / its max ({lab})")
+        if alpha == 1.0:
+            ax.plot(st[:, 0], st[:, 1] / st[:, 1].max(), "k--", label="lr / eta")
+        axes[1].plot(st[:, 0], st[:, 2], alpha=alpha, label=lab)
+        smooth = np.convolve(np.nan_to_num(st[:, 3]), np.ones(10) / 10, mode="same")
+        axes[2].plot(st[:, 0], smooth, alpha=alpha, label=lab)
+        axes[3].plot(st[:, 0], st[:, 5], alpha=alpha, label=lab)
+    for ax, t in zip(axes, ("update follows lr", "gradient norm", "cos(g_t, g_t-1), 10-step mean", "train loss")):
+        ax.axvline(S - S // 10, color="grey", ls=":")
+        ax.set(xlabel="step", title=t)
+        ax.legend(fontsize=7)
+    axes[3].set_ylim(None, np.nanpercentile(st[:, 5], 95) if len(axes[3].lines) else None)
     save(fig, file, dpi=110)
 
 
@@ -258,9 +437,16 @@ def main():
     p.add_argument("--plot_only", action="store_true", help="only draw the schedules")
     p.add_argument("--quick", action="store_true", help="tiny model on a 2-core CPU, ~5 minutes")
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
-    p.add_argument("--seeds", type=int, default=1, help="run the compared schedules with seeds 1..N and record the "
-                                                         "verdicts in results/findings.json")
+    p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
+    p.add_argument("--decay_length_at", type=int, metavar="S", help="only the control of the decay length: 20%% vs "
+                   "10%% decays at S steps (the quick model), over --seeds")
+    p.add_argument("--small_long", action="store_true", help="only §4.3's small model trained long against a 4x "
+                   "larger one trained short (quick models), over --seeds")
     a = p.parse_args()
+    if a.decay_length_at or a.small_long:
+        print(decay_length_at(a.decay_length_at, max(3, a.seeds), fresh=a.fresh) if a.decay_length_at else
+              small_long_vs_large_short(max(3, a.seeds), fresh=a.fresh))
+        return
     file = os.path.join(ASSETS, "wsd_schedules.png")
     plot_schedules(file, a.S, a.W)
     print(f"figure: {file}")

@@ -178,10 +178,13 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path):
 
 def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
     s = dpo.experiment(quick=True, out=str(tmp_path), steps=20)
-    assert list(s) == ["A-1 decay", "A-2 decay", "A-1 + SFT", "A-2 + SFT", "A-2 + SFT + DPO", "dpo"]
+    assert list(s) == ["A-1 decay", "A-2 decay", "A-1 + SFT", "A-2 + SFT", "A-1 + 2x SFT (B-2)", "A-2 + SFT + DPO",
+                       "dpo"]
     assert s["dpo"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)
     for name in ("A-1 + SFT", "A-2 + SFT"):  # SFT lowers the held-out task loss of the decayed model
         assert s[name]["task_loss"] < s[name.replace(" + SFT", " decay")]["task_loss"]
+    b2 = rows(tmp_path / "out-align-b2sft_quick")  # the control B-2: A-1's decay, then twice the SFT steps
+    assert [r["step"] for r in b2 if "train_loss" in r] == list(range(31, 51))
     switch = [r for r in rows(tmp_path / "out-align-a2_quick") if "data_switch" in r]
     assert switch[0]["step"] == 20 and switch[0]["weights"] == [0.7, 0.3]
     assert os.path.isfile(tmp_path / "assets" / "align_quick.png")

@@ -13,13 +13,21 @@ def test_wsd_quick_experiment_end_to_end_and_resumable(tmp_path, monkeypatch):
               "out-wsd-stable_quick/ckpt_000020.pt"):
         assert os.path.isfile(tmp_path / f), f
     final = s["final_val_loss"]
-    assert len(final) == 16 and all(2.0 < v < 5.0 for v in final.values())  # trained: well below ln(320) = 5.77
+    assert len(final) == 28 and all(1.5 < v < 5.0 for v in final.values())  # trained: well below ln(320) = 5.77
     assert s["gap_wsd10_minus_cosineS"] == pytest.approx(final["WSD exp 10.0%"] - final["Cosine(T=40)"])
     assert final["WSD exp 10.0%"] < final["stable"]  # the decay lowers the loss of the same run
     tokens = [b["tokens"] for b in s["branches"].values()]
-    assert tokens == sorted(tokens) and len(tokens) == 4
+    assert tokens == sorted(tokens) and len(tokens) == 5  # four branches and the continued run
     saved = json.loads((tmp_path / "results/wsd_quick.json").read_text())
     assert saved["branch 20+2"]["config"]["init_from"].endswith("ckpt_000020.pt")
+    # continual training: the stable run taken on from S = 40 to 80, then decayed over 8 steps
+    cont = saved["continued 40->80+8"]
+    assert cont["config"]["init_from"].endswith("ckpt_000040.pt") and cont["metrics"]["step"] == 88
+    assert final["continued 40->80+8"] < final["branch 40+4"]
+    # §4.4: the WSD 10% run records its decay statistics, and recording them changes none of its numbers
+    stats = saved["WSD exp 10.0%"]["metrics"]["decay_stats"]
+    assert [r[0] for r in stats] == list(range(1, 41)) and stats[0][3] is None
+    assert os.path.isfile(tmp_path / "assets/wsd_decay_analysis_quick.png")
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")

@@ -5,6 +5,7 @@ import os
 import pytest
 
 import findings
+import report
 from conftest import ROOT
 
 
@@ -25,10 +26,15 @@ def test_a_verdict_needs_three_seeds():
         findings.verdict([0.1, 0.2], "lower")
 
 
-def test_the_readme_shows_what_findings_json_holds():
+def test_the_readme_shows_what_results_hold():
+    # every generated block of the README (the findings ledger and each experiment's table) is what report.py
+    # builds from results/ now
     readme = open(os.path.join(ROOT, "README.md")).read()
-    shown = readme.split(findings.BEGIN, 1)[1].split(findings.END, 1)[0].strip()
-    assert shown == findings.table().strip()
+    shown = report.blocks_in(readme)
+    assert set(shown) == set(report.BLOCKS), f"README lacks the blocks {set(report.BLOCKS) - set(shown)}"
+    for name, fn in report.BLOCKS.items():
+        assert shown[name] == fn().strip(), f"README block {name} is stale: run python report.py"
     for f in findings.load().values():  # every recorded finding: >= 3 seeds, a command, hardware and time
         assert f["ours"]["seeds"] >= 3 and f["command"] and f["hardware"] and f["wall_s"] > 0
         assert f["verdict"] == findings.verdict(f["ours"]["diff_per_seed"], f["test"])[2]
+        assert f["verdict"] != "not reproduced" or f["explanation"], f"{f['id']}: not reproduced, unexplained"

@@ -28,17 +28,28 @@ def test_fit_batch_size_law_recovers_parameters():
 
 
 def test_best_batch_per_loss_on_synthetic_curves():
-    # curves L(t) = 2 + c_bs / t^0.5 where a large batch wastes tokens early and wins late
-    t = np.geomspace(1e3, 1e7, 200)
-    curves = {bs: (t, 2 + (bs / 1e3) ** 0.3 * 30 / t ** 0.5 + 5e-3 * 1e3 / bs) for bs in (1e3, 4e3, 1.6e4)}
-    levels = [2.8, 2.1, 2.02]
+    # curves L(t) = 2 + k_bs / t^0.5 + f_bs where a larger batch wastes tokens early and wins late (a lower floor)
+    t = np.geomspace(1e2, 1e7, 400)
+    curves = {bs: (t, 2 + k / t ** 0.5 + f) for bs, k, f in ((1e3, 10, 0.04), (4e3, 14, 0.01), (1.6e4, 25, 0.0))}
+    levels = [2.8, 2.1, 2.05]
     best = batchsize.best_batch_per_loss(curves, levels)
-    # brute force on a fine grid: the batch whose curve first gets below each level
+    assert len(best) == 3
+    # brute force on a fine grid: the batch whose curve first gets below each level; the best batch is the vertex
+    # of the parabola in log2(batch) of log(tokens) through it and its neighbours (closed form for equal spacing)
     for level, bs, tok in best:
-        first = {b: t[np.nonzero(c[1] <= level)[0][0]] for b, c in curves.items() if (c[1] <= level).any()}
-        assert bs == min(first, key=first.get)
-        assert tok <= first[bs] and tok >= t[max(0, np.searchsorted(t, first[bs]) - 1)]
+        first = {b: t[np.nonzero(c[1] <= level)[0][0]] for b, c in curves.items()}
+        grid = sorted(first)
+        i = grid.index(min(first, key=first.get))
+        assert tok <= first[grid[i]] and tok >= t[max(0, np.searchsorted(t, first[grid[i]]) - 1)]
+        if i in (0, len(grid) - 1):
+            assert bs == grid[i]
+        else:
+            y = [np.log(batchsize.tokens_to_reach(*curves[b], level)) for b in grid[i - 1:i + 2]]
+            h = np.log2(grid[i + 1] / grid[i])
+            vertex = np.log2(grid[i]) + h * (y[0] - y[2]) / (2 * (y[0] - 2 * y[1] + y[2]))
+            assert np.log2(bs) == pytest.approx(vertex, abs=1e-9) and grid[i - 1] < bs < grid[i + 1]
     assert [b for _, b, _ in best] == sorted(b for _, b, _ in best)  # lower loss -> larger optimal batch
+    assert batchsize.best_batch_per_loss(curves, [2.03]) == []  # a level some batch never reaches: left out
     assert batchsize.tokens_to_reach([0, 10], [3.0, 1.0], 2.0) == pytest.approx(5.0)
     assert batchsize.tokens_to_reach([0, 10], [3.0, 2.5], 2.0) is None
 

@@ -1,0 +1,118 @@
+"""The wind tunnel's instruments (issue: seeds, controls, the §4.4 analysis): the decay statistics, several
+held-out sets, epochs, seeds of a sweep, finished runs whose checkpoints later runs need, the noise-aware minimum,
+and the one command that reruns every finding."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import corpus
+import findings
+import report
+import train
+import wsd
+from conftest import ROOT, TINY, cfg
+from model import MiniCPM, model_config
+
+
+def test_decay_stats_are_the_update_and_the_gradient_cosine(tmp_path):
+    # an independent computation: a copy of the model stepped by hand, gradients and weights compared directly
+    c = train.validate_config({**train.default_config(), **TINY, "out_dir": ""})
+    torch.manual_seed(0)
+    model = MiniCPM(model_config(c))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stats = wsd.DecayStats(model)
+    x = torch.randint(0, 256, (4, 16))
+    grads, got = [], []
+    for _ in range(3):
+        model(x, x)[1].backward()
+        mats = [p for p in model.parameters() if p.dim() >= 2]
+        grads.append(torch.cat([p.grad.flatten() for p in mats]))
+        before = [p.detach().clone() for p in mats]
+        cos = stats.before_step()
+        opt.step()
+        got.append((cos, stats.after_step()))
+        assert got[-1][1] == max((p.detach() - b).abs().max().item() for p, b in zip(mats, before))
+        opt.zero_grad()
+    assert got[0][0] is None
+    for i in (1, 2):
+        g0, g1 = grads[i - 1].double(), grads[i].double()
+        assert got[i][0] == pytest.approx((g0 @ g1 / g0.norm() / g1.norm()).item(), abs=1e-6)
+
+
+def test_update_stats_only_read(tmp_path):
+    plain = train.train(cfg(tmp_path / "a"), quiet=True)
+    seen = train.train(cfg(tmp_path / "b", update_stats=True), quiet=True)
+    assert seen["train_loss"] == plain["train_loss"] and seen["final_val_loss"] == plain["final_val_loss"]
+    st = seen["decay_stats"]  # [step, lr, grad norm, cosine, max |update|, loss] per step
+    assert [r[0] for r in st] == list(range(1, 13)) and [r[5] for r in st] == plain["train_loss"]
+    assert [r[1] for r in st] == [train.lr_at(train.validate_config({**train.default_config(), **cfg(tmp_path)}), s)
+                                  for s in range(12)]
+    assert all(-1 <= r[3] <= 1 for r in st[1:]) and all(r[4] > 0 for r in st[1:])
+    assert st[0][1] == 0 and st[0][4] == 0  # warmup starts at lr 0: the first step moves no weight
+    windows = wsd.decay_windows(st, 12, 3)  # the last 3 stable steps (7-9) and the 3 decay steps (10-12)
+    assert windows[1]["grad_norm"] == pytest.approx(np.mean([r[2] for r in st[9:12]]))
+    assert windows[0]["loss_slope"] == pytest.approx(np.polyfit([7, 8, 9], [r[5] for r in st[6:9]], 1)[0])
+
+
+def test_held_out_sets_and_epochs(tmp_path):
+    res = train.train(cfg(tmp_path, eval_data="embedded"), quiet=True)
+    # the same data, batches and function as the run's own validation: the same number
+    assert res["val_bpb_by_set"] == {"embedded": res["final_val_bpb"]}
+    meta = corpus.TokenData("embedded").meta
+    assert res["epochs"] == round(12 * 8 * 32 / meta["train_tokens"], 3)
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text(json.dumps(dict(prompt="a", response="b")) + "\n")
+    with pytest.raises(train.ConfigError, match="eval_data .*under the run's tokenizer"):
+        train.train(cfg(tmp_path / "x", eval_data=str(rows)), quiet=True)
+
+
+def test_python_source_corpus_is_the_standard_library():
+    docs = corpus.python_source_documents()
+    assert len(docs) > 500 and sum(map(len, docs)) > 5_000_000  # Python 3.11: 1,790 files, 31.5 MB
+    assert "python_source" in corpus.BUILTIN and "embedded" in corpus.BUILTIN
+
+
+def test_seeds_of_a_sweep_and_their_wall_time(tmp_path):
+    runs = findings.with_seeds({"a": dict(seed=1, lr=1.0), "b": dict(seed=1)}, ["a"], 3)
+    assert runs == {"a": dict(seed=1, lr=1.0), "b": dict(seed=1), "a seed2": dict(seed=2, lr=1.0),
+                    "a seed3": dict(seed=3, lr=1.0)}
+    res = {k: dict(final_val_loss=i) for i, k in enumerate(runs)}
+    assert findings.per_seed(res, "a", 3) == [0, 2, 3]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({k: dict(seconds=1.5) for k in runs}))
+    assert findings.wall_s(str(f), ["a"]) == 4.5
+
+
+def test_a_finished_run_whose_checkpoints_are_gone_is_trained_again(tmp_path, monkeypatch):
+    # a stable run that later runs branch from: in a fresh clone its out_dir is missing, so it runs again
+    c = cfg(tmp_path / "stable", max_steps=6, eval_interval=6)
+    file = str(tmp_path / "r.json")
+    calls, real = [], train.train
+    monkeypatch.setattr(train, "train", lambda c_, quiet=False: calls.append(1) or real(c_, quiet))
+    first = train.sweep(file, {"stable": c})["stable"]
+    assert train.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1]
+    for f in os.listdir(tmp_path / "stable"):  # out_dir emptied: trained again, to the same numbers
+        os.remove(tmp_path / "stable" / f)
+    assert train.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1, 1]
+    assert os.path.isfile(tmp_path / "stable" / "ckpt.pt")
+
+
+def test_log2_vertex_is_the_parabola_through_the_minimum():
+    xs = [1, 2, 4, 8]
+    ys = [(math.log2(x) - 1.3) ** 2 for x in xs]  # an exact parabola in log2 x: the vertex is 2^1.3
+    assert findings.log2_vertex(xs, ys) == pytest.approx(2 ** 1.3)
+    assert findings.log2_vertex(xs, [0, 1, 2, 3]) == 1 and findings.log2_vertex(xs, [3, 2, 1, 0]) == 8
+
+
+def test_one_command_reruns_every_finding():
+    ids = {f["command"].split(" --seeds")[0] for f in findings.load().values()}
+    rerun = {c.split(" --seeds")[0] for c in report.RERUN}
+    assert ids <= rerun, f"findings recorded by commands that --rerun does not run: {ids - rerun}"
+    for c in report.RERUN:
+        assert os.path.isfile(os.path.join(ROOT, c.split()[1]))
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "python report.py --rerun" in readme
