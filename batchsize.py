@@ -86,19 +86,19 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
     from train import sweep
     if quick:  # 2-core CPU, ~3 minutes a seed
         sizes = {f"w{w}": ladder_keys(w, 2) for w in (32, 64, 128)}
-        seq, rows, budget = 64, [2, 4, 8, 16, 32, 64], 300_000
+        seq, rows, budget, data = 64, [2, 4, 8, 16, 32, 64], 300_000, "embedded"
     else:  # one GPU, about an hour
         sizes = {p: dict(preset=p) for p in ("tiny", "wt-9m", "wt-36m")}
-        seq, rows, budget = 256, [4, 8, 16, 32, 64, 128], 60_000_000
+        seq, rows, budget, data = 256, [4, 8, 16, 32, 64, 128], 60_000_000, "python_source"  # 2.1 epochs
     runs = {}
     for seed in range(1, seeds + 1):
         for name, model in sizes.items():
             for r in rows:
                 steps = max(20, budget // (r * seq))
-                runs[findings.seed_name(f"{name}_bs{r * seq}", seed)] = dict(
-                    preset="tiny", **model, out_dir="", batch_size=r, seq_len=seq, max_steps=steps, lr=0.01,
+                runs[findings.seed_name(f"{name}_bs{r * seq}", seed)] = {"preset": "tiny", **model, **dict(
+                    data=data, out_dir="", batch_size=r, seq_len=seq, max_steps=steps, lr=0.01,
                     schedule="cosine", warmup_steps=max(1, steps // 50), decay_steps=0,
-                    eval_interval=max(1, steps // 16), eval_steps=8, sample_tokens=0, seed=seed)
+                    eval_interval=max(1, steps // 16), eval_steps=8, sample_tokens=0, seed=seed)}
     tag = "_quick" if quick else ""
     file = os.path.join(out, "results", f"batchsize{tag}.json")
     results = sweep(file, runs, fresh=fresh, desc="batch-size sweep")

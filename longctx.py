@@ -261,6 +261,13 @@ def evaluate_methods(dirs, data, L, lengths, depths, trials, windows, digits=5):
     return grids, curves
 
 
+def evals_from_summary(summary):
+    """The per-seed (passkey {method: {length: [mean accuracy]}}, loss by position) evaluations stored in a
+    longctx summary, in the shape record_longctx_findings reads (to record again without evaluating again)."""
+    return {int(s): ({m: {int(T): [a] for T, a in acc.items()} for m, acc in v["passkey"].items()},
+                     v["loss_by_position"]) for s, v in summary["per_seed"].items()}
+
+
 def record_longctx_findings(evals, L, seeds, quick, wall):
     """The §7.2 verdicts over seeds: per seed, passkey error (1 - accuracy, mean over depths) at a length, and mean
     validation loss over a range of 8 position buckets of L tokens."""
@@ -274,6 +281,9 @@ def record_longctx_findings(evals, L, seeds, quick, wall):
             ("longctx_ntk_2L", f"NTK-aware scaling without training retrieves more passkeys at 2L = {2 * L} than "
              f"unchanged RoPE (passkey error)", "NTK-aware scaling extends the context without training", "b", "a",
              err("b", 2 * L), err("a", 2 * L)),
+            ("longctx_ntk_loss", f"NTK-aware scaling without training keeps the loss over positions L-4L "
+             f"({L}-{4 * L}) below unchanged RoPE's", "NTK-aware scaling extends the context without training", "b",
+             "a", loss("b", 1, 4), loss("a", 1, 4)),
             ("longctx_abf_vs_old_base_loss", f"ABF: continued training at 4L with the larger base ends with a lower "
              f"loss over positions L-4L ({L}-{4 * L}) than the same training with the old base",
              "ABF + continued long-context training (MiniCPM-128K)", "c", "d", loss("c", 1, 4), loss("d", 1, 4)),

@@ -139,7 +139,7 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
         model = dict(preset="tiny", **ladder_keys(128, 2), data="python_source")
         S1, S2, rows, seq, lr = 400, 1000, 16, 64, 0.004
     else:  # one GPU
-        model, S1, S2, rows, seq, lr = dict(preset="wt-9m"), 4000, 2000, 32, 256, 0.01
+        model, S1, S2, rows, seq, lr = dict(preset="wt-9m", data="python_source"), 4000, 2000, 32, 256, 0.01
     if steps:
         S1, S2 = steps, steps // 2
     tag = "_quick" if quick else ""

@@ -217,13 +217,13 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
         widths, layers, seq, rows, steps, depth_width, depths = [64, 128, 256, 512], 2, 64, 8, 100, 128, [2, 8]
     else:  # one GPU
         widths, layers, seq, rows, steps, depth_width, depths = [128, 256, 512, 1024], 4, 256, 32, 1500, 256, [4, 16]
-    depth_lrs = lrs[1:-1]
+    depth_lrs, data = lrs[1:-1], "embedded" if quick else "python_source"  # (GPU: 12M tokens a run)
 
     def run(w, L, use_mup, lr, seed, **kw):
         c = width_config(w, use_mup, L, **kw)
         model = {k: getattr(c, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                             "num_key_value_heads", "intermediate_size", "use_mup", *kw)}
-        return dict(preset="tiny", **model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=steps,
+        return dict(preset="tiny", **model, data=data, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=steps,
                     warmup_steps=steps // 10, decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
                     sample_tokens=0, seed=seed)
     runs = {}
@@ -277,13 +277,13 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
         cmd, hw = f"python mup.py transfer{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
         wall = findings.wall_s(file, [k.split(" seed")[0] for k in runs])
         findings.record("mup_width_transfer", "§3.3", f"the best base lr moves less across widths {widths[0]}-"
-                        f"{widths[-1]} under muP than under SP (|log2 shift|, octaves)",
+                        f"{widths[-1]} under muP than under SP (absolute log2 shift, octaves)",
                         "the optimal lr stays ~0.01 from 0.04B to 0.5B (Fig. 3)", "lower", "muP |shift|",
                         "SP |shift|", [abs(shift(lrs, per[s][0]["muP"])) for s in per],
                         [abs(shift(lrs, per[s][0]["SP"])) for s in per], cmd, hw, wall)
         findings.record("mup_depth_transfer", "§3.1", f"with residuals x scale_depth / sqrt(L), the best base lr "
                         f"moves less from {depths[0]} to {depths[-1]} layers than with plain residuals "
-                        f"(|log2 shift|, octaves; width {depth_width})", "depth muP: hyper-parameters transfer "
+                        f"(absolute log2 shift, octaves; width {depth_width})", "depth muP: hyper-parameters transfer "
                         "across depth", "lower", "depth-muP |shift|", "plain |shift|",
                         [abs(shift(depth_lrs, per[s][1]["depth-muP"])) for s in per],
                         [abs(shift(depth_lrs, per[s][1]["plain"])) for s in per], cmd, hw, wall)

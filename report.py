@@ -53,7 +53,7 @@ def ms(values, fmt=".3f"):
     """mean +- std (ddof 1) of a list, or the value alone for one seed."""
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt}}"
+    return f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt.lstrip('+')}}"
 
 
 def seeds_of(sweep, name, key="final_val_loss"):
@@ -98,8 +98,8 @@ def wsd_table():
     ref = seeds_of(sweep, f"Cosine(T={S})")
     rows = [f"| run (S = {S}) | final val loss, mean +- std (seeds) | minus Cosine(S), per seed: mean +- std |",
             "|---|---|---|"]
-    for name in sweep:
-        if " seed" in name or name == "stable":
+    for name in wsd.schedule_runs(dict(lr=sweep[f"Cosine(T={S})"]["config"]["lr"]), S, ""):  # the experiment's order
+        if name not in sweep or name == "stable":
             continue
         v = seeds_of(sweep, name)
         diff = [a - b for a, b in zip(v, ref)] if not name.startswith(("branch", "continued", "dedicated")) else []
@@ -114,10 +114,11 @@ def decay_analysis_table():
     wins = [wsd.decay_windows(st, S, S // 10) for st in seeds_of(sweep, "WSD exp 10.0%", "decay_stats")]
     rows = [f"| WSD exp 10%, S = {S} ({len(wins)} seeds) | last {S // 10} stable steps | the {S // 10} decay steps "
             f"| decay / stable |", "|---|---|---|---|"]
-    for key, what in (("max_update", "largest element-wise update"), ("grad_norm", "gradient norm"),
-                      ("grad_cos", "cosine of consecutive gradients"), ("loss_slope", "train loss slope per step")):
+    for key, what in (("lr", "learning rate (mean)"), ("max_update", "largest element-wise update"),
+                      ("grad_norm", "gradient norm"), ("grad_cos", "cosine of consecutive gradients"),
+                      ("loss_slope", "train loss slope per step (fitted)")):
         st, de = [w[0][key] for w in wins], [w[1][key] for w in wins]
-        fmt = ".2e" if key in ("max_update", "loss_slope") else ".3f"
+        fmt = ".2e" if key in ("lr", "max_update", "loss_slope") else ".3f"
         rows.append(f"| {what} | {ms(st, fmt)} | {ms(de, fmt)} | {ms([d / s for d, s in zip(de, st)], '.2f')} |")
     return "\n".join(rows)
 

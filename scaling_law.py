@@ -131,7 +131,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
     if quick:  # 2-core CPU, ~5 minutes a seed; python_source: no run repeats its corpus
         widths, layers, seq, rows, lr, data = [16, 24, 32, 48, 64], 2, 64, 16, 0.004, "python_source"
     else:
-        widths, layers, seq, rows, lr, data = [128, 256, 384, 512, 768], 8, 256, 32, 0.01, "embedded"
+        widths, layers, seq, rows, lr, data = [128, 256, 384, 512, 768], 8, 256, 32, 0.01, "python_source"
     tag = "_quick" if quick else ""
     runs, sizes, everys = {}, {}, {}
     for w in widths:
@@ -200,7 +200,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
         json.dump(summary, f, indent=1)
     plot(points, law, os.path.join(out, "assets", f"scaling_law{tag}.png"))
     print(f"fitted L(N, D) = {law.C_N:.4g} N^-{law.alpha:.3f} + {law.C_D:.4g} D^-{law.beta:.3f} + {law.L0:.3f} "
-          f"(nats/byte, mean over {', '.join(HELD_OUT if quick else ('embedded',))}; N non-embedding params, D "
+          f"(nats/byte, mean over {', '.join(HELD_OUT)}; N non-embedding params, D "
           f"tokens; seed 1; at most {summary['max_epochs']:.2f} epochs)")
     print(f"the runs span C = {c_lo:.2g} - {c_hi:.2g} FLOPs; D/N at C = {C_mid:.0e}: leave one size out "
           f"{spread['leave_size_out'][0]:.0f}-{spread['leave_size_out'][1]:.0f}, one D level out "
@@ -218,7 +218,7 @@ def ratio_at(C, law):
     return d / n
 
 
-def fit_spread(points, C, boot=40, seed=0):
+def fit_spread(points, C, boot=20, seed=0):
     """How much D_opt/N_opt at C (and alpha, beta) move with the data: [min, max] over fits leaving out one model
     size or one D level (the k-th branch of every size), and the 5-95% range over `boot` bootstrap resamples of
     the points (refits from 4 starts)."""

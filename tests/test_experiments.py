@@ -13,7 +13,7 @@ def test_wsd_quick_experiment_end_to_end_and_resumable(tmp_path, monkeypatch):
               "out-wsd-stable_quick/ckpt_000020.pt"):
         assert os.path.isfile(tmp_path / f), f
     final = s["final_val_loss"]
-    assert len(final) == 28 and all(1.5 < v < 5.0 for v in final.values())  # trained: well below ln(320) = 5.77
+    assert len(final) == 31 and all(1.5 < v < 5.0 for v in final.values())  # trained: well below ln(320) = 5.77
     assert s["gap_wsd10_minus_cosineS"] == pytest.approx(final["WSD exp 10.0%"] - final["Cosine(T=40)"])
     assert final["WSD exp 10.0%"] < final["stable"]  # the decay lowers the loss of the same run
     tokens = [b["tokens"] for b in s["branches"].values()]
