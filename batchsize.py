@@ -128,7 +128,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
                    pooled_b={str(s): f[1] for s, f in pooled.items()})
     if seeds >= 3:
         cmd, hw = f"python batchsize.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
-        wall = findings.wall_s(file, [k.split(" seed")[0] for k in runs])
+        wall = findings.wall_s(file)
         zeros = [0.0] * seeds
         findings.record("batchsize_within_model", "§3.2", f"within each model ({', '.join(sizes)}), a lower loss "
                         f"wants a larger batch: the per-model exponent b of bs_opt = a / L^b (mean over the models) "

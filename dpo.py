@@ -367,7 +367,7 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
         per_seed[seed], hist = summary, hist or h
     summary = per_seed[1]
     if seeds >= 3:
-        record_align_findings(per_seed, seeds, quick, findings.wall_s(file, [k.split(" seed")[0] for k in runs]))
+        record_align_findings(per_seed, seeds, quick, findings.wall_s(file))
     with open(os.path.join(out, "results", f"align_summary{tag}.json"), "w") as f:
         json.dump(dict(summary, seeds={str(k): v for k, v in per_seed.items()}), f, indent=1)
     print(f"held-out prompts ({len(held)}), seed 1: exact-match accuracy by task, characters right, loss of the "

@@ -45,7 +45,7 @@ def record(fid, section, claim_text, paper, claim, a, b, per_seed_a, per_seed_b,
     """Add or replace finding `fid` in results/findings.json; returns it."""
     diffs = [x - y for x, y in zip(per_seed_a, per_seed_b)]
     mean, noise, v = verdict(diffs, claim)
-    explanation = explanation or EXPLAIN.get(fid.split("_S")[0] if fid.startswith("wsd_decay_10") else fid, "")
+    explanation = explanation or explanation_of(fid, "")
     finding = dict(id=fid, section=section, claim=claim_text, paper=paper, arms=[a, b], test=claim,
                    ours=dict(a=per_seed_a, b=per_seed_b, diff_per_seed=diffs, diff_mean=mean, diff_std=noise,
                              seeds=len(diffs)),
@@ -101,12 +101,16 @@ EXPLAIN["longctx_1e6_loss_beyond"] = ("lower with 1e6 on every seed (diff_per_se
                                       "a difference three seeds do not resolve; more seeds are the next run")
 
 
+def explanation_of(fid, default):
+    """EXPLAIN's text for a finding; a decay-length control at another S (wsd_decay_10_percent_S2000) shares it."""
+    return EXPLAIN.get(fid.split("_S")[0] if fid.startswith("wsd_decay_10") else fid, default)
+
+
 def explain():
     """Attach EXPLAIN to the recorded findings (after editing it, without rerunning anything)."""
     allf = load()
     for fid, f in allf.items():
-        f["explanation"] = EXPLAIN.get(fid.split("_S")[0] if fid.startswith("wsd_decay_10") else fid,
-                                       f["explanation"])
+        f["explanation"] = explanation_of(fid, f["explanation"])
     write_json(FILE, allf)
 
 
@@ -134,11 +138,11 @@ def per_seed(res, name, seeds, key="final_val_loss"):
     return [res[seed_name(name, s)][key] for s in range(1, seeds + 1)]
 
 
-def wall_s(results_file, names):
-    """Seconds the runs of `names` (every seed) took, from a train.sweep results file."""
+def wall_s(results_file, names=None):
+    """Seconds the runs of `names` (every seed; None: every run) took, from a train.sweep results file."""
     with open(results_file) as f:
         done = json.load(f)
-    return sum(v["seconds"] for k, v in done.items() if k.split(" seed")[0] in names)
+    return sum(v["seconds"] for k, v in done.items() if names is None or k.split(" seed")[0] in names)
 
 
 def log2_vertex(xs, ys):

@@ -275,7 +275,7 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
     if seeds >= 3:
         per = {s: curves(s) for s in range(1, seeds + 1)}
         cmd, hw = f"python mup.py transfer{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
-        wall = findings.wall_s(file, [k.split(" seed")[0] for k in runs])
+        wall = findings.wall_s(file)
         findings.record("mup_width_transfer", "§3.3", f"the best base lr moves less across widths {widths[0]}-"
                         f"{widths[-1]} under muP than under SP (absolute log2 shift, octaves)",
                         "the optimal lr stays ~0.01 from 0.04B to 0.5B (Fig. 3)", "lower", "muP |shift|",

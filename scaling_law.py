@@ -184,11 +184,11 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
                    compute_range=[c_lo, c_hi], C_mid=C_mid, spread=spread,
                    max_epochs=max((p["epochs"] or 0) for p in points))
     if seeds >= 3:
-        laws = [fit_scaling_law(*([p[k] for p in per_seed[s]] for k in "NDL")) for s in range(1, seeds + 1)]
+        laws = [law] + [fit_scaling_law(*([p[k] for p in per_seed[s]] for k in "NDL")) for s in range(2, seeds + 1)]
         ratios = [math.log10(ratio_at(C_mid, lw)) for lw in laws]
         summary["per_seed"] = [dict(asdict(lw), log10_ratio_at_C_mid=r) for lw, r in zip(laws, ratios)]
         cmd, hw = f"python scaling_law.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
-        wall = findings.wall_s(file, [k.split(" seed")[0] for k in runs])
+        wall = findings.wall_s(file)
         findings.record("scaling_alpha_beta", "§4.5", "the fitted exponents satisfy alpha > beta (so D_opt/N_opt grows "
                         "with compute)", "alpha 0.29 > beta 0.23", "lower", "beta", "alpha",
                         [lw.beta for lw in laws], [lw.alpha for lw in laws], cmd, hw, wall)

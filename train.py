@@ -428,8 +428,8 @@ def run(cfg, quiet):
     log(f"{raw_model.describe()}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
         f"{tokens_per_step:,} tokens/step on {device} ({str(ptdtype).replace('torch.', '')}, "
         f"compile={use_compile}{', FSDP2' if fsdp else ''})")
-    if epochs(data, S * tokens_per_step):  # a run never repeats its corpus silently
-        log(f"{S:,} steps x {tokens_per_step:,} tokens = {epochs(data, S * tokens_per_step):.2f} epochs of "
+    if run_epochs := epochs(data, S * tokens_per_step):  # a run never repeats its corpus silently
+        log(f"{S:,} steps x {tokens_per_step:,} tokens = {run_epochs:.2f} epochs of "
             f"{cfg['data']}")
 
     def log_row(row):

@@ -192,6 +192,12 @@ def schedule_runs(base, S, stable_dir):
     return runs
 
 
+def dedicated(name):
+    """The dedicated Cosine run beside a branched or continued run: "branch 250+27" -> "dedicated Cosine(277)",
+    "continued 500->1000+111" -> "dedicated Cosine(1111)"."""
+    return f"dedicated Cosine({sum(int(x) for x in name.split()[-1].split('->')[-1].split('+'))})"
+
+
 def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1):
     """Every run of schedule_runs with seeds 1 .. `seeds` (init and data order); with >= 3 seeds the verdicts go to
     results/findings.json."""
@@ -223,7 +229,7 @@ def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1):
         if not k.startswith(("branch", "stable", "continued", "dedicated")):
             print(f"  {k:22s} {v:.4f}  ({v - cos_s:+.4f} vs Cosine(S))")
     for k, b in summary["branches"].items():
-        ded = "dedicated Cosine({})".format(sum(int(x) for x in k.split()[-1].split("->")[-1].split("+")))
+        ded = dedicated(k)
         print(f"  {k:22s} {b['tokens']:>10,} tokens  val {b['val_loss']:.4f}  ({ded}: {final[ded]:.4f})")
     plot_experiment(res, S, os.path.join(out, "assets", f"wsd_vs_cosine{tag}.png"))
     plot_decay_analysis(res, S, os.path.join(out, "assets", f"wsd_decay_analysis{tag}.png"))
@@ -284,18 +290,19 @@ def record_wsd_findings(res, S, seeds, quick, file):
         rec(f"wsd_shape_{shape}", f"MiniCPM's exp decay is not beaten by a {shape} decay (both over 10% of S)",
             "exp decay used for MiniCPM (no shape comparison given)", "no gain", f"WSD {shape} 10.0%", wsd10)
     branches = [k for k in res if k.startswith("branch ") and " seed" not in k]
-    dedicated = ["dedicated Cosine({})".format(sum(map(int, k.split()[1].split("+")))) for k in branches]
+    dedicated_runs = [dedicated(k) for k in branches]
     mean_of = {names[0]: [float(np.mean([findings.per_seed(res, n, seeds)[i] for n in names])) for i in range(seeds)]
-               for names in (branches, dedicated)}
+               for names in (branches, dedicated_runs)}
     rec("wsd_branches", f"decays branched off one stable run at {', '.join(k.split()[1] for k in branches)} steps "
         "end (on average) no higher than dedicated Cosine runs of the same lengths, at O(mC) instead of O(m^2 C)",
         "one stable run + branched decays trace the loss-vs-data curve (Fig. 6)", "no gain", "dedicated Cosine runs",
-        "WSD branches", mean_of[dedicated[0]], mean_of[branches[0]], wall_names=branches + dedicated + ["stable"])
+        "WSD branches", mean_of[dedicated_runs[0]], mean_of[branches[0]],
+        wall_names=branches + dedicated_runs + ["stable"])
     cont = next(k for k in res if k.startswith("continued") and " seed" not in k)
     rec("wsd_continual", f"continual training: the stable run taken on from S to 2S and decayed again "
         f"({cont.split()[1]}) ends no higher than a dedicated Cosine run of the whole length",
         "a WSD run can be continued and decayed again (Fig. 6)", "no gain",
-        "dedicated Cosine({})".format(sum(map(int, cont.split("->")[1].split("+")))), cont)
+        dedicated(cont), cont)
     d = S // 10
     win = [decay_windows(res[findings.seed_name(wsd10, s)]["decay_stats"], S, d) for s in range(1, seeds + 1)]
     stable_w, decay_w = [w[0] for w in win], [w[1] for w in win]
