@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 import findings
+from corpus import corpus_keys
 from findings import log2_vertex
 from model import ladder_keys
 from plots import quick_cli, save, subplots
@@ -80,26 +81,27 @@ def best_batch_per_loss(curves, levels):
 # ----------------------------------------------------------------------------------------------------------
 # experiment
 
-def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
+def experiment(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
     """3 model sizes x 6 batch sizes, each with seeds 1 .. seeds; per model and seed the best batch per loss level
-    and its own fit, and the paper's pooled fit; >= 3 seeds records the verdicts (findings.py)."""
+    and its own fit, and the paper's pooled fit; >= 3 seeds records the verdicts (findings.py). data: a corpus in
+    place of the setting's own (corpus.corpus_keys)."""
     from train import sweep
     if quick:  # 2-core CPU, ~3 minutes a seed
         sizes = {f"w{w}": ladder_keys(w, 2) for w in (32, 64, 128)}
-        seq, rows, budget, data = 64, [2, 4, 8, 16, 32, 64], 300_000, "embedded"
+        seq, rows, budget, default_data = 64, [2, 4, 8, 16, 32, 64], 300_000, "embedded"
     else:  # one GPU, about an hour
         sizes = {p: dict(preset=p) for p in ("tiny", "wt-9m", "wt-36m")}
-        seq, rows, budget, data = 256, [4, 8, 16, 32, 64, 128], 60_000_000, "python_source"  # 2.1 epochs
-    runs = {}
+        seq, rows, budget, default_data = 256, [4, 8, 16, 32, 64, 128], 60_000_000, "python_source"  # 2.1 epochs
+    corpus, runs = corpus_keys(data) if data else dict(data=default_data), {}
     for seed in range(1, seeds + 1):
         for name, model in sizes.items():
             for r in rows:
                 steps = max(20, budget // (r * seq))
-                runs[findings.seed_name(f"{name}_bs{r * seq}", seed)] = {"preset": "tiny", **model, **dict(
-                    data=data, out_dir="", batch_size=r, seq_len=seq, max_steps=steps, lr=0.01,
+                runs[findings.seed_name(f"{name}_bs{r * seq}", seed)] = {"preset": "tiny", **model, **corpus, **dict(
+                    out_dir="", batch_size=r, seq_len=seq, max_steps=steps, lr=0.01,
                     schedule="cosine", warmup_steps=max(1, steps // 50), decay_steps=0,
                     eval_interval=max(1, steps // 16), eval_steps=8, sample_tokens=0, seed=seed)}
-    tag = "_quick" if quick else ""
+    tag = findings.results_tag(quick, data)
     file = os.path.join(out, "results", f"batchsize{tag}.json")
     results = sweep(file, runs, fresh=fresh, desc="batch-size sweep")
 
@@ -127,7 +129,8 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
                    per_model_b={f"{n} seed{s}": f[1] for (n, s), f in fits.items()},
                    pooled_b={str(s): f[1] for s, f in pooled.items()})
     if seeds >= 3:
-        cmd, hw = f"python batchsize.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
+        cmd = f"python batchsize.py{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        hw = findings.this_machine()
         wall = findings.wall_s(file)
         zeros = [0.0] * seeds
         findings.record("batchsize_within_model", "§3.2", f"within each model ({', '.join(sizes)}), a lower loss "

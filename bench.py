@@ -24,9 +24,9 @@ import time
 import torch
 
 from dpo import write_task_data
-from findings import this_cpu
 from model import MiniCPM, MiniCPMConfig, export_llama
 from mup import configure_optimizer
+from system import hardware
 
 # peak dense bf16 FLOP/s by device name (MFU denominator)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -217,8 +217,9 @@ def bench_split(a):
             print(f"{kind:5s}: step 1 differs by <= {max(first):.1e} (relative), later steps by <= {max(later):.1e}")
     os.makedirs("results", exist_ok=True)
     with open(os.path.join("results", "batch_split_drift.json"), "w") as f:
-        json.dump(dict(command="python bench.py --modes split", hardware=this_cpu(), torch=torch.__version__,
-                       wall_s=round(time.perf_counter() - t0, 1), splits="1x8 vs 4x2 and 2x4, seeds 1337, 1, 2, 3",
+        json.dump(dict(command="python bench.py --modes split", hardware=hardware(torch.device("cpu")),
+                       torch=torch.__version__, wall_s=round(time.perf_counter() - t0, 1),
+                       splits="1x8 vs 4x2 and 2x4, seeds 1337, 1, 2, 3",
                        **out), f, indent=1)
 
 

@@ -513,6 +513,20 @@ def epochs(data, tokens):
     return round(tokens / n, 3) if n else None
 
 
+def corpus_keys(spec, bytes_only=""):
+    """The train.py keys that point an experiment's runs at corpus `spec` (a BUILTIN name or a directory that main()
+    prepared): data, and vocab_size when its tokenizer has more tokens than the models' default 320 (padded to a
+    multiple of 64). bytes_only: why an experiment needs the byte tokenizer (its own task data is byte-level)."""
+    try:
+        d = TokenData(spec)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"--data: {e}") from None
+    if bytes_only and d.meta["tokenizer"] != "bytes":
+        raise ConfigError(f"--data={spec} is tokenized with {d.meta['tokenizer']}, but {bytes_only}: prepare it "
+                          f"with --tokenizer bytes (python corpus.py --input ... --tokenizer bytes --out DIR)")
+    return dict(data=spec) if d.vocab_size <= 320 else dict(data=spec, vocab_size=-(-d.vocab_size // 64) * 64)
+
+
 def load_data(spec):
     """TokenData for one token source (as before), MixtureData for a mixture or any .jsonl source."""
     if "," in spec or spec.endswith(".jsonl") or ":" in spec.split("/")[-1]:

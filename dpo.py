@@ -39,7 +39,7 @@ from tqdm import tqdm
 import findings
 from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
 from configurator import ConfigError, exit_on_user_error
-from corpus import TokenData, chat_ids, embedded_documents, load_data, read_jsonl_rows
+from corpus import TokenData, chat_ids, corpus_keys, embedded_documents, load_data, read_jsonl_rows
 from mup import configure_optimizer, set_lr
 from plots import FRESH_HELP, SEEDS_HELP, save, subplots
 from system import all_mean, resolve_system, setup_distributed
@@ -303,13 +303,17 @@ def pretrain_val_loss(model, data, windows=16, seq_len=128, seed=0):
     return model(x, y)[1].item()
 
 
-def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
+def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1, data=None):
     """1. decay mixing (paper A-1 vs A-2): one stable run, two decays (pre-training data only / mixed with the SFT
     tasks), the same SFT after each, and the paper's B-2 control: A-1's decay with twice the SFT (far more task rows
     than the 30% of A-2's decay adds); 2. DPO on A-2 + SFT: held-out task score, reward curves, drift. Every run with
-    seeds 1 .. seeds (init, data order, DPO order); >= 3 records the verdicts (findings.py)."""
+    seeds 1 .. seeds (init, data order, DPO order); >= 3 records the verdicts (findings.py). data: the pre-training
+    corpus in place of the setting's own (corpus.corpus_keys; byte-tokenized, as the task sets are)."""
     from train import sweep
-    tag = "_quick" if quick else ""
+    # the embedded docs on the CPU (4.4 epochs); python_source on one GPU, which would go over them ~90 times
+    corpus = corpus_keys(data or ("embedded" if quick else "python_source"),
+                         bytes_only="the task sets are byte-tokenized (SFTData)")
+    tag = findings.results_tag(quick, data)
     files = write_task_data(os.path.join(out, "data", "tasks"))
     if quick:  # 2-core CPU
         model, S1, D, S_sft, rows, dpo_steps, n_val = dict(preset="tiny"), 300, 150, 800, 32, 60, 150
@@ -320,7 +324,7 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
     # standard parametrisation at lr 1e-3 for these shapes (as in longctx.py: the copy-like tasks need the lookup
     # heads that the tiny muP shape forms slowly); the decays end at 0.3 lr, and SFT trains at that final lr, as
     # the paper does; DPO at a tenth of it
-    base = dict(**model, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
+    base = dict(**model, **corpus, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
                 final_lr_ratio=0.3, batch_size=rows, seq_len=128, warmup_steps=max(1, S1 // 20))
     runs, dirs = {}, {}
     for seed in range(1, seeds + 1):
@@ -334,8 +338,9 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
         one = {
             "stable": dict(b, out_dir=d["stable"], max_steps=S1, decay_steps=0, eval_interval=S1 // 2),
             "A-1 decay (pre-training data)": dict(decay, out_dir=d["a1"], init_from=ck["stable"]),
-            "A-2 decay (70% pre-training + 30% SFT tasks)": dict(decay, out_dir=d["a2"], init_from=ck["stable"],
-                                                                 decay_data=f"embedded:0.7,{files['sft_train']}:0.3"),
+            "A-2 decay (70% pre-training + 30% SFT tasks)": dict(
+                decay, out_dir=d["a2"], init_from=ck["stable"],
+                decay_data=f"{corpus['data']}:0.7,{files['sft_train']}:0.3"),
             "A-1 + SFT": dict(sft, out_dir=d["a1sft"], init_from=ck["a1"]),
             "A-2 + SFT": dict(sft, out_dir=d["a2sft"], init_from=ck["a2"]),
             "A-1 + 2x SFT (B-2)": dict(sft, out_dir=d["b2sft"], init_from=ck["a1"], max_steps=S1 + D + 2 * S_sft,
@@ -345,7 +350,7 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
     file = os.path.join(out, "results", f"align{tag}.json")
     sweep(file, runs, desc="two-stage runs", fresh=fresh)
     held = task_examples("val", 300)[:n_val]  # the prompts of sft_val.jsonl, with their task names
-    text = TokenData()
+    text = TokenData(corpus["data"])
     enc = text.encoding()
     per_seed, hist = {}, None
     for seed, d in dirs.items():
@@ -367,7 +372,8 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
         per_seed[seed], hist = summary, hist or h
     summary = per_seed[1]
     if seeds >= 3:
-        record_align_findings(per_seed, seeds, quick, findings.wall_s(file))
+        record_align_findings(per_seed, seeds, f"python dpo.py --experiment{' --quick' if quick else ''} --seeds "
+                              f"{seeds}{findings.data_flag(data)}", findings.wall_s(file))
     with open(os.path.join(out, "results", f"align_summary{tag}.json"), "w") as f:
         json.dump(dict(summary, seeds={str(k): v for k, v in per_seed.items()}), f, indent=1)
     print(f"held-out prompts ({len(held)}), seed 1: exact-match accuracy by task, characters right, loss of the "
@@ -381,13 +387,12 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
     return summary
 
 
-def record_align_findings(per_seed, seeds, quick, wall):
+def record_align_findings(per_seed, seeds, cmd, wall):
     """The §5 / §7.1 verdicts over seeds, on the held-out task prompts."""
     def v(model, key):
         return [per_seed[s][model][key] if key == "task_loss" else 1 - per_seed[s][model]["score"]["all"]
                 for s in range(1, seeds + 1)]
-    cmd = f"python dpo.py --experiment{' --quick' if quick else ''} --seeds {seeds}"
-    hw = findings.this_cpu() if quick else "GPU"
+    hw = findings.this_machine()
     for fid, section, claim, paper, a, b, key in (
             ("two_stage_a2_vs_a1", "§5", "with the task data in the decay (A-2), the same SFT ends with a lower "
              "held-out task loss than after a decay on pre-training data only (A-1)", "A-2 > A-1 (Table 3)",
@@ -426,7 +431,8 @@ def plot(summary, hist, file):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", action="store_true", help="decay mixing A-1 vs A-2, then SFT vs SFT + DPO")
+    p.add_argument("--experiment", action="store_true", help="decay mixing A-1 vs A-2, then SFT vs SFT + DPO; "
+                   "--data DIR then names its pre-training corpus (byte-tokenized)")
     p.add_argument("--quick", action="store_true", help="with --experiment: tiny models on a 2-core CPU")
     p.add_argument("--fresh", action="store_true", help="with --experiment: " + FRESH_HELP)
     p.add_argument("--seeds", type=int, default=1, help="with --experiment: " + SEEDS_HELP)
@@ -435,7 +441,8 @@ def main(argv=None):
         p.add_argument(f"--{k}", type=int if v is None else type(v), default=v)
     a = vars(p.parse_args(argv))
     if a.pop("experiment"):
-        return experiment(quick=a["quick"], fresh=a["fresh"], seeds=a["seeds"])
+        return exit_on_user_error(lambda: experiment(quick=a["quick"], fresh=a["fresh"], seeds=a["seeds"],
+                                                     data=a["data"] or None))
     for k in ("quick", "fresh", "seeds"):
         a.pop(k)
     if a["write_data"]:

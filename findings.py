@@ -21,6 +21,7 @@ import statistics
 import sys
 
 import numpy as np
+import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 FILE = os.path.join(ROOT, "results", "findings.json")
@@ -59,9 +60,11 @@ def record(fid, section, claim_text, paper, claim, a, b, per_seed_a, per_seed_b,
 # what explains a finding that is not reproduced (or is within noise where the paper claims a gain): the experiment
 # that tests the explanation, by finding id; record() attaches it, `python findings.py --explain` re-attaches it
 EXPLAIN = {
-    "wsd_decay_10_percent": "control wsd_decay_10_percent_S2000 (python wsd.py --decay_length_at 2000): the 20% "
-                            "decay's advantage persists at 4x the steps, so it is not too few decay steps; at this "
-                            "scale (0.4M parameters, byte tokens) the gain of a longer decay has not saturated at 20%",
+    "wsd_decay_10_percent": "controls on python_source, which no run repeats (python wsd.py --decay_length_at 500 "
+                            "and 2000): at S = 500 the 20% decay still ends lower (wsd_decay_10_percent_S500), so it "
+                            "is not the 2.7 epochs of the embedded docs; at S = 2000 its advantage shrinks to within "
+                            "twice the noise (wsd_decay_10_percent_S2000: reproduced): the share of the steps a decay "
+                            "needs falls as the run grows, and 500 steps are too short for 10% to suffice",
     "cosine_T_long": "control cosine_T_long_tuned (each schedule at its best lr): Cosine(1.25 S) is still not worse, "
                      "so it is not an lr artefact; Cosine(1.25 S) keeps a higher lr at every step and never reaches "
                      "final_lr_ratio: at this scale the late phase of Cosine(S) anneals more than needed",
@@ -70,10 +73,10 @@ EXPLAIN = {
                          "model is data-limited, not capacity-limited), so the dense run's 1.66x tokens win",
     "moe_equal_tokens": "at D/N ~ 4 tokens per dense parameter the model is data-limited: the equal-compute row "
                         "(1.66x the tokens, dense) is far ahead, so tokens, not sparse capacity, limit the loss",
-    "longctx_ntk_2L": "the base models of seeds 2 and 3 did not learn retrieval at L within 900 steps (their "
-                      "passkey accuracy at L: 8% and 48%, results/longctx_summary_quick.json per_seed), so passkey "
-                      "comparisons rest on seed 1; the loss by position, longctx_ntk_loss, shows NTK's gain on "
-                      "every seed",
+    "longctx_ntk_2L": "the base models retrieve at L on some seeds only, and not the same ones at 900 and 1500 base "
+                      "steps (98%, 8%, 48% at 900; 25%, 10%, 100% at 1500: results/longctx_summary_quick.json "
+                      "per_seed): the tiny base forms and loses the lookup, so NTK has little to extend on two of "
+                      "three seeds; the loss by position, longctx_ntk_loss, shows NTK's gain on every seed",
     "longctx_abf_vs_old_base_loss": "the control itself explains it: (d) trains at 4L directly, which shows the "
                                     "model every angle it meets up to 4L, whatever the base; ABF's advantage is "
                                     "expected where long training is short next to the extension (4K -> 128K in "
@@ -97,20 +100,20 @@ EXPLAIN = {
 EXPLAIN["batchsize_pooled"] = EXPLAIN["batchsize_within_model"]
 EXPLAIN["cosine_T_long_tuned"] = EXPLAIN["cosine_T_long"]
 EXPLAIN["longctx_abf_vs_old_base_passkey"] = EXPLAIN["longctx_abf_vs_old_base_loss"]
-EXPLAIN["longctx_1e6_loss_beyond"] = ("lower with 1e6 on every seed (diff_per_seed), by less than twice the spread: "
-                                      "a difference three seeds do not resolve; more seeds are the next run")
+EXPLAIN["wsd_decay_10_percent_S500"] = EXPLAIN["wsd_decay_10_percent"]
 
 
 def explanation_of(fid, default):
-    """EXPLAIN's text for a finding; a decay-length control at another S (wsd_decay_10_percent_S2000) shares it."""
-    return EXPLAIN.get(fid.split("_S")[0] if fid.startswith("wsd_decay_10") else fid, default)
+    """EXPLAIN's text for a finding."""
+    return EXPLAIN.get(fid, default)
 
 
 def explain():
-    """Attach EXPLAIN to the recorded findings (after editing it, without rerunning anything)."""
+    """Attach EXPLAIN to the recorded findings (after editing it, without rerunning anything): EXPLAIN is where
+    every explanation is written, so a finding it no longer explains loses its text."""
     allf = load()
     for fid, f in allf.items():
-        f["explanation"] = explanation_of(fid, f["explanation"])
+        f["explanation"] = explanation_of(fid, "")
     write_json(FILE, allf)
 
 
@@ -155,7 +158,21 @@ def log2_vertex(xs, ys):
     return float(2 ** (-b / (2 * a))) if a > 0 else float(xs[i])
 
 
-def this_cpu():
+def results_tag(quick, data=None):
+    """The suffix of an experiment's results and figures: "_quick" for the 2-core CPU setting, and "_<corpus>" when
+    --data replaced the setting's corpus (so a run on a user's corpus never overwrites the committed results)."""
+    return ("_quick" if quick else "") + (f"_{os.path.basename(os.path.normpath(data))}" if data else "")
+
+
+def data_flag(data):
+    """The --data part of an experiment's command (recorded with its findings)."""
+    return f" --data {data}" if data else ""
+
+
+def this_machine():
+    """Where the runs of a finding trained: the GPU when there is one (the experiments' runs use it), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
     return f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()})"
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import findings
 from checkpoint import model_from_checkpoint
-from corpus import TokenData
+from corpus import TokenData, corpus_keys
 from model import MiniCPMConfig
 from plots import quick_cli, save, subplots
 # the formulas above, which model.py is built from (rope.py); named here too, where §7.2 is read
@@ -169,24 +169,27 @@ METHODS = {"a": "(a) RoPE, unchanged", "b": "(b) NTK-aware, no training", "c": "
            "d": "(d) control: (c) with the old base", "e": "(e) (c) with rope_theta 1e6"}
 
 
-def experiment(quick=False, out=None, fresh=False, seeds=1):
+def experiment(quick=False, out=None, fresh=False, seeds=1, data=None):
     """(a) unchanged RoPE, (b) NTK-aware scaling without training, (c) ABF + untie + continued training on the
     44/56 long/short mix, and two controls: (d) the same continued training with the old base (is it ABF, or only
     the training at 4L?) and (e) with a much larger base, 1e6; each evaluated at 1x-8x the training length L:
-    passkey heatmaps and loss by position. Every run with seeds 1 .. seeds; >= 3 records the verdicts."""
+    passkey heatmaps and loss by position. Every run with seeds 1 .. seeds; >= 3 records the verdicts. data: the
+    text corpus in place of the setting's own (corpus.corpus_keys)."""
     from train import sweep
     out = out or os.path.dirname(os.path.abspath(__file__))
-    tag = "_quick" if quick else ""
-    if quick:  # 2-core CPU, ~5 minutes a seed
+    tag = findings.results_tag(quick, data)
+    if quick:  # 2-core CPU, ~9 minutes a seed
         model = dict(preset="tiny")
-        L, S1, S2, rows, trials, windows, ratio = 128, 900, 150, 32, 8, 8, 0.9
+        L, S1, S2, rows, trials, windows, ratio = 128, 1500, 150, 32, 8, 8, 0.9
     else:  # one GPU
         model, L, S1, S2, rows, trials, windows, ratio = dict(preset="tiny"), 256, 3000, 600, 64, 32, 32, 0.75
     # the base model learns passkey retrieval at L from a mix of passkey rows (a fraction `ratio`) and text; the
-    # retrieval forms abruptly after some hundred steps, and fewer passkey rows delay it; the tiny shape learns it in
+    # retrieval forms abruptly after some hundred steps, and fewer passkey rows delay it (at S1 = 900, two of three
+    # seeds had not formed it yet: 8% and 48% at L, so the quick base trains 1500 steps); the tiny shape learns it in
     # standard parametrisation with scale_emb 1 (under muP with scale_emb 12 it stayed at chance for 3000 steps)
-    base = dict(**model, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
-                batch_size=rows, passkey_ratio=ratio)
+    # text rows: the embedded docs on the CPU (1.6 epochs: 90% of the rows are passkeys), python_source on a GPU
+    base = dict(**model, **corpus_keys(data or ("embedded" if quick else "python_source")), use_mup=False,
+                scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4, batch_size=rows, passkey_ratio=ratio)
     shape = MiniCPMConfig.from_preset(model["preset"], **{k: v for k, v in model.items() if k != "preset"})
     # ABF: a larger rope_theta, here the NTK-aware base for 8x (1e4 -> 8.6e4 at head_dim 64): long positions
     # rotate as slowly as 8x shorter ones did, and the short-range frequencies the model relies on barely move
@@ -208,12 +211,13 @@ def experiment(quick=False, out=None, fresh=False, seeds=1):
             runs[findings.seed_name(name, seed)] = dict(ext, out_dir=d[k], rope_theta=th)
     file = os.path.join(out, "results", f"longctx{tag}.json")
     res = sweep(file, runs, desc="long-context runs", fresh=fresh)
-    data = TokenData()
+    text_data = TokenData(base["data"])
     lengths, depths = [L, 2 * L, 4 * L, 8 * L], [0.0, 0.25, 0.5, 0.75, 1.0]
-    evals = {seed: evaluate_methods(dirs[seed], data, L, lengths, depths, trials, windows) for seed in dirs}
+    evals = {seed: evaluate_methods(dirs[seed], text_data, L, lengths, depths, trials, windows) for seed in dirs}
     grids, curves = evals[1]
     if seeds >= 3:
-        record_longctx_findings(evals, L, seeds, quick, findings.wall_s(file, ["base", "abf", "old base", "abf 1e6"]))
+        record_longctx_findings(evals, L, seeds, f"python longctx.py{' --quick' if quick else ''} --seeds {seeds}"
+                                f"{findings.data_flag(data)}", findings.wall_s(file))
     summary = dict(L=L, lengths=lengths, depths=depths, trials=trials, rope_theta_abf=theta,
                    passkey={n: {str(T): sum(g[T]) / len(depths) for T in lengths} for n, g in grids.items()},
                    passkey_by_depth={n: {str(T): g[T] for T in lengths} for n, g in grids.items()},
@@ -268,7 +272,7 @@ def evals_from_summary(summary):
                      v["loss_by_position"]) for s, v in summary["per_seed"].items()}
 
 
-def record_longctx_findings(evals, L, seeds, quick, wall):
+def record_longctx_findings(evals, L, seeds, cmd, wall):
     """The §7.2 verdicts over seeds: per seed, passkey error (1 - accuracy, mean over depths) at a length, and mean
     validation loss over a range of 8 position buckets of L tokens."""
     def err(k, T):
@@ -276,7 +280,7 @@ def record_longctx_findings(evals, L, seeds, quick, wall):
 
     def loss(k, lo, hi):  # buckets lo .. hi - 1, i.e. positions [lo L, hi L)
         return [sum(evals[s][1][METHODS[k]][lo:hi]) / (hi - lo) for s in range(1, seeds + 1)]
-    cmd, hw = f"python longctx.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu() if quick else "GPU"
+    hw = findings.this_machine()
     for fid, claim, paper, a, b, va, vb in (
             ("longctx_ntk_2L", f"NTK-aware scaling without training retrieves more passkeys at 2L = {2 * L} than "
              f"unchanged RoPE (passkey error)", "NTK-aware scaling extends the context without training", "b", "a",

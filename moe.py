@@ -35,10 +35,12 @@ import torch.nn as nn
 import findings
 from bench import timeit
 from checkpoint import read_jsonl
+from configurator import exit_on_user_error
+from corpus import corpus_keys
 # the layer and its balancing loss live with the model (model.py builds them); named here too, where §7.3 is read
 from model import (MLP, MiniCPM, MiniCPMConfig, MoE, expert_load, ladder_keys, load_balancing_loss,  # noqa: F401
                    model_config)
-from plots import FRESH_HELP, SEEDS_HELP, save, subplots
+from plots import DATA_HELP, FRESH_HELP, SEEDS_HELP, save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -129,21 +131,23 @@ def bench(d=512, f=1280, tokens=4096, E=8, k=2, reps=10, device="cpu"):
 # experiment
 
 
-def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
+def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1, data=None):
     """A dense run, then (per seed) the upcycled MoE beside the dense model continued for the same tokens and for
     the same active compute, each continuation ending in a 10% WSD decay; with >= 3 seeds the verdicts go to
     results/findings.json. The quick setting trains on python_source (~28M training tokens) so that no run repeats
-    its corpus (the embedded docs would be gone over 3-5 times)."""
+    its corpus (the embedded docs would be gone over 3-5 times). data: a corpus in place of python_source
+    (corpus.corpus_keys)."""
     from train import sweep
     if quick:  # 2-core CPU
-        model = dict(preset="tiny", **ladder_keys(128, 2), data="python_source")
+        model = dict(preset="tiny", **ladder_keys(128, 2))
         S1, S2, rows, seq, lr = 400, 1000, 16, 64, 0.004
     else:  # one GPU
-        model, S1, S2, rows, seq, lr = dict(preset="wt-9m", data="python_source"), 4000, 2000, 32, 256, 0.01
+        model, S1, S2, rows, seq, lr = dict(preset="wt-9m"), 4000, 2000, 32, 256, 0.01
     if steps:
         S1, S2 = steps, steps // 2
-    tag = "_quick" if quick else ""
-    base = dict(**model, lr=lr, batch_size=rows, seq_len=seq, sample_tokens=0, eval_steps=8, warmup_steps=S1 // 20)
+    tag = findings.results_tag(quick, data)
+    base = dict(**model, **corpus_keys(data or "python_source"), lr=lr, batch_size=rows, seq_len=seq, sample_tokens=0,
+                eval_steps=8, warmup_steps=S1 // 20)
     with torch.device("meta"):
         dense_n = MiniCPM(model_config(dict(base))).num_params()
         total, active = param_counts(MiniCPM(model_config(dict(base, num_experts=8, top_k=2))))
@@ -169,7 +173,8 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1):
     file = os.path.join(out, "results", f"moe{tag}.json")
     res = sweep(file, runs, desc="MoE sweep", fresh=fresh)
     if seeds >= 3:
-        cmd, hw = f"python moe.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu() if quick else "GPU"
+        cmd = f"python moe.py{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        hw = findings.this_machine()
         for fid, dense, what in (("moe_equal_tokens", "dense continued", "the same tokens"),
                                  ("moe_equal_compute", "dense continued, equal compute",
                                   f"the same active compute ({ratio:.2f}x the MoE's tokens)")):
@@ -220,13 +225,14 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--bench", action="store_true", help="time one MoE layer against the dense MLP")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.bench:
         bench(device=a.device)
     else:
-        experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds)
+        exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ import torch
 from tqdm import tqdm
 
 import findings
-from corpus import TokenData
+from configurator import exit_on_user_error
+from corpus import TokenData, corpus_keys
 from model import MiniCPM, MiniCPMConfig, ladder
-from plots import FRESH_HELP, SEEDS_HELP, save, subplots
+from plots import DATA_HELP, FRESH_HELP, SEEDS_HELP, save, subplots
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, "assets")
@@ -200,7 +201,7 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
                             "activations flat in width under muP (the wind tunnel's premise)", "lower",
                             f"muP {name} slope", f"SP {name} slope", slopes["muP"], slopes["SP"],
                             f"python mup.py coord --seeds {len(seeds)}" + (" --quick" if tag else ""),
-                            findings.this_cpu(), time.perf_counter() - t0)
+                            findings.this_machine(), time.perf_counter() - t0)
     return results
 
 
@@ -208,22 +209,24 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=ASSETS, tag=""):
 # learning-rate transfer (paper §3.3, Fig. 3): the loss-vs-lr curves of several widths share their minimum
 
 
-def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
+def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
     """Loss against lr for several widths (muP against SP), and for two depths at one width (with the depth scaling
-    scale_depth / sqrt(L) against plain residuals); every run with seeds 1 .. seeds; >= 3 records the verdicts."""
+    scale_depth / sqrt(L) against plain residuals); every run with seeds 1 .. seeds; >= 3 records the verdicts.
+    data: a corpus in place of the setting's own (corpus.corpus_keys)."""
     from train import sweep
     lrs = [0.000625, 0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04]
     if quick:  # 2-core CPU, ~6 minutes a seed (widths) + ~3 (depths)
         widths, layers, seq, rows, steps, depth_width, depths = [64, 128, 256, 512], 2, 64, 8, 100, 128, [2, 8]
     else:  # one GPU
         widths, layers, seq, rows, steps, depth_width, depths = [128, 256, 512, 1024], 4, 256, 32, 1500, 256, [4, 16]
-    depth_lrs, data = lrs[1:-1], "embedded" if quick else "python_source"  # (GPU: 12M tokens a run)
+    depth_lrs = lrs[1:-1]  # (GPU: 12M tokens a run)
+    corpus = corpus_keys(data) if data else dict(data="embedded" if quick else "python_source")
 
     def run(w, L, use_mup, lr, seed, **kw):
         c = width_config(w, use_mup, L, **kw)
         model = {k: getattr(c, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                             "num_key_value_heads", "intermediate_size", "use_mup", *kw)}
-        return dict(preset="tiny", **model, data=data, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=steps,
+        return dict(preset="tiny", **model, **corpus, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=steps,
                     warmup_steps=steps // 10, decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
                     sample_tokens=0, seed=seed)
     runs = {}
@@ -239,7 +242,7 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
                 for lr in depth_lrs:
                     kw = {} if mode == "depth-muP" else dict(scale_depth=math.sqrt(L))
                     runs[findings.seed_name(f"{mode}_L{L}_lr{lr}", seed)] = run(depth_width, L, True, lr, seed, **kw)
-    tag = "_quick" if quick else ""
+    tag = findings.results_tag(quick, data)
     file = os.path.join(out, "results", f"lr_transfer{tag}.json")
     res = sweep(file, runs, desc="lr transfer", fresh=fresh)
 
@@ -274,7 +277,8 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1):
               + " / ".join(f"{v:.4f}" for v in best.values()))
     if seeds >= 3:
         per = {s: curves(s) for s in range(1, seeds + 1)}
-        cmd, hw = f"python mup.py transfer{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
+        cmd = f"python mup.py transfer{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        hw = findings.this_machine()
         wall = findings.wall_s(file)
         findings.record("mup_width_transfer", "§3.3", f"the best base lr moves less across widths {widths[0]}-"
                         f"{widths[-1]} under muP than under SP (absolute log2 shift, octaves)",
@@ -333,6 +337,7 @@ def main():
                    help="coordinate check: seeds (default 3; 1 with --quick); lr transfer: " + SEEDS_HELP +
                    " (default 1)")
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--data", default=None, help="lr transfer: " + DATA_HELP)
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     p.add_argument("--quick", action="store_true", help="2-core CPU sizes: coord widths 64..512 with one seed; "
                                                         "tiny lr-transfer sweep")
@@ -343,7 +348,7 @@ def main():
     if a.experiment in ("coord", "all"):
         run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers, tag="_quick" if a.quick else "")
     if a.experiment in ("transfer", "all"):
-        lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1)
+        exit_on_user_error(lambda: lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1, data=a.data))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ README = os.path.join(ROOT, "README.md")
 RERUN = ["python mup.py coord --seeds 3",
          "python mup.py transfer --quick --seeds 3",
          "python wsd.py --quick --seeds 3",
+         "python wsd.py --decay_length_at 500 --seeds 3",
          "python wsd.py --decay_length_at 2000 --seeds 3",
          "python wsd.py --small_long --seeds 3",
          "python batchsize.py --quick --seeds 3",
@@ -39,8 +40,9 @@ RERUN = ["python mup.py coord --seeds 3",
          "python dpo.py --experiment --quick --seeds 3",
          "python moe.py --quick --seeds 3",
          "python longctx.py --quick --seeds 3"]
-SWEEPS = ["lr_transfer_quick", "wsd_quick", "wsd_decay_length_S2000_quick", "wsd_small_long_quick", "batchsize_quick",
-          "scaling_quick", "align_quick", "moe_quick", "longctx_quick"]  # the runs behind the findings
+SWEEPS = ["lr_transfer_quick", "wsd_quick", "wsd_decay_length_S500_quick", "wsd_decay_length_S2000_quick",
+          "wsd_small_long_quick", "batchsize_quick", "scaling_quick", "align_quick", "moe_quick",
+          "longctx_quick"]  # the runs behind the findings
 
 
 def read(name):
@@ -77,7 +79,8 @@ def epochs(run):
     data = run["config"]["data"]
     if "," in data or data.endswith(".jsonl"):
         return None
-    return corpus.epochs(token_data(data), run["metrics"]["tokens"])
+    # passkey rows (longctx.py) are generated, not read from the corpus
+    return corpus.epochs(token_data(data), run["metrics"]["tokens"] * (1 - run["config"].get("passkey_ratio", 0)))
 
 
 def findings_table():
@@ -267,7 +270,8 @@ def rerun(fresh=False):
     """Run every experiment of RERUN in turn (each resumes from its results/*.json unless fresh); the wall time of
     each goes to results/rerun.json."""
     file = os.path.join(RESULTS, "rerun.json")
-    log = dict(hardware=findings.this_cpu(), started=time.strftime("%Y-%m-%d %H:%M:%S"), fresh=fresh, experiments={})
+    log = dict(hardware=findings.this_machine(), started=time.strftime("%Y-%m-%d %H:%M:%S"), fresh=fresh,
+               experiments={})
     for cmd in RERUN:
         print(f"=== {cmd}{' --fresh' if fresh else ''}", flush=True)
         t0 = time.perf_counter()

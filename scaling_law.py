@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import findings
+from corpus import TokenData, corpus_keys
 from model import MiniCPM, ladder_keys, model_config
 from plots import quick_cli, save, subplots
 
@@ -122,17 +123,22 @@ def fit_scaling_law(N, D, L, delta=1e-3, top_k=32):
 HELD_OUT = ("python_source", "embedded")  # the quick runs' held-out sets: Python's source and its English docs
 
 
-def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
+def experiment(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
     """Per size: one stable WSD run to ~67 N tokens with checkpoints every ~10 N tokens, each branched into a 10%
     decay, so D sits at the same multiples of N for every size (paper: 10N-60N); the loss is the mean over the
     held-out sets, in nats per byte. The fit, its leave-one-out and bootstrap spread, and D_opt/N_opt inside the
-    compute range of the runs; every run with seeds 1 .. seeds, >= 3 records the verdicts (findings.py)."""
+    compute range of the runs; every run with seeds 1 .. seeds, >= 3 records the verdicts (findings.py). data: a
+    corpus in place of python_source (corpus.corpus_keys); held out: its own validation split, and the builtin sets
+    too when it is byte-tokenized like them."""
     from train import sweep
     if quick:  # 2-core CPU, ~5 minutes a seed; python_source: no run repeats its corpus
-        widths, layers, seq, rows, lr, data = [16, 24, 32, 48, 64], 2, 64, 16, 0.004, "python_source"
+        widths, layers, seq, rows, lr = [16, 24, 32, 48, 64], 2, 64, 16, 0.004
     else:
-        widths, layers, seq, rows, lr, data = [128, 256, 384, 512, 768], 8, 256, 32, 0.01, "python_source"
-    tag = "_quick" if quick else ""
+        widths, layers, seq, rows, lr = [128, 256, 384, 512, 768], 8, 256, 32, 0.01
+    corpus, tag = corpus_keys(data or "python_source"), findings.results_tag(quick, data)
+    # the held-out sets: the builtin ones when the corpus shares their byte tokenizer (eval sets must), and its own
+    same_tokens = TokenData(corpus["data"]).meta["tokenizer"] == "bytes"
+    held_out = (HELD_OUT if same_tokens else ()) + ((data,) if data and data not in HELD_OUT else ())
     runs, sizes, everys = {}, {}, {}
     for w in widths:
         model = dict(preset="tiny", **ladder_keys(w, layers))
@@ -140,7 +146,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
             sizes[w] = MiniCPM(model_config(model)).num_params()
         every = everys[w] = max(1, round(10 * sizes[w] / (rows * seq)))  # steps of 10 N tokens
         for seed in range(1, seeds + 1):
-            base = dict(**model, data=data, batch_size=rows, seq_len=seq, lr=lr, sample_tokens=0, seed=seed,
+            base = dict(**model, **corpus, batch_size=rows, seq_len=seq, lr=lr, sample_tokens=0, seed=seed,
                         eval_steps=16, warmup_steps=max(1, every // 4))
             stable_dir = os.path.join(out, "out-scaling" + tag, f"w{w}" + (f"-seed{seed}" if seed > 1 else ""))
             # one stable run per size (WSD with no decay: lr stays at eta), a checkpoint every 10 N tokens
@@ -152,7 +158,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
                 d = max(1, s // 9)  # decay = 10% of the branch's steps (paper §4.3)
                 runs[findings.seed_name(f"w{w}_decay{s}", seed)] = dict(
                     base, out_dir="", init_from=os.path.join(stable_dir, f"ckpt_{s:06d}.pt"), max_steps=s + d,
-                    decay_steps=d, ckpt_interval=10 ** 9, eval_interval=s + d, eval_data=",".join(HELD_OUT))
+                    decay_steps=d, ckpt_interval=10 ** 9, eval_interval=s + d, eval_data=",".join(held_out))
     file = os.path.join(out, "results", f"scaling{tag}.json")
     results = sweep(file, runs, desc="scaling-law sweep", fresh=fresh)
 
@@ -187,7 +193,8 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
         laws = [law] + [fit_scaling_law(*([p[k] for p in per_seed[s]] for k in "NDL")) for s in range(2, seeds + 1)]
         ratios = [math.log10(ratio_at(C_mid, lw)) for lw in laws]
         summary["per_seed"] = [dict(asdict(lw), log10_ratio_at_C_mid=r) for lw, r in zip(laws, ratios)]
-        cmd, hw = f"python scaling_law.py{' --quick' if quick else ''} --seeds {seeds}", findings.this_cpu()
+        cmd = f"python scaling_law.py{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        hw = findings.this_machine()
         wall = findings.wall_s(file)
         findings.record("scaling_alpha_beta", "§4.5", "the fitted exponents satisfy alpha > beta (so D_opt/N_opt grows "
                         "with compute)", "alpha 0.29 > beta 0.23", "lower", "beta", "alpha",
@@ -200,7 +207,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1):
         json.dump(summary, f, indent=1)
     plot(points, law, os.path.join(out, "assets", f"scaling_law{tag}.png"))
     print(f"fitted L(N, D) = {law.C_N:.4g} N^-{law.alpha:.3f} + {law.C_D:.4g} D^-{law.beta:.3f} + {law.L0:.3f} "
-          f"(nats/byte, mean over {', '.join(HELD_OUT)}; N non-embedding params, D "
+          f"(nats/byte, mean over {', '.join(held_out)}; N non-embedding params, D "
           f"tokens; seed 1; at most {summary['max_epochs']:.2f} epochs)")
     print(f"the runs span C = {c_lo:.2g} - {c_hi:.2g} FLOPs; D/N at C = {C_mid:.0e}: leave one size out "
           f"{spread['leave_size_out'][0]:.0f}-{spread['leave_size_out'][1]:.0f}, one D level out "

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 import findings
+from configurator import exit_on_user_error
+from corpus import corpus_keys
 from model import MiniCPM, ladder_keys, model_config
-from plots import FRESH_HELP, SEEDS_HELP, save, subplots
+from plots import DATA_HELP, FRESH_HELP, SEEDS_HELP, save, subplots
 
 DECAYS = ("exp", "linear", "cosine", "1-sqrt")
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -198,13 +200,13 @@ def dedicated(name):
     return f"dedicated Cosine({sum(int(x) for x in name.split()[-1].split('->')[-1].split('+'))})"
 
 
-def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1):
+def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1, data=None):
     """Every run of schedule_runs with seeds 1 .. `seeds` (init and data order); with >= 3 seeds the verdicts go to
-    results/findings.json."""
+    results/findings.json. data: a corpus in place of the setting's own (corpus.corpus_keys)."""
     from train import sweep
     model, S_, rows, seq, lr = setting(quick)
-    S = S or S_
-    tag = "_quick" if quick else ""
+    model, S = {**model, **(corpus_keys(data) if data else {})}, S or S_
+    tag = findings.results_tag(quick, data)
     base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S, warmup_steps=S // 40,
                 eval_interval=S // 10, eval_steps=8, sample_tokens=0)
     runs = {}
@@ -215,7 +217,8 @@ def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1):
     file = os.path.join(out, "results", f"wsd{tag}.json")
     res = sweep(file, runs, desc="WSD sweep", fresh=fresh)
     if seeds >= 3:
-        record_wsd_findings(res, S, seeds, quick, file)
+        record_wsd_findings(res, S, seeds, f"python wsd.py{' --quick' if quick else ''} --seeds {seeds}"
+                            f"{findings.data_flag(data)}", file)
     res = {k: r for k, r in res.items() if " seed" not in k}
     final = {k: r["final_val_loss"] for k, r in res.items()}
     cos_s = final[f"Cosine(T={S})"]
@@ -250,10 +253,9 @@ def decay_windows(stats, S, d):
     return out
 
 
-def record_wsd_findings(res, S, seeds, quick, file):
-    """The §4.3 and §4.4 verdicts over seeds 1 .. seeds (findings.py)."""
-    cmd = f"python wsd.py{' --quick' if quick else ''} --seeds {seeds}"
-    hw = findings.this_cpu() if quick else "one GPU"
+def record_wsd_findings(res, S, seeds, cmd, file):
+    """The §4.3 and §4.4 verdicts over seeds 1 .. seeds (findings.py), recorded with the command `cmd`."""
+    hw = findings.this_machine()
 
     def rec(fid, claim, paper, test, a, b, va=None, vb=None, explanation="", wall_names=None):
         va = va if va is not None else findings.per_seed(res, a, seeds)
@@ -322,21 +324,24 @@ def record_wsd_findings(res, S, seeds, quick, file):
 
 
 def decay_length_at(S, seeds=3, out=ROOT, fresh=False):
-    """The control for "10% of the steps suffice for the decay": 20% vs 10% exp decays at a longer S (the quick
-    model and batch), over seeds; if 10% is too few *steps* at S = 500, the gap should shrink as S grows."""
+    """The control for "10% of the steps suffice for the decay": 20% vs 10% exp decays at another S (the quick
+    model and batch), over seeds; if 10% is too few *steps* at S = 500, the gap should shrink as S grows. On
+    python_source, so that no run repeats its corpus (S = 2000 would go over the embedded docs 4.9 times, and a
+    longer decay could then win by fitting repeated text)."""
     from train import sweep
     model, _, rows, seq, lr = setting(quick=True)
-    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S,
+    base = dict(**model, data="python_source", out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S,
                 warmup_steps=S // 40, eval_interval=S, eval_steps=8, sample_tokens=0, decay="exp")
     runs = {f"WSD exp {f:.1%} seed{s}": dict(base, decay_steps=int(f * S), seed=s)
             for f in (0.1, 0.2) for s in range(1, seeds + 1)}
     file = os.path.join(out, "results", f"wsd_decay_length_S{S}_quick.json")
     res = sweep(file, runs, desc=f"decay length at S={S}", fresh=fresh)
     per = {f: [res[f"WSD exp {f:.1%} seed{s}"]["final_val_loss"] for s in range(1, seeds + 1)] for f in (0.1, 0.2)}
-    return findings.record(f"wsd_decay_10_percent_S{S}", "§4.3", f"at S = {S}: a decay over 10% of S is enough, 20% "
-                           f"does not end lower", "10% of the tokens suffice for the decay", "no gain",
+    return findings.record(f"wsd_decay_10_percent_S{S}", "§4.3", f"at S = {S}, on python_source (no repeated "
+                           f"text): a decay over 10% of S is enough, 20% does not end lower",
+                           "10% of the tokens suffice for the decay", "no gain",
                            "WSD exp 20.0%", "WSD exp 10.0%", per[0.2], per[0.1],
-                           f"python wsd.py --decay_length_at {S} --seeds {seeds}", findings.this_cpu(),
+                           f"python wsd.py --decay_length_at {S} --seeds {seeds}", findings.this_machine(),
                            findings.wall_s(file, [f"WSD exp {f:.1%}" for f in (0.1, 0.2)]))
 
 
@@ -367,7 +372,7 @@ def small_long_vs_large_short(seeds=3, out=ROOT, fresh=False):
         "matches 0.17B on "
         "40N tokens at ~4x the training compute (Fig. 7)", "no gain", large, small,
         findings.per_seed(res, large, seeds), findings.per_seed(res, small, seeds),
-        f"python wsd.py --small_long --seeds {seeds}", findings.this_cpu(), findings.wall_s(file, [large, small]))
+        f"python wsd.py --small_long --seeds {seeds}", findings.this_machine(), findings.wall_s(file, [large, small]))
 
 
 def plot_experiment(res, S, file):
@@ -438,6 +443,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny model on a 2-core CPU, ~5 minutes")
     p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--decay_length_at", type=int, metavar="S", help="only the control of the decay length: 20%% vs "
                    "10%% decays at S steps (the quick model), over --seeds")
     p.add_argument("--small_long", action="store_true", help="only §4.3's small model trained long against a 4x "
@@ -451,7 +457,7 @@ def main():
     plot_schedules(file, a.S, a.W)
     print(f"figure: {file}")
     if not a.plot_only:
-        experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds)
+        exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
 
 
 if __name__ == "__main__":

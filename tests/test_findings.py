@@ -38,3 +38,5 @@ def test_the_readme_shows_what_results_hold():
         assert f["ours"]["seeds"] >= 3 and f["command"] and f["hardware"] and f["wall_s"] > 0
         assert f["verdict"] == findings.verdict(f["ours"]["diff_per_seed"], f["test"])[2]
         assert f["verdict"] != "not reproduced" or f["explanation"], f"{f['id']}: not reproduced, unexplained"
+        # the explanation is EXPLAIN's, the one place explanations are written (python findings.py --explain)
+        assert f["explanation"] == findings.EXPLAIN.get(f["id"], ""), f"{f['id']}: stale explanation"

@@ -4,14 +4,23 @@ and the one command that reruns every finding."""
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import tiktoken
 import torch
 
+import batchsize
 import corpus
+import dpo
 import findings
+import longctx
+import moe
+import mup
 import report
+import scaling_law
 import train
 import wsd
 from conftest import ROOT, TINY, cfg
@@ -70,6 +79,17 @@ def test_held_out_sets_and_epochs(tmp_path):
         train.train(cfg(tmp_path / "x", eval_data=str(rows)), quiet=True)
 
 
+def test_epochs_count_only_rows_read_from_the_corpus(tmp_path):
+    # passkey rows (longctx.py) are generated: a run of half passkey rows goes over its corpus half as often
+    # (longctx's quick runs were once reported at 10.25 epochs of the embedded docs for ~1 epoch of its text)
+    res = train.train(cfg(tmp_path, seq_len=96, max_steps=6, eval_interval=6, passkey_ratio=0.5), quiet=True)
+    meta = corpus.TokenData("embedded").meta
+    assert res["epochs"] == round(6 * 8 * 96 * 0.5 / meta["train_tokens"], 3)
+    run = dict(config=train.validate_config({**train.default_config(), **cfg(tmp_path, seq_len=96,
+                                                                                passkey_ratio=0.5)}), metrics=res)
+    assert report.epochs(run) == res["epochs"]
+
+
 def test_python_source_corpus_is_the_standard_library():
     docs = corpus.python_source_documents()
     assert len(docs) > 500 and sum(map(len, docs)) > 5_000_000  # Python 3.11: 1,790 files, 31.5 MB
@@ -116,3 +136,52 @@ def test_one_command_reruns_every_finding():
         assert os.path.isfile(os.path.join(ROOT, c.split()[1]))
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "python report.py --rerun" in readme
+
+
+class _Captured(Exception):
+    pass
+
+
+def _capture_sweep(file, runs, desc="", fresh=False):
+    raise _Captured(file, runs)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("wsd", lambda out, d: wsd.experiment(out=out, data=d)),
+    ("lr_transfer", lambda out, d: mup.lr_transfer(out=out, data=d)),
+    ("batchsize", lambda out, d: batchsize.experiment(out=out, data=d)),
+    ("scaling", lambda out, d: scaling_law.experiment(out=out, data=d)),
+    ("moe", lambda out, d: moe.experiment(out=out, data=d)),
+    ("longctx", lambda out, d: longctx.experiment(out=out, data=d)),
+    ("align", lambda out, d: dpo.experiment(out=out, data=d))])
+def test_every_experiment_trains_on_the_corpus_given_with_data(tmp_path, monkeypatch, name, call):
+    # the one-GPU settings run on a corpus the user prepares (python corpus.py --input ... --out DIR): every run of
+    # the experiment reads it (SFT rows aside), and its results go to their own file beside the committed ones
+    web = tmp_path / "web"
+    corpus.prepare(str(web), corpus.embedded_documents()[:200])
+    monkeypatch.setattr(train, "sweep", _capture_sweep)
+    with pytest.raises(_Captured) as got:
+        call(str(tmp_path), str(web))
+    file, runs = got.value.args
+    assert file == str(tmp_path / "results" / f"{name}_web.json")
+    pre = [c for c in runs.values() if not c.get("data", "").endswith(".jsonl")]
+    assert pre and all(c["data"] == str(web) for c in pre)
+    assert all(str(web) in c["decay_data"] for c in runs.values() if c.get("decay_data"))
+    if name == "scaling":  # its held-out sets: the builtin byte-level ones and the corpus's own
+        assert {c.get("eval_data") for c in runs.values()} == {None, f"python_source,embedded,{web}"}
+
+
+def test_data_names_a_prepared_corpus_or_fails_in_one_line(tmp_path, monkeypatch):
+    with pytest.raises(train.ConfigError, match=r"--data: .*meta.json not found: run `python corpus.py --input"):
+        corpus.corpus_keys(str(tmp_path / "missing"))
+    big = tiktoken.Encoding(name="big", pat_str=corpus._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={"<|endoftext|>": 1000})
+    monkeypatch.setattr(corpus, "get_encoding", lambda name: big)
+    corpus.prepare(str(tmp_path / "big"), ["some text"] * 50, tokenizer="big")
+    # a larger vocabulary than the models' 320: the runs get a vocab_size that holds it, padded to 64
+    assert corpus.corpus_keys(str(tmp_path / "big")) == dict(data=str(tmp_path / "big"), vocab_size=1024)
+    with pytest.raises(train.ConfigError, match="tokenized with big, but the task sets are byte-tokenized"):
+        dpo.experiment(out=str(tmp_path), data=str(tmp_path / "big"))
+    r = subprocess.run([sys.executable, "batchsize.py", "--data", str(tmp_path / "missing")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--data: data=" in r.stderr
