@@ -92,7 +92,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
     else:  # one GPU, about an hour
         sizes = {p: dict(preset=p) for p in ("tiny", "wt-9m", "wt-36m")}
         seq, rows, budget, default_data = 256, [4, 8, 16, 32, 64, 128], 60_000_000, "python_source"  # 2.1 epochs
-    corpus, runs = corpus_keys(data) if data else dict(data=default_data), {}
+    corpus, runs = corpus_keys(data or default_data), {}
     for seed in range(1, seeds + 1):
         for name, model in sizes.items():
             for r in rows:
@@ -129,7 +129,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
                    per_model_b={f"{n} seed{s}": f[1] for (n, s), f in fits.items()},
                    pooled_b={str(s): f[1] for s, f in pooled.items()})
     if seeds >= 3:
-        cmd = f"python batchsize.py{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        cmd = findings.command("batchsize.py", quick, seeds, data)
         hw = findings.this_machine()
         wall = findings.wall_s(file)
         zeros = [0.0] * seeds

@@ -507,10 +507,11 @@ def load_eval_sets(spec, data, length):
     return sets
 
 
-def epochs(data, tokens):
-    """How many times `tokens` of training go over the training split of `data` (None for SFT rows / mixtures)."""
+def epochs(data, tokens, passkey_ratio=0.0):
+    """How many times `tokens` of training go over the training split of `data` (None for SFT rows / mixtures);
+    a fraction passkey_ratio of the rows is generated passkey documents (longctx.py), which read no corpus."""
     n = getattr(data, "meta", {}).get("train_tokens")
-    return round(tokens / n, 3) if n else None
+    return round(tokens * (1 - passkey_ratio) / n, 3) if n else None
 
 
 def corpus_keys(spec, bytes_only=""):

@@ -372,8 +372,8 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1, data=Non
         per_seed[seed], hist = summary, hist or h
     summary = per_seed[1]
     if seeds >= 3:
-        record_align_findings(per_seed, seeds, f"python dpo.py --experiment{' --quick' if quick else ''} --seeds "
-                              f"{seeds}{findings.data_flag(data)}", findings.wall_s(file))
+        record_align_findings(per_seed, seeds, findings.command("dpo.py --experiment", quick, seeds, data),
+                              findings.wall_s(file))
     with open(os.path.join(out, "results", f"align_summary{tag}.json"), "w") as f:
         json.dump(dict(summary, seeds={str(k): v for k, v in per_seed.items()}), f, indent=1)
     print(f"held-out prompts ({len(held)}), seed 1: exact-match accuracy by task, characters right, loss of the "

@@ -41,16 +41,15 @@ def verdict(diffs, claim):
     return mean, noise, v
 
 
-def record(fid, section, claim_text, paper, claim, a, b, per_seed_a, per_seed_b, command, hardware, wall_s,
-           explanation=""):
-    """Add or replace finding `fid` in results/findings.json; returns it."""
+def record(fid, section, claim_text, paper, claim, a, b, per_seed_a, per_seed_b, command, hardware, wall_s):
+    """Add or replace finding `fid` in results/findings.json, with EXPLAIN's explanation; returns it."""
     diffs = [x - y for x, y in zip(per_seed_a, per_seed_b)]
     mean, noise, v = verdict(diffs, claim)
-    explanation = explanation or explanation_of(fid, "")
     finding = dict(id=fid, section=section, claim=claim_text, paper=paper, arms=[a, b], test=claim,
                    ours=dict(a=per_seed_a, b=per_seed_b, diff_per_seed=diffs, diff_mean=mean, diff_std=noise,
                              seeds=len(diffs)),
-                   verdict=v, explanation=explanation, command=command, hardware=hardware, wall_s=round(wall_s, 1))
+                   verdict=v, explanation=EXPLAIN.get(fid, ""), command=command, hardware=hardware,
+                   wall_s=round(wall_s, 1))
     allf = load()
     allf[fid] = finding
     write_json(FILE, allf)
@@ -103,17 +102,12 @@ EXPLAIN["longctx_abf_vs_old_base_passkey"] = EXPLAIN["longctx_abf_vs_old_base_lo
 EXPLAIN["wsd_decay_10_percent_S500"] = EXPLAIN["wsd_decay_10_percent"]
 
 
-def explanation_of(fid, default):
-    """EXPLAIN's text for a finding."""
-    return EXPLAIN.get(fid, default)
-
-
 def explain():
     """Attach EXPLAIN to the recorded findings (after editing it, without rerunning anything): EXPLAIN is where
     every explanation is written, so a finding it no longer explains loses its text."""
     allf = load()
     for fid, f in allf.items():
-        f["explanation"] = explanation_of(fid, "")
+        f["explanation"] = EXPLAIN.get(fid, "")
     write_json(FILE, allf)
 
 
@@ -164,9 +158,10 @@ def results_tag(quick, data=None):
     return ("_quick" if quick else "") + (f"_{os.path.basename(os.path.normpath(data))}" if data else "")
 
 
-def data_flag(data):
-    """The --data part of an experiment's command (recorded with its findings)."""
-    return f" --data {data}" if data else ""
+def command(script, quick, seeds, data=None):
+    """The command an experiment's findings are recorded with: `script` ("wsd.py", "mup.py transfer", ...) and
+    the flags it ran with."""
+    return f"python {script}{' --quick' if quick else ''} --seeds {seeds}" + (f" --data {data}" if data else "")
 
 
 def this_machine():

@@ -216,8 +216,8 @@ def experiment(quick=False, out=None, fresh=False, seeds=1, data=None):
     evals = {seed: evaluate_methods(dirs[seed], text_data, L, lengths, depths, trials, windows) for seed in dirs}
     grids, curves = evals[1]
     if seeds >= 3:
-        record_longctx_findings(evals, L, seeds, f"python longctx.py{' --quick' if quick else ''} --seeds {seeds}"
-                                f"{findings.data_flag(data)}", findings.wall_s(file))
+        record_longctx_findings(evals, L, seeds, findings.command("longctx.py", quick, seeds, data),
+                                findings.wall_s(file))
     summary = dict(L=L, lengths=lengths, depths=depths, trials=trials, rope_theta_abf=theta,
                    passkey={n: {str(T): sum(g[T]) / len(depths) for T in lengths} for n, g in grids.items()},
                    passkey_by_depth={n: {str(T): g[T] for T in lengths} for n, g in grids.items()},

@@ -173,7 +173,7 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1, data=Non
     file = os.path.join(out, "results", f"moe{tag}.json")
     res = sweep(file, runs, desc="MoE sweep", fresh=fresh)
     if seeds >= 3:
-        cmd = f"python moe.py{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        cmd = findings.command("moe.py", quick, seeds, data)
         hw = findings.this_machine()
         for fid, dense, what in (("moe_equal_tokens", "dense continued", "the same tokens"),
                                  ("moe_equal_compute", "dense continued, equal compute",

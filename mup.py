@@ -220,7 +220,7 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
     else:  # one GPU
         widths, layers, seq, rows, steps, depth_width, depths = [128, 256, 512, 1024], 4, 256, 32, 1500, 256, [4, 16]
     depth_lrs = lrs[1:-1]  # (GPU: 12M tokens a run)
-    corpus = corpus_keys(data) if data else dict(data="embedded" if quick else "python_source")
+    corpus = corpus_keys(data or ("embedded" if quick else "python_source"))
 
     def run(w, L, use_mup, lr, seed, **kw):
         c = width_config(w, use_mup, L, **kw)
@@ -277,7 +277,7 @@ def lr_transfer(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
               + " / ".join(f"{v:.4f}" for v in best.values()))
     if seeds >= 3:
         per = {s: curves(s) for s in range(1, seeds + 1)}
-        cmd = f"python mup.py transfer{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        cmd = findings.command("mup.py transfer", quick, seeds, data)
         hw = findings.this_machine()
         wall = findings.wall_s(file)
         findings.record("mup_width_transfer", "§3.3", f"the best base lr moves less across widths {widths[0]}-"

@@ -79,8 +79,7 @@ def epochs(run):
     data = run["config"]["data"]
     if "," in data or data.endswith(".jsonl"):
         return None
-    # passkey rows (longctx.py) are generated, not read from the corpus
-    return corpus.epochs(token_data(data), run["metrics"]["tokens"] * (1 - run["config"].get("passkey_ratio", 0)))
+    return corpus.epochs(token_data(data), run["metrics"]["tokens"], run["config"].get("passkey_ratio", 0))
 
 
 def findings_table():

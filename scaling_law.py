@@ -193,7 +193,7 @@ def experiment(quick=False, out=ROOT, fresh=False, seeds=1, data=None):
         laws = [law] + [fit_scaling_law(*([p[k] for p in per_seed[s]] for k in "NDL")) for s in range(2, seeds + 1)]
         ratios = [math.log10(ratio_at(C_mid, lw)) for lw in laws]
         summary["per_seed"] = [dict(asdict(lw), log10_ratio_at_C_mid=r) for lw, r in zip(laws, ratios)]
-        cmd = f"python scaling_law.py{' --quick' if quick else ''} --seeds {seeds}{findings.data_flag(data)}"
+        cmd = findings.command("scaling_law.py", quick, seeds, data)
         hw = findings.this_machine()
         wall = findings.wall_s(file)
         findings.record("scaling_alpha_beta", "§4.5", "the fitted exponents satisfy alpha > beta (so D_opt/N_opt grows "

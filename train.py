@@ -428,8 +428,7 @@ def run(cfg, quiet):
     log(f"{raw_model.describe()}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
         f"{tokens_per_step:,} tokens/step on {device} ({str(ptdtype).replace('torch.', '')}, "
         f"compile={use_compile}{', FSDP2' if fsdp else ''})")
-    text_share = 1 - cfg["passkey_ratio"]  # passkey rows are generated: they do not go over the corpus
-    if run_epochs := epochs(data, S * tokens_per_step * text_share):  # a run never repeats its corpus silently
+    if run_epochs := epochs(data, S * tokens_per_step, cfg["passkey_ratio"]):  # never repeats its corpus silently
         log(f"{S:,} steps x {tokens_per_step:,} tokens = {run_epochs:.2f} epochs of {cfg['data']}")
 
     def log_row(row):
@@ -531,7 +530,7 @@ def run(cfg, quiet):
                   final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
                   final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
                   final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None,
-                  epochs=epochs(data, step * tokens_per_step * text_share))
+                  epochs=epochs(data, step * tokens_per_step, cfg["passkey_ratio"]))
     if master and out_dir and not stopped:  # what the run did, where, how fast: the numbers a README may quote
         write_json(os.path.join(out_dir, "summary.json"), dict(
             command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("train.py") else None,

@@ -217,8 +217,7 @@ def experiment(quick=False, out=ROOT, S=None, fresh=False, seeds=1, data=None):
     file = os.path.join(out, "results", f"wsd{tag}.json")
     res = sweep(file, runs, desc="WSD sweep", fresh=fresh)
     if seeds >= 3:
-        record_wsd_findings(res, S, seeds, f"python wsd.py{' --quick' if quick else ''} --seeds {seeds}"
-                            f"{findings.data_flag(data)}", file)
+        record_wsd_findings(res, S, seeds, findings.command("wsd.py", quick, seeds, data), file)
     res = {k: r for k, r in res.items() if " seed" not in k}
     final = {k: r["final_val_loss"] for k, r in res.items()}
     cos_s = final[f"Cosine(T={S})"]
@@ -257,11 +256,11 @@ def record_wsd_findings(res, S, seeds, cmd, file):
     """The §4.3 and §4.4 verdicts over seeds 1 .. seeds (findings.py), recorded with the command `cmd`."""
     hw = findings.this_machine()
 
-    def rec(fid, claim, paper, test, a, b, va=None, vb=None, explanation="", wall_names=None):
+    def rec(fid, claim, paper, test, a, b, va=None, vb=None, wall_names=None):
         va = va if va is not None else findings.per_seed(res, a, seeds)
         vb = vb if vb is not None else findings.per_seed(res, b, seeds)
         findings.record(fid, "§4.4" if fid.startswith("decay_") else "§4.3", claim, paper, test, a, b, va, vb,
-                        cmd, hw, findings.wall_s(file, wall_names or (a, b)), explanation)
+                        cmd, hw, findings.wall_s(file, wall_names or (a, b)))
 
     cos, wsd10, cos125 = f"Cosine(T={S})", "WSD exp 10.0%", f"Cosine(T={int(1.25 * S)})"
 
@@ -449,6 +448,8 @@ def main():
     p.add_argument("--small_long", action="store_true", help="only §4.3's small model trained long against a 4x "
                    "larger one trained short (quick models), over --seeds")
     a = p.parse_args()
+    if a.data and (a.decay_length_at or a.small_long):  # their corpus is python_source, by design
+        p.error("--data applies to the schedule experiment, not to --decay_length_at or --small_long")
     if a.decay_length_at or a.small_long:
         print(decay_length_at(a.decay_length_at, max(3, a.seeds), fresh=a.fresh) if a.decay_length_at else
               small_long_vs_large_short(max(3, a.seeds), fresh=a.fresh))

@@ -185,3 +185,7 @@ def test_data_names_a_prepared_corpus_or_fails_in_one_line(tmp_path, monkeypatch
     r = subprocess.run([sys.executable, "batchsize.py", "--data", str(tmp_path / "missing")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--data: data=" in r.stderr
+    # the controls on python_source take no --data: said, not silently ignored
+    r = subprocess.run([sys.executable, "wsd.py", "--small_long", "--data", str(tmp_path / "big")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--data applies to the schedule experiment" in r.stderr
