@@ -235,17 +235,24 @@ def train_dpo(cfg, quiet=False):
         with autocast:
             lp = sequence_logps(m, torch.cat([cw[idx], rw[idx]]).to(device), torch.cat([cl[idx], rl[idx]]).to(device))
         return lp[:len(idx)], lp[len(idx):]
+    B, A = cfg["batch_size"], cfg["grad_accum"]
+    global_batch = B * A * world
+    # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
+    orders = [torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(rows), global_batch))
+              for step in range(S)]
+    used = torch.cat(orders).unique()
     model.eval()
-    with torch.no_grad():  # the reference is the initial policy: its log-probs once, then only the policy is kept
-        chunks = tqdm(range(0, len(rows), 64), disable=quiet or not master, desc="DPO reference log-probs")
-        ref = [torch.cat(t) for t in zip(*(logps(model, torch.arange(i, min(i + 64, len(rows)))) for i in chunks))]
+    with torch.no_grad():  # the reference is the initial policy: its log-probs once, for the pairs drawn (a short
+        # run draws few of them), then only the policy is kept
+        ref = torch.full((2, len(rows)), math.nan)
+        for i in tqdm(range(0, len(used), 64), disable=quiet or not master, desc="DPO reference log-probs"):
+            idx = used[i:i + 64]
+            ref[0, idx], ref[1, idx] = (lp.float().cpu() for lp in logps(model, idx))
     model.train()
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
     raw = model
     if world > 1:
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    B, A = cfg["batch_size"], cfg["grad_accum"]
-    global_batch = B * A * world
     os.makedirs(cfg["out_dir"], exist_ok=True) if master else None
     metrics_path = os.path.join(cfg["out_dir"], "metrics.jsonl")
     if master:
@@ -255,7 +262,7 @@ def train_dpo(cfg, quiet=False):
         t0 = time.perf_counter()
         lr_now = lr_at(step)
         set_lr(optimizer, lr_now)
-        order = torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(rows), global_batch))
+        order = orders[step]
         stats = torch.zeros(7, device=device)
         for micro in range(A):
             lo = (rank * A + micro) * B

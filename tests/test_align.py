@@ -147,15 +147,26 @@ def test_decay_phase_switches_data_at_T(tmp_path):
         train.train(cfg(tmp_path / "e", decay_data=mix, decay_steps=0), quiet=True)
 
 
-def test_dpo_trains_from_an_sft_checkpoint(tmp_path):
+def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
     data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
     train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=4, decay_steps=0,
                     warmup_steps=0, eval_interval=4), quiet=True)
+    reference_rows, logps = [], dpo.sequence_logps
+
+    def counted(model, input_ids, labels):
+        if not torch.is_grad_enabled():
+            reference_rows.extend(input_ids.tolist())
+        return logps(model, input_ids, labels)
+    monkeypatch.setattr(dpo, "sequence_logps", counted)
     res = dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
                              lr=3e-3, max_steps=12, warmup_steps=0, decay_steps=2, batch_size=8, device="cpu"),
                         quiet=True)
     h = res["history"]
     assert h[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    # the reference log-probs are computed once for each pair the 12 steps x 8 draw (not for all 200 pairs)
+    drawn = {int(i) for s in range(12) for i in np.random.default_rng([dpo.DEFAULTS["seed"], s]).integers(0, 200, 8)}
+    assert len(reference_rows) == 2 * len(drawn) < 2 * 96
+    monkeypatch.undo()
     assert h[-1]["loss"] < h[0]["loss"] - 0.05 and h[-1]["rewards/margins"] > 0
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
             "logps/rejected"} <= set(rows(tmp_path / "d")[0])
