@@ -48,7 +48,8 @@ def get_encoding(name="bytes"):
         return tiktoken.Encoding(name="bytes", pat_str=_PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
                                  special_tokens={t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)})
     if name not in tiktoken.list_encoding_names():
-        raise ValueError(f"unknown tokenizer {name!r}: use 'bytes' or one of {', '.join(tiktoken.list_encoding_names())}")
+        names = ", ".join(tiktoken.list_encoding_names())
+        raise ValueError(f"unknown tokenizer {name!r}: use 'bytes' or one of {names}")
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network and nothing cached: tiktoken raises a requests/urllib error
@@ -383,7 +384,8 @@ class SFTData:
         self.vocab_size = self.enc.n_vocab
         rows = read_jsonl_rows(path, "chat")
         ex = [chat_ids(self.enc, r["turns"]) for r in rows]
-        self.split = {"train": [e for i, e in enumerate(ex) if i % 10], "val": [e for i, e in enumerate(ex) if not i % 10]}
+        self.split = {"train": [e for i, e in enumerate(ex) if i % 10],
+                      "val": [e for i, e in enumerate(ex) if not i % 10]}
         if not self.split["train"]:
             self.split["train"] = self.split["val"]
         # val_bpb: the loss covers the response tokens only (" " + response + <|endoftext|>, counted as one byte as

@@ -181,8 +181,9 @@ DEFAULTS = dict(init_from="", data="", out_dir="out-dpo", beta=0.1, lr=1e-5, wei
 
 
 def train_dpo(cfg, quiet=False):
-    """DPO from a train.py checkpoint (the SFT model: policy init and frozen reference). Reference log-probs of
-    every pair are computed once, then the reference is dropped. Logs TRL's metric names to metrics.jsonl."""
+    """DPO from a train.py checkpoint (the SFT model: policy init and frozen reference). The pairs of every step are
+    drawn up front; the reference log-probs of those pairs are computed once, then the reference is dropped. Logs
+    TRL's metric names to metrics.jsonl."""
     cfg = {**DEFAULTS, **cfg}
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
@@ -317,8 +318,8 @@ def experiment(quick=False, out=ROOT, steps=None, fresh=False, seeds=1, data=Non
     seeds 1 .. seeds (init, data order, DPO order); >= 3 records the verdicts (findings.py). data: the pre-training
     corpus in place of the setting's own (corpus.corpus_keys; byte-tokenized, as the task sets are)."""
     from train import sweep
-    # the embedded docs on the CPU (4.4 epochs); python_source on one GPU, which would go over them ~90 times
-    corpus = corpus_keys(data or ("embedded" if quick else "python_source"),
+    # python_source: the quick runs would go over the embedded docs 4.4 times, one GPU's ~90 times
+    corpus = corpus_keys(data or "python_source",
                          bytes_only="the task sets are byte-tokenized (SFTData)")
     tag = findings.results_tag(quick, data)
     files = write_task_data(os.path.join(out, "data", "tasks"))

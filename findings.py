@@ -86,12 +86,14 @@ EXPLAIN = {
     "batchsize_within_model": "the best batch per loss level jumps between seeds (per-model b from -15 to +13, the "
                               "batch-size table): with 300k tokens a run and loss levels within ~0.3 nats, the "
                               "tokens-to-reach of neighbouring batches differ by less than the seed noise",
-    "two_stage_a2_vs_a1": "the SFT's task loss varies more across seeds (std ~0.3 nats, the two-stage table) than "
-                          "the A-2 gain; seed 1 alone shows it strongly (0.65 vs 1.31)",
-    "two_stage_a2_vs_b2": "the control B-2 (twice the SFT) matches A-2 + SFT: at this scale extra SFT steps buy what "
-                          "task data in the decay buys, within the seed noise of the SFT",
-    "dpo_score": "DPO lowers both log-likelihoods on the training pairs (logps/chosen and logps/rejected, "
-                 "results/align_summary_quick.json): the held-out exact answers fall with the chosen likelihood",
+    "two_stage_a2_vs_a1": "A-2 + SFT is lower on every seed (by 0.09, 0.02, 0.17 nats), but the gain varies across "
+                          "seeds by about as much as its mean: more seeds or a longer SFT are the next run",
+    "two_stage_a2_vs_b2": "the control B-2 (twice the SFT) is lower than A-2 + SFT on two seeds of three: at this "
+                          "scale extra SFT steps buy at least what task data in the decay buys",
+    "dpo_score": "DPO lowers both log-likelihoods on its training pairs, the chosen one too (seed 1: logps/chosen "
+                 "-0.43 -> -3.54, logps/rejected -9.76 -> -23.26, results/align_summary_quick.json), and the held-out "
+                 "task loss of the correct answers rises (0.52 -> 1.33, the two-stage table): the exact answers fall "
+                 "with the chosen likelihood, the known failure of the sigmoid loss at a tiny scale",
     "scaling_alpha_beta": "the exponents are not determined by 5 sizes of 5k-95k parameters: leaving one size out "
                           "moves alpha over 0.08-0.88 (seed 1, the scaling-law table), and seed 2's fit puts L_0 at "
                           "0; the D/N verdict does not depend on them being resolved",

@@ -60,8 +60,8 @@ def upcycle_state_dict(dense_state, config, seed=0):
     std = config.init_std / math.sqrt(config.width_mult)
     ref = dense_state["model.embed_tokens.weight"]
     for i in range(config.num_hidden_layers):
-        state[f"model.layers.{i}.mlp.router.weight"] = (torch.randn(E, config.hidden_size, generator=g)
-                                                         * std).to(ref.dtype).to(ref.device)
+        router = torch.randn(E, config.hidden_size, generator=g) * std
+        state[f"model.layers.{i}.mlp.router.weight"] = router.to(ref.dtype).to(ref.device)
     return state
 
 

@@ -63,8 +63,9 @@ def compute_optimal(C, law):
     """(N_opt, D_opt) minimising law(N, D) subject to 6 N D = C (C in FLOPs, N in parameters, D in tokens)."""
     a, b = law.alpha, law.beta
     if not (a > 0 and b > 0 and law.C_N > 0 and law.C_D > 0):
-        raise ValueError(f"the law has alpha={a:.3g}, beta={b:.3g}, C_N={law.C_N:.3g}, C_D={law.C_D:.3g}: loss does not "
-                         f"fall with both N and D, so no compute-optimal allocation exists (fit more/larger runs)")
+        raise ValueError(f"the law has alpha={a:.3g}, beta={b:.3g}, C_N={law.C_N:.3g}, C_D={law.C_D:.3g}: loss "
+                         f"does not fall with both N and D, so no compute-optimal allocation exists "
+                         f"(fit more/larger runs)")
     c = C / law.unit ** 2 / 6
     G = (a * law.C_N / (b * law.C_D)) ** (1 / (a + b))
     N = G * c ** (b / (a + b))

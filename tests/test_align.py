@@ -102,9 +102,9 @@ def test_malformed_sft_rows_name_their_line(tmp_path, line, msg):
     with pytest.raises(ValueError, match=msg.replace("line_2", "bad.jsonl:2")):
         corpus.read_jsonl_rows(f, "chat")
     with pytest.raises(ValueError, match="bad.jsonl:2: field 'rejected' is missing"):
-        corpus.read_jsonl_rows(write(tmp_path / "bad.jsonl", ['{"prompt": "a", "chosen": "b", "rejected": "c"}\n',
-                                                                '{"prompt": "a", "chosen": "b"}\n']),
-                               ("prompt", "chosen", "rejected"))
+        bad = write(tmp_path / "bad.jsonl", ['{"prompt": "a", "chosen": "b", "rejected": "c"}\n',
+                                             '{"prompt": "a", "chosen": "b"}\n'])
+        corpus.read_jsonl_rows(bad, ("prompt", "chosen", "rejected"))
     with pytest.raises(SystemExit):  # the CLI: one line, no traceback
         train.main([f"--data={f}", "--out_dir=", "--max_steps=2", "--decay_steps=0", "--warmup_steps=0"])
 

@@ -16,8 +16,8 @@ def small(**kw):
     return MiniCPMConfig(**{**base, **kw})
 
 
-SHAPES = {"mha": {}, "gqa": dict(num_key_value_heads=2), "mqa-untied": dict(num_key_value_heads=1,
-                                                                             tie_word_embeddings=False),
+SHAPES = {"mha": {}, "gqa": dict(num_key_value_heads=2),
+          "mqa-untied": dict(num_key_value_heads=1, tie_word_embeddings=False),
           "sp": dict(use_mup=False)}
 
 

@@ -86,7 +86,8 @@ def test_shards_stream_and_read_the_same_batches_at_any_world_size(tmp_path):
     assert all(o + 65 <= len(data.shards["train"][s]) for s, o in zip(shard, off))
     assert torch.equal(x, torch.from_numpy(np.stack([stream[s:s + 64] for s in starts]).astype(np.int64)))
     # and train.py trains on it
-    res = train.train(cfg(tmp_path / "run", data=str(tmp_path), max_steps=6, decay_steps=2, eval_interval=6), quiet=True)
+    res = train.train(cfg(tmp_path / "run", data=str(tmp_path), max_steps=6, decay_steps=2, eval_interval=6),
+                      quiet=True)
     assert np.isfinite(res["final_val_loss"])
 
 

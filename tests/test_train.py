@@ -76,7 +76,8 @@ def test_offline_default_data(tmp_path, monkeypatch):
 
 def test_prepare_local_files_and_uint32(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("hello world " * 50)
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "first doc"}) + "\n\n" + json.dumps({"text": "second"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "first doc"}) + "\n\n" + json.dumps({"text": "second"})
+                                      + "\n")
     docs = corpus.read_documents([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")])
     assert docs[1:] == ["first doc", "second"]
     meta = corpus.prepare(str(tmp_path / "small"), docs)
@@ -210,15 +211,15 @@ def test_init_from_branches_off_a_kept_checkpoint(tmp_path):
     """WSD's O(mC) trick: a decay branched off a stable run's step-6 checkpoint continues it exactly."""
     c = cfg(tmp_path / "stable", ckpt_interval=6, keep_ckpts=True, decay_steps=0)
     stable = train.train(c, quiet=True)
-    assert os.path.isfile(tmp_path / "stable" / "ckpt_000006.pt") and os.path.isfile(tmp_path / "stable" / "ckpt_000012.pt")
-    same = train.train({**c, "out_dir": "", "keep_ckpts": False, "init_from": str(tmp_path / "stable" / "ckpt_000006.pt")},
-                       quiet=True)
+    ck6 = str(tmp_path / "stable" / "ckpt_000006.pt")
+    assert os.path.isfile(ck6) and os.path.isfile(tmp_path / "stable" / "ckpt_000012.pt")
+    same = train.train({**c, "out_dir": "", "keep_ckpts": False, "init_from": ck6}, quiet=True)
     assert same["step"] == 12 and same["train_loss"] == stable["train_loss"][6:]
     branch = train.train({**c, "out_dir": "", "keep_ckpts": False, "decay_steps": 4, "max_steps": 10,
                           "init_from": str(tmp_path / "stable" / "ckpt_000006.pt")}, quiet=True)
     # the branch's decay starts at T = 10 - 4 = 6: its first step uses the same lr (f(0) = 1), then it decays
     assert branch["train_loss"][0] == stable["train_loss"][6] and branch["train_loss"][1] == stable["train_loss"][7]
     assert branch["train_loss"][3] != stable["train_loss"][9]
-    with pytest.raises(checkpoint.CheckpointError, match=r"init_from checkpoint .* has another model; differing keys: "
-                                                    r"hidden_size \(64 vs 128\)"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"init_from checkpoint .* has another model; differing keys: hidden_size \(64 vs 128\)"):
         train.train({**c, "out_dir": "", "hidden_size": 128, "init_from": str(tmp_path / "stable")}, quiet=True)

@@ -85,8 +85,8 @@ def test_epochs_count_only_rows_read_from_the_corpus(tmp_path):
     res = train.train(cfg(tmp_path, seq_len=96, max_steps=6, eval_interval=6, passkey_ratio=0.5), quiet=True)
     meta = corpus.TokenData("embedded").meta
     assert res["epochs"] == round(6 * 8 * 96 * 0.5 / meta["train_tokens"], 3)
-    run = dict(config=train.validate_config({**train.default_config(), **cfg(tmp_path, seq_len=96,
-                                                                                passkey_ratio=0.5)}), metrics=res)
+    config = train.validate_config({**train.default_config(), **cfg(tmp_path, seq_len=96, passkey_ratio=0.5)})
+    run = dict(config=config, metrics=res)
     assert report.epochs(run) == res["epochs"]
 
 
