@@ -82,7 +82,7 @@ def test_fit_scaling_law_recovers_known_parameters():
     N = np.repeat(np.geomspace(1e7, 1e9, 6), 6)
     D = np.concatenate([n * np.geomspace(10, 60, 6) for n in np.geomspace(1e7, 1e9, 6)])
     L = true(N, D) * np.exp(rng.normal(0, 0.002, len(N)))
-    fit = sl.fit_scaling_law(N, D, L)
+    fit = sl.fit_scaling_law(N, D, L, top_k=4)  # 4 starts: the 32 of the default reach the same optimum, 7x slower
     assert fit.alpha == pytest.approx(0.34, abs=0.05) and fit.beta == pytest.approx(0.28, abs=0.05)
     assert fit.L0 == pytest.approx(1.69, abs=0.08)
     assert np.abs(np.log(fit(N, D)) - np.log(L)).max() < 0.01
