@@ -59,11 +59,16 @@ def record(fid, section, claim_text, paper, claim, a, b, per_seed_a, per_seed_b,
 # what explains a finding that is not reproduced (or is within noise where the paper claims a gain): the experiment
 # that tests the explanation, by finding id; record() attaches it, `python findings.py --explain` re-attaches it
 EXPLAIN = {
-    "wsd_decay_10_percent": "controls on python_source, which no run repeats (python wsd.py --decay_length_at 500 "
-                            "and 2000): at S = 500 the 20% decay still ends lower (wsd_decay_10_percent_S500), so it "
-                            "is not the 2.7 epochs of the embedded docs; at S = 2000 its advantage shrinks to within "
+    "wsd_decay_10_percent": "not the text: the runs are on python_source (0.02 epochs; on the embedded docs, 2.7 "
+                            "epochs, 20% also won by 0.015); not the step count alone either: at S = 2000 "
+                            "(python wsd.py --decay_length_at 2000) the 20% decay's advantage shrinks to within "
                             "twice the noise (wsd_decay_10_percent_S2000: reproduced): the share of the steps a decay "
-                            "needs falls as the run grows, and 500 steps are too short for 10% to suffice",
+                            "needs falls as the run grows, and 500 steps are too short for 10% to suffice "
+                            "(wsd_decay_10_percent_S500 reruns this sweep's own runs: the same numbers)",
+    "wsd_vs_cosine": "the shared lr (0.004) is twice every compared schedule's best on python_source (each ends "
+                     "lowest at 0.002, WSD on one seed at 0.001: the lr rows of the WSD table), and at a too-high "
+                     "lr Cosine's long anneal helps most: at each schedule's best lr WSD 10% ends lower on every "
+                     "seed (wsd_vs_cosine_tuned: reproduced)",
     "cosine_T_long": "control cosine_T_long_tuned (each schedule at its best lr): Cosine(1.25 S) is still not worse, "
                      "so it is not an lr artefact; Cosine(1.25 S) keeps a higher lr at every step and never reaches "
                      "final_lr_ratio: at this scale the late phase of Cosine(S) anneals more than needed",
