@@ -63,8 +63,7 @@ EXPLAIN = {
                             "epochs, 20% also won by 0.015); not the step count alone either: at S = 2000 "
                             "(python wsd.py --decay_length_at 2000) the 20% decay's advantage shrinks to within "
                             "twice the noise (wsd_decay_10_percent_S2000: reproduced): the share of the steps a decay "
-                            "needs falls as the run grows, and 500 steps are too short for 10% to suffice "
-                            "(wsd_decay_10_percent_S500 reruns this sweep's own runs: the same numbers)",
+                            "needs falls as the run grows, and 500 steps are too short for 10% to suffice",
     "wsd_vs_cosine": "the shared lr (0.004) is twice every compared schedule's best on python_source (each ends "
                      "lowest at 0.002, WSD on one seed at 0.001: the lr rows of the WSD table), and at a too-high "
                      "lr Cosine's long anneal helps most: at each schedule's best lr WSD 10% ends lower on every "
@@ -106,7 +105,6 @@ EXPLAIN = {
 EXPLAIN["batchsize_pooled"] = EXPLAIN["batchsize_within_model"]
 EXPLAIN["cosine_T_long_tuned"] = EXPLAIN["cosine_T_long"]
 EXPLAIN["longctx_abf_vs_old_base_passkey"] = EXPLAIN["longctx_abf_vs_old_base_loss"]
-EXPLAIN["wsd_decay_10_percent_S500"] = EXPLAIN["wsd_decay_10_percent"]
 
 
 def explain():

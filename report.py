@@ -32,7 +32,6 @@ README = os.path.join(ROOT, "README.md")
 RERUN = ["python mup.py coord --seeds 3",
          "python mup.py transfer --quick --seeds 3",
          "python wsd.py --quick --seeds 3",
-         "python wsd.py --decay_length_at 500 --seeds 3",
          "python wsd.py --decay_length_at 2000 --seeds 3",
          "python wsd.py --small_long --seeds 3",
          "python batchsize.py --quick --seeds 3",
@@ -40,9 +39,8 @@ RERUN = ["python mup.py coord --seeds 3",
          "python dpo.py --experiment --quick --seeds 3",
          "python moe.py --quick --seeds 3",
          "python longctx.py --quick --seeds 3"]
-SWEEPS = ["lr_transfer_quick", "wsd_quick", "wsd_decay_length_S500_quick", "wsd_decay_length_S2000_quick",
-          "wsd_small_long_quick", "batchsize_quick", "scaling_quick", "align_quick", "moe_quick",
-          "longctx_quick"]  # the runs behind the findings
+SWEEPS = ["lr_transfer_quick", "wsd_quick", "wsd_decay_length_S2000_quick", "wsd_small_long_quick", "batchsize_quick",
+          "scaling_quick", "align_quick", "moe_quick", "longctx_quick"]  # the runs behind the findings
 
 
 def read(name):
