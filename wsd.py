@@ -328,8 +328,8 @@ def decay_length_at(S, seeds=3, out=ROOT, fresh=False):
     python_source, so that no run repeats its corpus (S = 2000 would go over the embedded docs 4.9 times, and a
     longer decay could then win by fitting repeated text)."""
     from train import sweep
-    model, _, rows, seq, lr = setting(quick=True)
-    base = dict(**model, data="python_source", out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S,
+    model, _, rows, seq, lr = setting(quick=True)  # the quick model and its corpus, python_source
+    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S,
                 warmup_steps=S // 40, eval_interval=S, eval_steps=8, sample_tokens=0, decay="exp")
     runs = {f"WSD exp {f:.1%} seed{s}": dict(base, decay_steps=int(f * S), seed=s)
             for f in (0.1, 0.2) for s in range(1, seeds + 1)}

@@ -189,3 +189,18 @@ def test_data_names_a_prepared_corpus_or_fails_in_one_line(tmp_path, monkeypatch
     r = subprocess.run([sys.executable, "wsd.py", "--small_long", "--data", str(tmp_path / "big")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--data applies to the schedule experiment" in r.stderr
+
+
+def test_decay_length_control_runs_on_the_quick_setting(tmp_path, monkeypatch):
+    # `python wsd.py --decay_length_at S` (a command of report.py --rerun): the quick model and corpus, 10% and 20%
+    # exp decays over 3 seeds, recorded as a finding
+    monkeypatch.setattr(findings, "FILE", str(tmp_path / "findings.json"))
+    f = wsd.decay_length_at(20, out=str(tmp_path))
+    saved = json.loads((tmp_path / "results/wsd_decay_length_S20_quick.json").read_text())
+    assert sorted(saved) == sorted(f"WSD exp {p} seed{s}" for p in ("10.0%", "20.0%") for s in (1, 2, 3))
+    model = wsd.setting(True)[0]
+    for name, run in saved.items():
+        assert {k: run["config"][k] for k in model} == model and run["config"]["data"] == "python_source"
+        assert run["config"]["decay_steps"] == (2 if "10.0%" in name else 4) and run["metrics"]["step"] == 20
+    assert f["id"] == "wsd_decay_10_percent_S20" and f["ours"]["seeds"] == 3
+    assert json.loads((tmp_path / "findings.json").read_text())["wsd_decay_10_percent_S20"] == f
