@@ -218,7 +218,7 @@ def test_init_from_branches_off_a_kept_checkpoint(tmp_path):
     same = train.train({**c, "out_dir": "", "keep_ckpts": False, "init_from": ck6}, quiet=True)
     assert same["step"] == 12 and same["train_loss"] == stable["train_loss"][6:]
     branch = train.train({**c, "out_dir": "", "keep_ckpts": False, "decay_steps": 4, "max_steps": 10,
-                          "init_from": str(tmp_path / "stable" / "ckpt_000006.pt")}, quiet=True)
+                          "init_from": ck6}, quiet=True)
     # the branch's decay starts at T = 10 - 4 = 6: its first step uses the same lr (f(0) = 1), then it decays
     assert branch["train_loss"][0] == stable["train_loss"][6] and branch["train_loss"][1] == stable["train_loss"][7]
     assert branch["train_loss"][3] != stable["train_loss"][9]
