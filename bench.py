@@ -7,8 +7,9 @@ Benchmarks that print numbers (no timed tests).
                                     # tokens/s and MFU with bf16 autocast + torch.compile
     python bench.py --modes split   # how far one run's losses drift across batch splits (float summation order):
                                     # results/batch_split_drift.json, the tolerances of tests/conftest.py
+    python bench.py --modes moe     # one MoE layer (8 experts, top-2) against the dense MLP of the same width
 
-The reference is our model exported with `model.export_llama` (the multipliers folded into the weights), so both
+The reference is our model exported with `official.export_llama` (the multipliers folded into the weights), so both
 compute the same function; runs alternate in one process so that machine noise hits both alike. transformers is an
 optional, benchmark-only dependency (`pip install transformers`).
 """
@@ -22,31 +23,14 @@ import tempfile
 import time
 
 import torch
+import torch.nn as nn
 
-from dpo import write_task_data
-from model import MiniCPM, MiniCPMConfig, export_llama
+from model import MLP, MiniCPM, MiniCPMConfig, MoE, flops_per_token
 from mup import configure_optimizer
-from system import hardware
-
-# peak dense bf16 FLOP/s by device name (MFU denominator)
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
-
-
-def peak_flops(device):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def flops_per_token(config, seq_len):
-    """Training FLOPs per token: 6 x (non-embedding matmul parameters + the head) + attention 12 L T d
-    (PaLM appendix B convention: the causal mask's saving is not subtracted)."""
-    c = config
-    kv = c.num_key_value_heads * c.head_dim
-    per_layer = c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
-    n = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
-    return 6 * n + 12 * c.num_hidden_layers * seq_len * c.hidden_size
+from official import export_llama
+from system import hardware, peak_flops
+from tasks import write_task_data
+from train import train
 
 
 def timeit(fn, warmup, reps, sync=lambda: None):
@@ -196,7 +180,6 @@ def bench_memory(a):
 def bench_split(a):
     """The relative difference between the losses of one run computed as 1 x 8 rows and as 4 x 2 and 2 x 4
     micro-batches, per step, over 4 seeds: pre-training text (12 steps) and SFT (6 steps, lr 0.01)."""
-    from train import train
     t0, out = time.perf_counter(), {}
     with tempfile.TemporaryDirectory() as d:
         sft = write_task_data(os.path.join(d, "tasks"), 200, 20)["sft_train"]
@@ -223,13 +206,41 @@ def bench_split(a):
                        **out), f, indent=1)
 
 
+def bench_moe(a, d=512, f=1280, tokens=4096, E=8, k=2, reps=10):
+    """Forward and forward+backward time of one MoE layer (model.MoE, paper §7.3) over the dense MLP's."""
+    device = a.device
+    cfg = MiniCPMConfig(hidden_size=d, intermediate_size=f, num_attention_heads=max(2, d // 64),
+                        num_key_value_heads=max(2, d // 64), num_experts=E, top_k=k)
+    torch.manual_seed(0)
+    mlp, moe = MLP(cfg).to(device), MoE(cfg).to(device)
+    for p in moe.parameters():
+        nn.init.normal_(p, std=0.02)
+    x = torch.randn(tokens, d, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(fn):
+        return statistics.median(timeit(fn, 3, reps, sync))
+    results = {}
+    with torch.no_grad():
+        td, tm = timed(lambda: mlp(x)), timed(lambda: moe(x)[0])
+    results["forward"] = tm / td
+    xg = x.clone().requires_grad_(True)
+    td2 = timed(lambda: mlp(xg).sum().backward())
+    tm2 = timed(lambda: moe(xg)[0].sum().backward())
+    results["forward+backward"] = tm2 / td2
+    print(f"MoE layer ({E} experts, top-{k}, d={d}, ffn={f}, {tokens} tokens, {device}): forward "
+          f"{tm / tokens * 1e6:.2f} us/token vs dense {td / tokens * 1e6:.2f} us/token = {tm / td:.2f}x; "
+          f"forward+backward {tm2 / td2:.2f}x (the experts do {k}x the dense FLOPs)")
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="wt-9m")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=["train", "generate"],
-                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU)")
+                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU) | moe")
     p.add_argument("--activation_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
     p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
@@ -241,6 +252,8 @@ def main():
     a = p.parse_args()
     if "split" in a.modes:
         return bench_split(a)
+    if "moe" in a.modes:
+        return bench_moe(a)
     if "mfu" in a.modes or "memory" in a.modes:
         if "mfu" in a.modes:
             bench_mfu(a)

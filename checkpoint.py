@@ -19,7 +19,7 @@ What is guaranteed:
 - no code runs on load: ckpt.pt is read with torch.load(weights_only=True); a DCP directory's .metadata with an
   unpickler that admits only PyTorch's checkpoint metadata classes, and its non-tensor entries with
   torch.load(weights_only=True). A tampered file is one line of error, and nothing in it runs. (Official-format
-  directories, model.from_pretrained: safetensors, or pytorch_model.bin with weights_only=True.)
+  directories, official.from_pretrained: safetensors, or pytorch_model.bin with weights_only=True.)
 """
 
 import contextlib
@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from corpus import load_data, save_tokenizer
 from model import MiniCPM, model_config
 from mup import load_named_optimizer_state
+from official import save_pretrained
 
 DCP_DIR = "ckpt_dcp"  # FSDP runs: a torch.distributed.checkpoint directory, one file per rank + train_state.json
 
@@ -352,10 +353,10 @@ def model_from_checkpoint(path, device="cpu"):
 
 def export_checkpoint(src, dst):
     """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
-    (config.json + model.safetensors, or pytorch_model.bin without safetensors), which MiniCPM.from_pretrained
+    (config.json + model.safetensors, or pytorch_model.bin without safetensors), which official.from_pretrained
     reads, and the run's tokenizer beside it (corpus.save_tokenizer), so that sample.py --model_dir=dst works."""
     model, cfg = model_from_checkpoint(src)
-    model.save_pretrained(dst)
+    save_pretrained(model, dst)
     save_tokenizer(load_data(cfg["data"]).meta["tokenizer"], dst)
     return dst
 

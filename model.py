@@ -13,21 +13,20 @@ and the muP initialisation: hidden matrices ~ N(0, (init_std / sqrt(m))^2), embe
 `use_mup=False` builds the same network in standard parametrisation (m := 1 for init, logits and lr).
 Module names equal the official checkpoint keys (model.layers.{i}.self_attn.q_proj, ...), so official
 weights load with no renaming. The RoPE formulas (and the long-context bases) are in rope.py; `num_experts > 0`
-makes every MLP a top-k mixture of experts (`MoE` below; its upcycling from a dense model is moe.py).
+makes every MLP a top-k mixture of experts (`MoE` below; its upcycling from a dense model is moe.py). Reading
+and writing the released checkpoints' files is official.py's.
 """
 
 import dataclasses
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from rope import apply_rope, check_rope_scaling, rope_base, rope_scaling_type, rope_tables
+from rope import apply_rope, check_rope_scaling, rope_scaling_type, rope_tables
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -448,227 +447,20 @@ class MiniCPM(nn.Module):
                 return out[:, :start + 1]
         return out
 
-    # ------------------------------------------------------------------------------------------------------
-    # official-format checkpoints (config.json + pytorch_model.bin / model.safetensors)
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
-        """Load an official-format MiniCPM directory (tied or untied, single file or sharded with an index; dense
-        or MiniCPM-MoE in the released layout)."""
-        config = config_from_json(path)
-        state = from_official_layout(read_weights(path), config)
-        with torch.device("meta"):
-            model = cls(config)
-        check_state_dict(model, state, path)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
-        return model.to(device)
-
-    def save_pretrained(self, path):
-        """Write the official MiniCPM format, config.json + model.safetensors (or pytorch_model.bin), so that the
-        official modeling code (and vLLM) computes the same logits: see official_config."""
-        write_weights(path, to_official_layout({k: v.detach() for k, v in self.state_dict().items()}),
-                      official_config(self.config, self.head_weight().dtype))
-
-
-def official_config(c, dtype=torch.float32):
-    """config.json of a MiniCPMConfig, in the official code's terms. What it has no field for is written as its
-    equivalent: standard parametrisation (use_mup=False) as dim_model_base = hidden_size (so the official logits
-    divide by m = 1), an `ntk` rope_scaling as the static rope_theta it amounts to, top_k as num_experts_per_tok."""
-    cfg = {"architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm", "hidden_act": "silu",
-           "initializer_range": c.init_std, "torch_dtype": str(dtype).replace("torch.", ""),
-           **{k: v for k, v in asdict(c).items() if k not in ("init_std", "top_k", "use_mup")}}
-    if not c.use_mup:
-        cfg["dim_model_base"] = c.hidden_size
-    if rope_scaling_type(c.rope_scaling) == "ntk":
-        cfg.update(rope_theta=rope_base(c, 0), rope_scaling=None)
-    if c.num_experts:
-        cfg["num_experts_per_tok"] = c.top_k
-    return cfg
-
-
-# the released MiniCPM-MoE layout: a router `mlp.gate` and per-expert w1 (gate), w3 (up), w2 (down); in memory the
-# experts are stacked (E, out, in) and the router is `mlp.router`. Converted here, at the boundary, and nowhere else.
-_EXPERT_NAMES = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
-
-
-def to_official_layout(state):
-    out = {}
-    for k, v in state.items():
-        prefix, _, name = k.rpartition(".mlp.")
-        if prefix and name == "router.weight":
-            out[f"{prefix}.mlp.gate.weight"] = v
-        elif prefix and name in _EXPERT_NAMES:  # stacked experts (E, out, in); a dense MLP's is `gate_proj.weight`
-            for e in range(v.size(0)):
-                out[f"{prefix}.mlp.experts.{e}.{_EXPERT_NAMES[name]}.weight"] = v[e].clone()
-        else:
-            out[k] = v
-    return out
-
-
-def from_official_layout(state, config):
-    if not config.num_experts:
-        return state
-    out = {k: v for k, v in state.items() if ".mlp.experts." not in k and not k.endswith(".mlp.gate.weight")}
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}.mlp"
-        if f"{p}.gate.weight" in state:
-            out[f"{p}.router.weight"] = state[f"{p}.gate.weight"]
-        for ours, theirs in _EXPERT_NAMES.items():
-            experts = [state.get(f"{p}.experts.{e}.{theirs}.weight") for e in range(config.num_experts)]
-            if all(w is not None for w in experts):
-                out[f"{p}.{ours}"] = torch.stack(experts)
-    return out
-
 
 def untie_state_dict(state):
     """A tied model's weights with an output head of its own, a copy of the embedding (paper §7.2)."""
     return {**state, "lm_head.weight": state["model.embed_tokens.weight"].clone()}
 
 
-# official config.json fields that map onto MiniCPMConfig under another name
-_CONFIG_ALIASES = {"initializer_range": "init_std", "num_experts_per_tok": "top_k"}
-
-
-def config_from_json(path):
-    file = os.path.join(path, "config.json")
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file} not found: from_pretrained needs a directory with config.json and weights")
-    try:
-        with open(file) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
-    names = {f.name for f in fields(MiniCPMConfig)}
-    kw = {_CONFIG_ALIASES.get(k, k): v for k, v in raw.items() if _CONFIG_ALIASES.get(k, k) in names}
-    kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's defaults
-    if "num_attention_heads" in kw:
-        kw.setdefault("num_key_value_heads", kw["num_attention_heads"])
-    try:
-        return MiniCPMConfig(**kw)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{file}: {e}") from None
-
-
-def read_weights(path):
-    """State dict of an HF-style directory: model.safetensors / pytorch_model.bin, or their sharded index."""
-    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json"):
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            continue
-        files = [file]
-        if name.endswith(".index.json"):
-            with open(file) as f:
-                files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
-        state = {}
-        for fn in files:
-            state.update(_read_weight_file(fn))
-        return state
-    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin "
-                            f"(or their .index.json for sharded checkpoints)")
-
-
-def _read_weight_file(file):
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file} not found (listed in the checkpoint's index): the download is incomplete")
-    if file.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ImportError(f"{file} is a safetensors file: pip install safetensors to read it") from None
-        try:
-            return load_file(file)
-        except Exception as e:
-            raise ValueError(f"{file} could not be read ({type(e).__name__}: {e}): the file is corrupt") from None
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{file} could not be read ({type(e).__name__}: {str(e).splitlines()[0]}): "
-                         f"the file is corrupt or truncated") from None
-
-
-def write_weights(path, state, config_json):
-    """Write config.json + weights (safetensors when installed) into path, each file atomically."""
-    os.makedirs(path, exist_ok=True)
-    state = {k: v.contiguous() for k, v in state.items()}
-    try:
-        from safetensors.torch import save_file
-        file = os.path.join(path, "model.safetensors")
-        save_file(state, file + ".tmp", metadata={"format": "pt"})
-    except ImportError:
-        file = os.path.join(path, "pytorch_model.bin")
-        torch.save(state, file + ".tmp")
-    os.replace(file + ".tmp", file)
-    with open(os.path.join(path, "config.json.tmp"), "w") as f:
-        json.dump(config_json, f, indent=2)
-    os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
-
-
-def check_state_dict(model, state, where):
-    """One clear line for missing keys, unexpected keys or shape mismatches."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and not k.endswith("rotary_emb.inv_freq")]
-    for k in unexpected:  # official tied checkpoints sometimes also carry lm_head.weight equal to the embedding
-        if k == "lm_head.weight" and model.lm_head is None:
-            if not torch.equal(state[k], state.get("model.embed_tokens.weight", state[k] + 1)):
-                raise ValueError(f"{where}: lm_head.weight differs from the embedding but config.json says "
-                                 f"tie_word_embeddings=true: set it to false")
-            state.pop(k)
-    unexpected = [k for k in unexpected if k in state]
-    if missing:
-        raise ValueError(f"{where}: missing keys {_some(missing)}: the weights do not belong to this config.json")
-    if unexpected:
-        raise ValueError(f"{where}: unexpected keys {_some(unexpected)}: the weights do not belong to this "
-                         f"config.json (a different architecture?)")
-    for k, shape in expected.items():
-        if tuple(state[k].shape) != tuple(shape):
-            raise ValueError(f"{where}: {k} has shape {tuple(state[k].shape)} but config.json implies "
-                             f"{tuple(shape)}: the config and the weights do not match")
-    for k in list(state):
-        if k.endswith("rotary_emb.inv_freq"):
-            state.pop(k)
-
-
-def _some(keys, n=3):
-    return ", ".join(keys[:n]) + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# export to plain Llama
-
-
-def llama_state_dict(model):
-    """The same function as a plain Llama (no multipliers): scale_emb folded into the embedding,
-    scale_depth/sqrt(L) into o_proj/down_proj, 1/m into an untied lm_head."""
-    c = model.config
-    out = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().clone()
-        if k == "model.embed_tokens.weight":
-            v = v * c.scale_emb
-        elif k.endswith(("o_proj.weight", "down_proj.weight")):
-            v = v * (c.scale_depth / math.sqrt(c.num_hidden_layers))
-        out[k] = v
-    out["lm_head.weight"] = model.head_weight().detach() / c.width_mult
-    return out
-
-
-def export_llama(model, path):
-    """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits."""
-    c = model.config
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-           "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-           "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-           "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
-           "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
-           # ntk scaling is a fixed base: export it as rope_theta; dynamic and linear have their Llama equivalents
-           "rope_theta": rope_base(c, 0) if rope_scaling_type(c.rope_scaling) != "dynamic" else c.rope_theta,
-           "rope_scaling": {"rope_type": rope_scaling_type(c.rope_scaling), "factor": c.rope_scaling["factor"]}
-           if rope_scaling_type(c.rope_scaling) in ("dynamic", "linear") else None, "tie_word_embeddings": False,
-           "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
-           "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
-    write_weights(path, llama_state_dict(model), cfg)
+def flops_per_token(config, seq_len):
+    """Training FLOPs per token: 6 x (non-embedding matmul parameters + the head) + attention 12 L T d
+    (PaLM appendix B convention: the causal mask's saving is not subtracted). train.py's MFU, bench.py's tables."""
+    c = config
+    kv = c.num_key_value_heads * c.head_dim
+    per_layer = c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    n = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
+    return 6 * n + 12 * c.num_hidden_layers * seq_len * c.hidden_size
 
 
 def main():

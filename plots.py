@@ -1,6 +1,6 @@
 """
 Figures: matplotlib figures drawn straight to a file (no screen, no global backend switched behind a notebook's
-back), the training curve of a run, and the command line the experiment scripts share.
+back), and the training curve of a run.
 
     python plots.py out/metrics.jsonl [out/loss.png]   # redraw a run's loss / lr curve (train.py draws it at the end)
 """
@@ -11,8 +11,6 @@ import os
 import sys
 
 from matplotlib.figure import Figure
-
-from configurator import exit_on_user_error
 
 
 def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
@@ -40,29 +38,6 @@ def plot_metrics(rows, file):
     ax2.set_ylabel("lr")
     ax.legend(loc="upper right")
     save(fig, file, dpi=110)
-
-
-FRESH_HELP = ("train every run again (default: runs already in results/*.json with the same config are reused, so "
-              "an interrupted experiment resumes and a finished one only redraws its figures)")
-
-
-SEEDS_HELP = "every compared run with seeds 1..N (init and data order); N >= 3 records the verdicts (findings.py)"
-
-
-DATA_HELP = ("the training corpus instead of the setting's own (python_source for one GPU): a directory prepared by "
-             "`python corpus.py --input FILES --out DIR` (or a builtin name); results go to results/<name>_<DIR>.json")
-
-
-def quick_cli(description, experiment, argv=None):
-    """`python <file>.py [--quick] [--fresh] [--seeds N] [--data DIR]`: run experiment(quick=..., fresh=...,
-    seeds=..., data=...) (the shared command line of the experiment scripts)."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU, ~5 minutes")
-    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
-    p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
-    p.add_argument("--data", default=None, help=DATA_HELP)
-    a = p.parse_args(argv)  # a bad --data or config: one line on stderr, not a traceback
-    return exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
 
 
 def main(argv=None):

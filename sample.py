@@ -17,7 +17,7 @@ import torch
 from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
 from corpus import get_encoding, load_data
-from model import MiniCPM
+from official import from_pretrained
 from system import resolve_system
 
 
@@ -59,7 +59,7 @@ class HFTokenizer:
 def load(out_dir=None, model_dir=None, device="cpu"):
     """(model, encode, decode, eos_token_id) from a train.py out_dir or an official checkpoint directory."""
     if model_dir:
-        model = MiniCPM.from_pretrained(model_dir, device=device).eval()
+        model = from_pretrained(model_dir, device=device).eval()
         tok = HFTokenizer(model_dir)
         return model, tok.encode, tok.decode, tok.eos
     model, cfg = model_from_checkpoint(out_dir, device)  # ckpt.pt or an FSDP run's ckpt_dcp

@@ -41,6 +41,18 @@ def hardware(device):
     return f"{what}, torch {torch.__version__}"
 
 
+# peak dense bf16 FLOP/s by device name (the MFU denominator)
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops(device):
+    """The device's peak dense bf16 FLOP/s (PEAK_FLOPS), None on a CPU or an unlisted GPU (no MFU logged)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
 def process_device(dev, local_rank):
     """This process's torch.device: under torchrun, GPU local_rank (TF32 matmuls on, as bf16 autocast would allow)."""
     if dev == "cuda":

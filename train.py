@@ -18,14 +18,13 @@ grad_accum x world_size rows, split across processes and micro-steps, so any spl
 `train(config)` runs one training and returns its metrics, for experiment scripts that run many in one process.
 """
 
-import json
 import math
 import os
 import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -34,21 +33,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import configurator
-from bench import flops_per_token, peak_flops
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
                         keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
                         read_checkpoint, run_files, save_checkpoint, save_dcp, write_json)
 from configurator import ConfigError
 from corpus import MixtureData, epochs, load_data, load_eval_sets
 from longctx import mixed_batch, passkey_document
-from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
+from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, flops_per_token, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
 from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
 from sample import generate_text
-from system import StopFlag, all_mean, hardware, process_device, resolve_system, setup_distributed, shard_model
-from wsd import DecayStats, cosine_loop_lr, cosine_lr, wsd_lr
+from system import (StopFlag, all_mean, hardware, peak_flops, process_device, resolve_system, setup_distributed,
+                    shard_model)
+from wsd import DecayStats, lr_at, schedule_defaults
 
 # ---------------------------------------------------------------------------------------------------- config
 # I/O
@@ -142,16 +141,7 @@ def validate_config(cfg):
         if cfg[k] is not None and not cfg[k] >= lo or (k == "lr" and cfg[k] == 0):
             raise ConfigError(f"config key {k}={cfg[k]} must be {'> 0' if k == 'lr' else f'>= {lo}'}"
                               + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
-    cfg = dict(cfg)  # the schedule's defaults scale with the run (paper §4.3: a decay of ~10% of the steps)
-    S = cfg["max_steps"]
-    if cfg["decay_steps"] is None:
-        cfg["decay_steps"] = max(1, round(S / 10)) if cfg["schedule"] == "wsd" else 0
-    if cfg["warmup_steps"] is None:
-        cfg["warmup_steps"] = max(0, min(round(S / 20), S - cfg["decay_steps"]))
-    if cfg["schedule"] not in ("wsd", "cosine", "cosine_loop"):
-        raise ConfigError(f"config key schedule={cfg['schedule']!r}: use wsd, cosine or cosine_loop")
-    if not cfg["decay_steps"] <= S:
-        raise ConfigError(f"decay_steps={cfg['decay_steps']} must be within [0, max_steps={S}]")
+    cfg = schedule_defaults(cfg)  # (wsd.py) warmup / decay scaled to the run, the schedule checked
     for k in ("long_ratio", "passkey_ratio"):
         if not 0 <= cfg[k] <= 1:
             raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
@@ -161,7 +151,6 @@ def validate_config(cfg):
         raise ConfigError("update_stats=True compares whole weights and gradients step to step: not with fsdp=True")
     if cfg["decay_data"] and not cfg["decay_steps"]:
         raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
-    lr_at(cfg, 0)  # the schedule's own checks (W > T, unknown decay shape ...) as one clear line
     model_config(cfg)
     return cfg
 
@@ -172,20 +161,6 @@ def model_config(cfg):
         return _model_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def lr_at(cfg, step):
-    """The learning rate eta_s of step s (wsd.py): S = max_steps, W = warmup_steps, T = S - decay_steps."""
-    S, W = cfg["max_steps"], cfg["warmup_steps"]
-    kw = dict(lr=cfg["lr"], W=W, final_lr_ratio=cfg["final_lr_ratio"])
-    try:
-        if cfg["schedule"] == "wsd":
-            return wsd_lr(step, T=S - cfg["decay_steps"], S=S, decay=cfg["decay"],
-                          half_life=cfg["half_life"] or None, **kw)
-        fn = cosine_lr if cfg["schedule"] == "cosine" else cosine_loop_lr
-        return fn(step, T=cfg["cosine_steps"] or S, **kw)
-    except ValueError as e:
-        raise ConfigError(f"schedule: {e}") from None
 
 
 def config_diff(a, b, ignore=()):
@@ -365,20 +340,58 @@ def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
 # ---------------------------------------------------------------------------------------------------- training
 
 
-def save_run(cfg, step, model, optimizer, ckpt_path, global_batch, master, device, world):
-    """The run's checkpoint at `step` (every process takes part under FSDP; rank 0 writes the single file)."""
-    train_state = dict(step=step, config=cfg, data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch))
-    if cfg["fsdp"] and ckpt_path:
-        keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
-        save_dcp(ckpt_path, model, optimizer, train_state, keep)
-    elif master and ckpt_path:
-        rng = dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-        save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rng=rng,
-                                        **train_state))
-        if cfg["keep_ckpts"]:
-            keep_copy(ckpt_path, os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt"))
-    if world > 1:
-        dist.barrier()
+@dataclass
+class Run:
+    """One training in progress: what `start` builds and every step of the loop reads and advances."""
+    cfg: dict
+    mcfg: MiniCPMConfig
+    data: object  # the training data (TokenData, SFTData or MixtureData)
+    decay_data: object  # the data of the WSD decay (two-stage pre-training), or None
+    eval_sets: dict  # more held-out sets, evaluated at the end
+    device: torch.device
+    autocast: object
+    rank: int
+    world: int
+    model: torch.nn.Module  # what the step calls: compiled and / or wrapped in DDP
+    raw_model: MiniCPM  # the model itself (FSDP-sharded under fsdp=True)
+    optimizer: torch.optim.Optimizer
+    step: int
+    log: object  # print, or nothing (quiet runs, ranks > 0)
+    quiet: bool
+    peak: float  # the device's peak FLOP/s (MFU), None on a CPU
+    rows_log: list = field(default_factory=list)  # every metrics.jsonl row of the run
+    history: dict = field(default_factory=lambda: dict(train_loss=[], val_loss=[], val_bpb=[]))
+    decay_stats: object = None  # wsd.DecayStats under update_stats=True (paper §4.4)
+    bar: object = None
+    t_start: float = 0.0
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def global_batch(self):
+        return self.cfg["batch_size"] * self.cfg["grad_accum"] * self.world
+
+    @property
+    def tokens_per_step(self):
+        return self.global_batch * self.cfg["seq_len"]
+
+    @property
+    def ckpt_path(self):
+        out_dir = self.cfg["out_dir"]
+        return os.path.join(out_dir, DCP_DIR if self.cfg["fsdp"] else "ckpt.pt") if out_dir else None
+
+    def write(self, text):
+        """A line beside the progress bar (rank 0, not quiet)."""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(text)
+
+    def log_row(self, row):
+        """A metrics.jsonl row: kept for the figure and summary, appended to the file by rank 0."""
+        self.rows_log.append(row)
+        if self.master and self.cfg["out_dir"]:
+            append_jsonl(os.path.join(self.cfg["out_dir"], "metrics.jsonl"), row)
 
 
 def train(cfg, quiet=False):
@@ -391,7 +404,27 @@ def train(cfg, quiet=False):
 
 
 def run(cfg, quiet):
-    """train() of a checked config, its out_dir held."""
+    """train() of a checked config, its out_dir held: start, then one training step after another (each followed by
+    an evaluation and a checkpoint when they are due), until max_steps or a signal; then the end of the run."""
+    r = start(cfg, quiet)
+    stopped = False
+    with StopFlag() as stop:
+        while r.step < cfg["max_steps"]:
+            train_step(r)
+            if r.step % cfg["eval_interval"] == 0 or r.step == cfg["max_steps"]:
+                evaluate_run(r)
+            stopped = stop_requested(r, stop)
+            if stopped or r.step % cfg["ckpt_interval"] == 0 or r.step == cfg["max_steps"]:
+                save_run(r)
+            if stopped:
+                break
+    r.bar.close()
+    return finish(r, stopped)
+
+
+def start(cfg, quiet):
+    """The processes, the data, the model and optimizer (fresh, resumed or from another run), metrics.jsonl and the
+    progress bar of a run; the run's first lines printed."""
     dev, ptdtype, use_compile = resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
     device, master, fsdp = process_device(dev, local_rank), rank == 0, cfg["fsdp"]
@@ -402,166 +435,172 @@ def run(cfg, quiet):
     t_start = time.time()
     mcfg = model_config(cfg)
     data, decay_data, eval_sets = load_run_data(cfg, mcfg)
-    S, A, B, seq_len = cfg["max_steps"], cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
-    T = S - cfg["decay_steps"]  # WSD: the decay (and with decay_data, stage 2 of two-stage pre-training) starts at T
-    global_batch = B * A * world
     out_dir = cfg["out_dir"]
-    ckpt_path = os.path.join(out_dir, DCP_DIR if fsdp else "ckpt.pt") if out_dir else None
-    metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
-
     held = run_files(out_dir) if master and out_dir and not cfg["resume"] and not cfg["overwrite"] else []
     if held:
         raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
                           f"start over with --overwrite=True (its checkpoint and metrics go)")
-    model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
-    rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and metrics_path else []
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
+    global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
+    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
+    rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
+    model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
         # experts that get no token in a step have no gradient: DDP must expect unused parameters
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None,
                     find_unused_parameters=mcfg.num_experts > 0)
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
-    tokens_per_step = global_batch * seq_len
-    peak = peak_flops(device)
-    log(f"{raw_model.describe()}; {world} process(es) x {A} micro-steps x {B} rows x {seq_len} tokens = "
-        f"{tokens_per_step:,} tokens/step on {device} ({str(ptdtype).replace('torch.', '')}, "
-        f"compile={use_compile}{', FSDP2' if fsdp else ''})")
-    if run_epochs := epochs(data, S * tokens_per_step, cfg["passkey_ratio"]):  # never repeats its corpus silently
-        log(f"{S:,} steps x {tokens_per_step:,} tokens = {run_epochs:.2f} epochs of {cfg['data']}")
+    r = Run(cfg=cfg, mcfg=mcfg, data=data, decay_data=decay_data, eval_sets=eval_sets, device=device,
+            autocast=autocast, rank=rank, world=world, model=model, raw_model=raw_model, optimizer=optimizer,
+            step=step, log=log, quiet=quiet, peak=peak_flops(device), rows_log=rows_log, t_start=t_start)
+    log(f"{raw_model.describe()}; {world} process(es) x {cfg['grad_accum']} micro-steps x {cfg['batch_size']} rows x "
+        f"{cfg['seq_len']} tokens = {r.tokens_per_step:,} tokens/step on {device} "
+        f"({str(ptdtype).replace('torch.', '')}, compile={use_compile}{', FSDP2' if fsdp else ''})")
+    S = cfg["max_steps"]
+    if run_epochs := epochs(data, S * r.tokens_per_step, cfg["passkey_ratio"]):  # never repeats its corpus silently
+        log(f"{S:,} steps x {r.tokens_per_step:,} tokens = {run_epochs:.2f} epochs of {cfg['data']}")
+    r.bar = tqdm(total=S, initial=step, disable=not master or quiet, dynamic_ncols=True)
+    if cfg["update_stats"]:  # paper §4.4
+        r.decay_stats = DecayStats(raw_model)
+        r.history["decay_stats"] = r.decay_stats.rows  # [step, lr, grad norm, cos to the last gradient, max |update|,
+        #                                                loss]
+    return r
 
-    def log_row(row):
-        rows_log.append(row)
-        if master and metrics_path:
-            append_jsonl(metrics_path, row)
 
-    bar = tqdm(total=S, initial=step, disable=not master or quiet, dynamic_ncols=True)
-    history = dict(train_loss=[], val_loss=[], val_bpb=[])
-    decay_stats = DecayStats(raw_model) if cfg["update_stats"] else None  # paper §4.4
-    if decay_stats:
-        history["decay_stats"] = decay_stats.rows  # [step, lr, grad norm, cos to the last gradient, max |update|, loss]
-    stopped = False
-    with StopFlag() as stop:
-        while step < S:
-            t0 = time.perf_counter()
-            lr_now = lr_at(cfg, step)
-            set_lr(optimizer, lr_now)  # eta_s x each muP group's lr_scale (1/m for hidden matrices)
-            src = decay_data if decay_data is not None and step >= T else data
-            if src is decay_data and step == T:
-                weights = [round(float(w), 6) for w in getattr(src, "weights", [1.0])]
-                log_row(dict(step=step, data_switch=cfg["decay_data"], weights=weights))
-                bar.write(f"step {step}: the decay phase starts on {cfg['decay_data']} (weights {weights})") \
-                    if master and not quiet else None
-            loss_sum = torch.zeros((), device=device)
-            for micro, (x, y, weight) in enumerate(micro_batches(cfg, src, step, global_batch, rank, world)):
-                if fsdp:  # reduce-scatter the gradients on the last micro-step only
-                    raw_model.set_requires_gradient_sync(micro == A - 1)
-                sync = model.no_sync() if world > 1 and not fsdp and micro < A - 1 else nullcontext()
-                with sync, autocast:
-                    _, loss, router_logits = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                                                   output_router_logits=True)
-                    objective = loss
-                    if router_logits:  # MoE: + the load-balancing term, in the objective only (paper §7.3)
-                        aux = load_balancing_loss(router_logits, mcfg.top_k)
-                        objective = loss + mcfg.router_aux_loss_coef * aux
-                (objective * weight).backward()
-                loss_sum += loss.detach().float() * weight
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or float("inf"))
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
-                grad_norm = grad_norm.full_tensor()
-            train_loss, grad_norm = all_mean(loss_sum, world).item(), grad_norm.item()
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
-                bar.close()
-                raise FloatingPointError(f"the run diverged at step {step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
-                                         f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and "
-                                         f"the last checkpoint is kept: lower --lr or check the data")
-            if decay_stats:  # the gradients and weights read around the step
-                decay_stats.step(optimizer, step + 1, lr_now, grad_norm, train_loss)
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            dt = time.perf_counter() - t0
-            row = dict(step=step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
-                       tokens=step * tokens_per_step, tok_per_s=tokens_per_step / dt)
-            if peak:
-                row["mfu"] = flops_per_token(mcfg, seq_len) * tokens_per_step / dt / (peak * world)
-            if router_logits:  # of this process's last micro-batch
-                row["aux_loss"] = aux.item()
-                row["expert_load"] = [round(v, 4) for v in expert_load(router_logits, mcfg.top_k).tolist()]
-            log_row(row)
-            history["train_loss"].append(train_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
-            if step % cfg["eval_interval"] == 0 or step == S:
-                val, bpb = evaluate(raw_model, data, cfg, global_batch, rank, world, device, autocast)
-                log_row(dict(step=step, val_loss=val, val_bpb=bpb))
-                history["val_loss"].append((step, val))
-                history["val_bpb"].append((step, bpb))
-                bar.write(f"step {step}: train {train_loss:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)") \
-                    if master and not quiet else None
-            stop_now = torch.tensor(float(stop.set), device=device)
-            if world > 1:  # every process stops at the same step
-                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-            stop_now = bool(stop_now.item())
-            if stop_now or step % cfg["ckpt_interval"] == 0 or step == S:
-                save_run(cfg, step, raw_model, optimizer, ckpt_path, global_batch, master, device, world)
-            if stop_now:
-                stopped = True
-                break
-    bar.close()
-    if eval_sets and not stopped:  # the other held-out sets, once, at the end
-        history["val_bpb_by_set"] = {name: evaluate(raw_model, d, cfg, global_batch, rank, world, device, autocast)[1]
-                                     for name, d in eval_sets.items()}
-        log("held-out sets (bits/byte): " + ", ".join(f"{k} {v:.4f}" for k, v in history["val_bpb_by_set"].items()))
+def step_data(r):
+    """The data of this step: decay_data from T = S - decay_steps on (two-stage pre-training, paper §5), logged once
+    where it starts; else the run's data."""
+    cfg = r.cfg
+    T = cfg["max_steps"] - cfg["decay_steps"]
+    if r.decay_data is None or r.step < T:
+        return r.data
+    if r.step == T:
+        weights = [round(float(w), 6) for w in getattr(r.decay_data, "weights", [1.0])]
+        r.log_row(dict(step=r.step, data_switch=cfg["decay_data"], weights=weights))
+        r.write(f"step {r.step}: the decay phase starts on {cfg['decay_data']} (weights {weights})")
+    return r.decay_data
+
+
+def train_step(r):
+    """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients,
+    clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its metrics row."""
+    cfg, A, t0 = r.cfg, r.cfg["grad_accum"], time.perf_counter()
+    lr_now = lr_at(cfg, r.step)
+    set_lr(r.optimizer, lr_now)
+    src = step_data(r)
+    loss_sum, router_logits = torch.zeros((), device=r.device), ()
+    for micro, (x, y, weight) in enumerate(micro_batches(cfg, src, r.step, r.global_batch, r.rank, r.world)):
+        if cfg["fsdp"]:  # reduce-scatter the gradients on the last micro-step only
+            r.raw_model.set_requires_gradient_sync(micro == A - 1)
+        sync = r.model.no_sync() if r.world > 1 and not cfg["fsdp"] and micro < A - 1 else nullcontext()
+        with sync, r.autocast:
+            _, loss, router_logits = r.model(x.to(r.device, non_blocking=True), y.to(r.device, non_blocking=True),
+                                             output_router_logits=True)
+            objective = loss
+            if router_logits:  # MoE: + the load-balancing term, in the objective only (paper §7.3)
+                aux = load_balancing_loss(router_logits, r.mcfg.top_k)
+                objective = loss + r.mcfg.router_aux_loss_coef * aux
+        (objective * weight).backward()
+        loss_sum += loss.detach().float() * weight
+    grad_norm = torch.nn.utils.clip_grad_norm_(r.raw_model.parameters(), cfg["grad_clip"] or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
+        grad_norm = grad_norm.full_tensor()
+    train_loss, grad_norm = all_mean(loss_sum, r.world).item(), grad_norm.item()
+    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
+        r.bar.close()
+        raise FloatingPointError(f"the run diverged at step {r.step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
+                                 f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and the last "
+                                 f"checkpoint is kept: lower --lr or check the data")
+    if r.decay_stats:  # the gradients and weights read around the step
+        r.decay_stats.step(r.optimizer, r.step + 1, lr_now, grad_norm, train_loss)
+    else:
+        r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    r.step += 1
+    log_step(r, train_loss, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux if router_logits else None)
+
+
+def log_step(r, train_loss, lr_now, grad_norm, dt, router_logits, aux):
+    """The step's metrics row (MFU on a known GPU; an MoE's balancing loss and expert load), the progress bar."""
+    row = dict(step=r.step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
+               tokens=r.step * r.tokens_per_step, tok_per_s=r.tokens_per_step / dt)
+    if r.peak:
+        row["mfu"] = flops_per_token(r.mcfg, r.cfg["seq_len"]) * r.tokens_per_step / dt / (r.peak * r.world)
+    if router_logits:  # of this process's last micro-batch
+        row["aux_loss"] = aux.item()
+        row["expert_load"] = [round(v, 4) for v in expert_load(router_logits, r.mcfg.top_k).tolist()]
+    r.log_row(row)
+    r.history["train_loss"].append(train_loss)
+    r.bar.update(1)
+    r.bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+
+
+def evaluate_run(r):
+    """Validation on the run's data, logged and printed."""
+    val, bpb = evaluate(r.raw_model, r.data, r.cfg, r.global_batch, r.rank, r.world, r.device, r.autocast)
+    r.log_row(dict(step=r.step, val_loss=val, val_bpb=bpb))
+    r.history["val_loss"].append((r.step, val))
+    r.history["val_bpb"].append((r.step, bpb))
+    r.write(f"step {r.step}: train {r.history['train_loss'][-1]:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)")
+
+
+def stop_requested(r, stop):
+    """Whether SIGTERM / Ctrl-C came (on any process: every process stops at the same step)."""
+    stop_now = torch.tensor(float(stop.set), device=r.device)
+    if r.world > 1:
+        dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
+    return bool(stop_now.item())
+
+
+def save_run(r):
+    """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
+    cfg, step, path = r.cfg, r.step, r.ckpt_path
+    train_state = dict(step=step, config=cfg, data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch))
+    if cfg["fsdp"] and path:
+        keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
+        save_dcp(path, r.raw_model, r.optimizer, train_state, keep)
+    elif r.master and path:
+        rng = dict(cpu=torch.get_rng_state(),
+                   cuda=torch.cuda.get_rng_state(r.device) if r.device.type == "cuda" else None)
+        save_checkpoint(path, dict(model=r.raw_model.state_dict(), optimizer=r.optimizer.state_dict(), rng=rng,
+                                   **train_state))
+        if cfg["keep_ckpts"]:
+            keep_copy(path, os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt"))
+    if r.world > 1:
+        dist.barrier()
+
+
+def finish(r, stopped):
+    """The end of a run: the other held-out sets, the loss figure, a sample, summary.json; returns the result (its
+    metrics and the model). A stopped run only says how to continue."""
+    cfg, out_dir = r.cfg, r.cfg["out_dir"]
     if stopped:
-        log(f"stopped by signal: checkpoint at step {step} in {ckpt_path}; continue with --resume=True")
-    if master and out_dir and not stopped:
-        plot_metrics(rows_log, os.path.join(out_dir, "loss.png"))
+        r.log(f"stopped by signal: checkpoint at step {r.step} in {r.ckpt_path}; continue with --resume=True")
+    elif r.eval_sets:  # the other held-out sets, once, at the end
+        r.history["val_bpb_by_set"] = {name: evaluate(r.raw_model, d, cfg, r.global_batch, r.rank, r.world, r.device,
+                                                      r.autocast)[1] for name, d in r.eval_sets.items()}
+        r.log("held-out sets (bits/byte): " + ", ".join(f"{k} {v:.4f}" for k, v in r.history["val_bpb_by_set"].items()))
+    if r.master and out_dir and not stopped:
+        plot_metrics(r.rows_log, os.path.join(out_dir, "loss.png"))
     text = None
-    if master and not quiet and not stopped and cfg["sample_tokens"] > 0 and not fsdp:  # (sharded: export first)
-        torch.manual_seed(cfg["seed"])
-        with autocast:
-            text = generate_text(raw_model, data.encoding(), "The ", cfg["sample_tokens"])
+    if r.master and not r.quiet and not stopped and cfg["sample_tokens"] > 0 and not cfg["fsdp"]:
+        torch.manual_seed(cfg["seed"])  # (sharded: export first, then sample.py)
+        with r.autocast:
+            text = generate_text(r.raw_model, r.data.encoding(), "The ", cfg["sample_tokens"])
         print("-" * 40 + " sample " + "-" * 40 + "\n" + text + "\n" + "-" * 88)
-    result = dict(step=step, stopped=stopped, tokens=step * tokens_per_step, **history,
-                  tok_per_s=statistics.median([r["tok_per_s"] for r in rows_log if "tok_per_s" in r][1:] or [0.0]),
-                  final_train_loss=history["train_loss"][-1] if history["train_loss"] else None,
-                  final_val_loss=history["val_loss"][-1][1] if history["val_loss"] else None,
-                  final_val_bpb=history["val_bpb"][-1][1] if history["val_bpb"] else None,
-                  epochs=epochs(data, step * tokens_per_step, cfg["passkey_ratio"]))
-    if master and out_dir and not stopped:  # what the run did, where, how fast: the numbers a README may quote
+    h = r.history
+    result = dict(step=r.step, stopped=stopped, tokens=r.step * r.tokens_per_step, **h,
+                  tok_per_s=statistics.median([x["tok_per_s"] for x in r.rows_log if "tok_per_s" in x][1:] or [0.0]),
+                  final_train_loss=h["train_loss"][-1] if h["train_loss"] else None,
+                  final_val_loss=h["val_loss"][-1][1] if h["val_loss"] else None,
+                  final_val_bpb=h["val_bpb"][-1][1] if h["val_bpb"] else None,
+                  epochs=epochs(r.data, r.step * r.tokens_per_step, cfg["passkey_ratio"]))
+    if r.master and out_dir and not stopped:  # what the run did, where, how fast: the numbers a README may quote
         write_json(os.path.join(out_dir, "summary.json"), dict(
             command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("train.py") else None,
-            hardware=hardware(device), wall_s=round(time.time() - t_start, 1), sample=text,
-            **{k: v for k, v in result.items() if k not in history}, first_train_loss=history["train_loss"][0]
-            if history["train_loss"] else None))
-    return dict(result, model=raw_model)
-
-
-def sweep(results_file, runs, desc="runs", fresh=False):
-    """Train every {name: config} in `runs` in this process, saving each run's metrics into results_file (JSON) as
-    it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes (the
-    default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again."""
-    done = {}
-    if os.path.isfile(results_file) and not fresh:
-        with open(results_file) as f:
-            done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
-    for name, cfg in tqdm(runs.items(), desc=desc):
-        cfg = validate_config({**default_config(), **cfg})
-        # done: the same config (new keys at their defaults), and its out_dir, if any, still there (for branches)
-        if name in done and {**default_config(), **done[name]["config"]} == cfg and \
-                not (cfg["out_dir"] and not run_files(cfg["out_dir"])):
-            continue
-        t0 = time.perf_counter()
-        res = train({**cfg, "overwrite": True}, quiet=True)  # a run redone replaces what an older one left
-        res.pop("model")
-        if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
-            raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
-        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0)
-        write_json(results_file, done, indent=None)
-    return {name: done[name]["metrics"] for name in runs}
+            hardware=hardware(r.device), wall_s=round(time.time() - r.t_start, 1), sample=text,
+            **{k: v for k, v in result.items() if k not in h},
+            first_train_loss=h["train_loss"][0] if h["train_loss"] else None))
+    return dict(result, model=r.raw_model)
 
 
 def usage():
@@ -584,7 +623,7 @@ def main(argv):
         if argv[:1] == ["export"]:  # python train.py export out/ckpt_dcp official_dir
             if len(argv) != 3:
                 raise ConfigError("usage: python train.py export CHECKPOINT(ckpt.pt | DCP dir | out_dir) OUT_DIR")
-            print(f"exported to {export_checkpoint(argv[1], argv[2])} (MiniCPM.from_pretrained reads it)")
+            print(f"exported to {export_checkpoint(argv[1], argv[2])} (official.from_pretrained reads it)")
             return
         train(get_config(argv))
     try:

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 import checkpoint
 import corpus
 import dpo
+import tasks
 import train
+from experiments import two_stage
 from model import MiniCPM, MiniCPMConfig
 from conftest import assert_same_losses, cfg, rows, run_cli
 
@@ -110,7 +112,7 @@ def test_malformed_sft_rows_name_their_line(tmp_path, line, msg):
 
 
 def test_sft_loss_is_the_mean_over_response_tokens_for_any_batch_split(tmp_path):
-    data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 200, 20)
     c = dict(data=data["sft_train"], seq_len=64, max_steps=6, decay_steps=0, warmup_steps=0, eval_interval=6)
     a = train.train(cfg(tmp_path / "a", **c, batch_size=8), quiet=True)
     b = train.train(cfg(tmp_path / "b", **c, batch_size=2, grad_accum=4), quiet=True)
@@ -124,7 +126,7 @@ def test_sft_loss_is_the_mean_over_response_tokens_for_any_batch_split(tmp_path)
 
 
 def test_decay_phase_switches_data_at_T(tmp_path):
-    data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 200, 20)
     mix = f"embedded:0.5,{data['sft_train']}:0.5"
     res = train.train(cfg(tmp_path / "r", max_steps=10, decay_steps=4, warmup_steps=1, decay_data=mix,
                           seq_len=64), quiet=True)
@@ -148,7 +150,7 @@ def test_decay_phase_switches_data_at_T(tmp_path):
 
 
 def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
-    data = dpo.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 200, 20)
     train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=4, decay_steps=0,
                     warmup_steps=0, eval_interval=4), quiet=True)
     reference_rows, logps = [], dpo.sequence_logps
@@ -188,7 +190,7 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
 
 
 def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
-    s = dpo.experiment(quick=True, out=str(tmp_path), steps=20)
+    s = two_stage.experiment(quick=True, out=str(tmp_path), steps=20)
     assert list(s) == ["A-1 decay", "A-2 decay", "A-1 + SFT", "A-2 + SFT", "A-1 + 2x SFT (B-2)", "A-2 + SFT + DPO",
                        "dpo"]
     assert s["dpo"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)

@@ -4,7 +4,7 @@ import os
 import pytest
 
 import train
-import wsd
+from experiments import wsd
 
 
 def test_wsd_quick_experiment_end_to_end_and_resumable(tmp_path, monkeypatch):

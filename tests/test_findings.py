@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-import findings
 import report
 from conftest import ROOT
+from experiments import findings
 
 
 @pytest.mark.parametrize("diffs, claim, verdict", [
@@ -31,12 +31,13 @@ def test_the_readme_shows_what_results_hold():
     # builds from results/ now
     readme = open(os.path.join(ROOT, "README.md")).read()
     shown = report.blocks_in(readme)
-    assert set(shown) == set(report.BLOCKS), f"README lacks the blocks {set(report.BLOCKS) - set(shown)}"
-    for name, fn in report.BLOCKS.items():
+    blocks = report.blocks()
+    assert set(shown) == set(blocks), f"README lacks the blocks {set(blocks) - set(shown)}"
+    for name, fn in blocks.items():
         assert shown[name] == fn().strip(), f"README block {name} is stale: run python report.py"
     for f in findings.load().values():  # every recorded finding: >= 3 seeds, a command, hardware and time
         assert f["ours"]["seeds"] >= 3 and f["command"] and f["hardware"] and f["wall_s"] > 0
         assert f["verdict"] == findings.verdict(f["ours"]["diff_per_seed"], f["test"])[2]
         assert f["verdict"] != "not reproduced" or f["explanation"], f"{f['id']}: not reproduced, unexplained"
-        # the explanation is EXPLAIN's, the one place explanations are written (python findings.py --explain)
-        assert f["explanation"] == findings.EXPLAIN.get(f["id"], ""), f"{f['id']}: stale explanation"
+        # the explanation is its experiment's EXPLAIN, the one place it is written (python report.py --explain)
+        assert f["explanation"] == report.explanations().get(f["id"], ""), f"{f['id']}: stale explanation"

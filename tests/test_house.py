@@ -1,6 +1,7 @@
-"""The layout a reader relies on: project imports at the top of each file and no import circle between them (the
-one exception: experiment code importing `train` inside its function), model.py importing only what it is built
-from, train.py short enough to read, one rule for the wind-tunnel shapes, no state hidden on modules."""
+"""The layout a reader relies on: the paper's ideas as libraries (the concept files import neither train.py nor an
+experiment, and define no experiment), the wind tunnel in experiments/ over one runner, project imports at the top
+of each file and no import circle between them, model.py the architecture alone, train.py a recipe of named steps,
+one rule for the wind-tunnel shapes, no state hidden on modules."""
 import ast
 import glob
 import os
@@ -11,43 +12,60 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import batchsize  # noqa: F401
 import mup
+import report
 from conftest import ROOT
 from model import PRESETS, MiniCPM, MiniCPMConfig, ladder
 
-PROJECT = {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "*.py"))}
+TOP = {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "*.py"))}
+EXPERIMENTS = {"experiments." + os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+               if not f.endswith("__init__.py")}
+PROJECT = TOP | EXPERIMENTS | {"experiments"}
+CONCEPTS = ["mup", "wsd", "moe", "longctx", "dpo", "batchsize", "scaling_law"]
+
+
+def path_of(module):
+    if module == "experiments":
+        return os.path.join(ROOT, "experiments", "__init__.py")
+    return os.path.join(ROOT, *module.split(".")) + ".py"
 
 
 def project_imports(path):
-    """[(module, top level?, enclosing function or None)] of the project modules a file imports."""
+    """[(module, enclosing function or None)] of the project modules a file imports (experiments.X for a module of
+    experiments/)."""
     tree = ast.parse(open(path).read())
     found = []
+
+    def names_of(node):
+        if isinstance(node, ast.Import):
+            return [a.name if a.name in PROJECT else a.name.split(".")[0] for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in PROJECT]
+            return subs or [node.module if node.module in PROJECT else node.module.split(".")[0]]
+        return None
 
     def visit(node, func):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 visit(child, child.name)
                 continue
-            if isinstance(child, ast.Import):
-                names = [a.name.split(".")[0] for a in child.names]
-            elif isinstance(child, ast.ImportFrom) and child.level == 0:
-                names = [child.module.split(".")[0]]
-            else:
+            names = names_of(child)
+            if names is None:
                 visit(child, func)
                 continue
-            found.extend((n, func is None, func) for n in names if n in PROJECT)
+            found.extend((n, func) for n in names if n in PROJECT)
     visit(tree, None)
     return found
 
 
+def import_graph():
+    return {m: {n for n, _ in project_imports(path_of(m))} for m in sorted(PROJECT)}
+
+
 def test_project_imports_sit_at_the_top_and_form_no_circle():
-    graph, inside = {}, []
-    for name in sorted(PROJECT):
-        imports = project_imports(os.path.join(ROOT, f"{name}.py"))
-        graph[name] = {m for m, top, _ in imports if top}
-        inside += [f"{name}.py: {m} in {f}()" for m, top, f in imports if not top and m != "train"]
-    assert inside == [], "project imports inside functions (only experiment code may import train there)"
+    inside = [f"{m}: {n} in {f}()" for m in sorted(PROJECT) for n, f in project_imports(path_of(m)) if f]
+    assert inside == [], "project imports inside functions"
+    graph = import_graph()
 
     def cycle_from(node, path):
         for nxt in graph.get(node, ()):
@@ -60,18 +78,44 @@ def test_project_imports_sit_at_the_top_and_form_no_circle():
         assert cycle_from(start, [start]) is None, f"import circle: {' -> '.join(cycle_from(start, [start]))}"
 
 
+def test_the_concept_files_are_libraries_and_the_experiments_live_in_experiments():
+    graph = import_graph()
+    for name in CONCEPTS:
+        imported = graph[name]
+        assert "train" not in imported and not any(m.startswith("experiments") for m in imported), (name, imported)
+        tree = ast.parse(open(path_of(name)).read())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | \
+            {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assert not defined & {"experiment", "EXPERIMENT", "sweep"}, f"{name}.py defines an experiment"
+    # nothing imports the benchmark script
+    assert [m for m, imported in graph.items() if "bench" in imported] == []
+    # every experiment file declares itself; report.py finds them all, one per paper section
+    declared = {e.name for e in report.registry()}
+    assert declared == {m.split(".")[1] for m in EXPERIMENTS} - {"runner", "findings"}
+    assert {"mup", "batchsize", "wsd", "scaling_law", "two_stage", "longctx", "moe"} <= declared
+
+
+def test_model_py_is_the_architecture():
+    src = open(path_of("model")).read()
+    assert len(src.splitlines()) <= 500
+    tree = ast.parse(src)
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
+        {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"dataclasses", "math", "torch", "rope"}, imported  # no file format: official.py reads them
+
+
 def test_model_imports_only_what_it_is_built_from():
     code = "import sys; import model; print(sorted(m for m in sys.modules if m in %r))" % sorted(PROJECT)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['model', 'rope']"
 
 
-def test_train_py_reads_top_to_bottom():
+def test_train_py_reads_like_a_recipe():
+    # the loop is a short sequence of named steps (start, train_step, evaluate_run, save_run, finish), each a screen
     src = open(os.path.join(ROOT, "train.py")).read()
-    assert len(src.splitlines()) < 600
-    long = [(f.name, f.end_lineno - f.lineno + 1) for f in ast.walk(ast.parse(src))
-            if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 150]
-    assert long == []
+    lengths = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(ast.parse(src)) if isinstance(f, ast.FunctionDef)}
+    assert {k: v for k, v in lengths.items() if v > 50} == {}
+    assert lengths["run"] <= 20
 
 
 def test_one_ladder_rule_for_every_wind_tunnel_shape():
@@ -102,6 +146,6 @@ def test_moe_forward_returns_router_logits_and_stashes_nothing():
 
 def test_the_code_cites_the_paper_not_files_outside_the_repository():
     files = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py")) + \
-        glob.glob(os.path.join(ROOT, "config", "*"))
+        glob.glob(os.path.join(ROOT, "config", "*")) + glob.glob(os.path.join(ROOT, "experiments", "*.py"))
     notes = "PAPER" + ".md"  # (spelled in two parts so that this file does not cite it)
     assert [f for f in files if notes in open(f).read()] == []

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 import longctx
+import rope
+from official import from_pretrained, save_pretrained
 from model import MiniCPM, MiniCPMConfig
 
 
@@ -13,14 +15,14 @@ def small(**kw):
 
 
 def test_rope_formulas_exact():
-    f = longctx.rope_inv_freq(8, 10000.0)
+    f = rope.rope_inv_freq(8, 10000.0)
     assert f.tolist() == pytest.approx([10000 ** (-0 / 8), 10000 ** (-2 / 8), 10000 ** (-4 / 8), 10000 ** (-6 / 8)])
-    assert longctx.ntk_scaled_base(10000.0, 4.0, 64) == pytest.approx(10000 * 4 ** (64 / 62))
-    assert longctx.ntk_scaled_base(1e4, 1.0, 64) == 1e4
-    assert longctx.dynamic_ntk_base(1e4, 2.0, 32, 32, 64) == 1e4  # within the trained length: unchanged
-    assert longctx.dynamic_ntk_base(1e4, 2.0, 64, 32, 64) == pytest.approx(1e4 * (2 * 64 / 32 - 1) ** (64 / 62))
+    assert rope.ntk_scaled_base(10000.0, 4.0, 64) == pytest.approx(10000 * 4 ** (64 / 62))
+    assert rope.ntk_scaled_base(1e4, 1.0, 64) == 1e4
+    assert rope.dynamic_ntk_base(1e4, 2.0, 32, 32, 64) == 1e4  # within the trained length: unchanged
+    assert rope.dynamic_ntk_base(1e4, 2.0, 64, 32, 64) == pytest.approx(1e4 * (2 * 64 / 32 - 1) ** (64 / 62))
     with pytest.raises(ValueError, match="scale=0"):
-        longctx.ntk_scaled_base(1e4, 0, 64)
+        rope.ntk_scaled_base(1e4, 0, 64)
 
 
 def _reference_dynamic_logits(model, idx):
@@ -46,7 +48,7 @@ def test_dynamic_rope_scaling_matches_reference():
     for T in (20, 48, 64):  # within the trained length: plain RoPE; beyond: the base grows with T
         idx = torch.randint(0, 97, (2, T))
         torch.testing.assert_close(m(idx)[0], _reference_dynamic_logits(m, idx))
-    assert longctx.rope_base(c, 64) > c.rope_theta and longctx.rope_base(c, 16) == c.rope_theta
+    assert rope.rope_base(c, 64) > c.rope_theta and rope.rope_base(c, 16) == c.rope_theta
     with pytest.raises(ValueError, match="65 tokens is longer than the model supports"):
         m(torch.zeros(1, 65, dtype=torch.long))
 
@@ -54,7 +56,7 @@ def test_dynamic_rope_scaling_matches_reference():
 def test_ntk_rope_scaling_is_a_fixed_base():
     torch.manual_seed(0)
     m = MiniCPM(small(rope_scaling={"type": "ntk", "factor": 4.0}))
-    plain = MiniCPM(small(rope_theta=longctx.ntk_scaled_base(10000.0, 4.0, 16)))
+    plain = MiniCPM(small(rope_theta=rope.ntk_scaled_base(10000.0, 4.0, 16)))
     plain.load_state_dict(m.state_dict())
     idx = torch.randint(0, 97, (2, 30))
     torch.testing.assert_close(m(idx)[0], plain(idx)[0])
@@ -64,8 +66,8 @@ def test_ntk_rope_scaling_is_a_fixed_base():
 def test_minicpm_128k_style_config_loads_and_runs(tmp_path):
     c = small(rope_theta=1e6, tie_word_embeddings=False, max_position_embeddings=256,
               rope_scaling={"type": "dynamic", "factor": 4.0})
-    MiniCPM(c).save_pretrained(tmp_path)
-    m = MiniCPM.from_pretrained(tmp_path)
+    save_pretrained(MiniCPM(c), tmp_path)
+    m = from_pretrained(tmp_path)
     assert m.config.rope_scaling == {"type": "dynamic", "factor": 4.0} and m.lm_head is not None
     out = m.generate(torch.randint(0, 97, (1, 100)), 20, top_k=1)
     assert out.shape == (1, 120)

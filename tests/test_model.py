@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model as M
+import official
 from model import MiniCPM, MiniCPMConfig
 from reference import fold_minicpm, llama_logits
 
@@ -168,11 +169,11 @@ def test_save_and_from_pretrained_round_trip(tmp_path, monkeypatch, safetensors,
                             if name.startswith("safetensors") else real_import(name, *a, **k))
     torch.manual_seed(0)
     m = MiniCPM(small(tie_word_embeddings=tied, num_key_value_heads=2))
-    m.save_pretrained(tmp_path)
+    official.save_pretrained(m, tmp_path)
     assert os.path.isfile(tmp_path / ("model.safetensors" if safetensors else "pytorch_model.bin"))
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["initializer_range"] == 0.1 and cfg["scale_emb"] == 12.0 and cfg["tie_word_embeddings"] == tied
-    m2 = MiniCPM.from_pretrained(tmp_path)
+    m2 = official.from_pretrained(tmp_path)
     idx = torch.randint(0, 97, (2, 10))
     assert torch.equal(m(idx)[0], m2(idx)[0])
 
@@ -189,14 +190,14 @@ def test_from_pretrained_official_style_config(tmp_path):
     sd = {k: v.to(torch.bfloat16) for k, v in m.state_dict().items()}
     sd["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # older exports carry this buffer
     torch.save(sd, tmp_path / "pytorch_model.bin")
-    m2 = MiniCPM.from_pretrained(tmp_path)
+    m2 = official.from_pretrained(tmp_path)
     assert m2.config.tie_word_embeddings and m2.head_weight().dtype == torch.float32
     torch.testing.assert_close(m2.model.layers[1].mlp.up_proj.weight, m.model.layers[1].mlp.up_proj.weight.to(
         torch.bfloat16).float())
 
 
 def _write(tmp_path, m, sd):
-    m.save_pretrained(tmp_path)
+    official.save_pretrained(m, tmp_path)
     for f in ("model.safetensors", "pytorch_model.bin"):
         if (tmp_path / f).exists():
             (tmp_path / f).unlink()
@@ -207,34 +208,34 @@ def test_from_pretrained_errors(tmp_path):
     torch.manual_seed(0)
     m = MiniCPM(small())
     with pytest.raises(FileNotFoundError, match="config.json"):
-        MiniCPM.from_pretrained(tmp_path)
-    m.save_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
+    official.save_pretrained(m, tmp_path)
     for f in ("model.safetensors", "pytorch_model.bin"):
         if (tmp_path / f).exists():
             (tmp_path / f).unlink()
     with pytest.raises(FileNotFoundError, match="no weights"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
     sd = m.state_dict()
     bad = dict(sd)
     bad.pop("model.layers.1.mlp.up_proj.weight")
     _write(tmp_path, m, bad)
     with pytest.raises(ValueError, match="missing keys model.layers.1.mlp.up_proj.weight"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
     _write(tmp_path, m, {**sd, "model.layers.9.mlp.up_proj.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected keys model.layers.9"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
     _write(tmp_path, m, {**sd, "model.norm.weight": torch.ones(65)})
     with pytest.raises(ValueError, match=r"model.norm.weight has shape \(65,\)"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
     _write(tmp_path, m, {**sd, "lm_head.weight": torch.zeros(97, 64)})
     with pytest.raises(ValueError, match="tie_word_embeddings"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        MiniCPM.from_pretrained(tmp_path)
+        official.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("shape", ["gqa", "mqa-untied"])
@@ -242,10 +243,10 @@ def test_export_llama_matches_reference(tmp_path, shape):
     torch.manual_seed(0)
     c = small(**SHAPES[shape])
     m = MiniCPM(c)
-    M.export_llama(m, tmp_path)
+    official.export_llama(m, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is False
-    sd = {k: v.double() for k, v in M.read_weights(tmp_path).items()}
+    sd = {k: v.double() for k, v in official.read_weights(tmp_path).items()}
     idx = torch.randint(0, c.vocab_size, (2, 12))
     torch.testing.assert_close(llama_logits(sd, c, idx), m(idx)[0].double(), rtol=1e-4, atol=1e-4)
 
@@ -256,7 +257,7 @@ def test_export_llama_loads_in_transformers(tmp_path, shape):
     torch.manual_seed(0)
     c = small(**SHAPES[shape])
     m = MiniCPM(c)
-    M.export_llama(m, tmp_path)
+    official.export_llama(m, tmp_path)
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     idx = torch.randint(0, c.vocab_size, (2, 12))
     with torch.no_grad():

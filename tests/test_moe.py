@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import moe
 import checkpoint
 import train
-from model import MiniCPM, MiniCPMConfig
+from model import MiniCPM, MiniCPMConfig, MoE, load_balancing_loss
 from conftest import cfg, losses
 
 
@@ -23,7 +23,7 @@ def test_upcycled_moe_computes_the_dense_function(kv):
     m = moe.upcycle(d, num_experts=8, top_k=2)
     idx = torch.randint(0, 97, (3, 17))
     torch.testing.assert_close(m(idx)[0], d(idx)[0], rtol=1e-5, atol=1e-5)
-    assert all(isinstance(layer.mlp, moe.MoE) for layer in m.model.layers)
+    assert all(isinstance(layer.mlp, MoE) for layer in m.model.layers)
     assert torch.equal(m.model.layers[1].self_attn.q_proj.weight, d.model.layers[1].self_attn.q_proj.weight)
     for e in range(8):  # every expert an exact copy of its layer's dense MLP
         assert torch.equal(m.model.layers[0].mlp.down_proj[e], d.model.layers[0].mlp.down_proj.weight)
@@ -37,7 +37,7 @@ def test_dispatch_equals_naive_per_token_reference():
     torch.manual_seed(1)
     c = MiniCPMConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, intermediate_size=48,
                       num_experts=6, top_k=2)
-    layer = moe.MoE(c)
+    layer = MoE(c)
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, 13, 64)
@@ -70,15 +70,15 @@ def test_load_balancing_loss_values():
     balanced = torch.full((N, E), -10.0)
     for t in range(N):  # token t prefers experts t % 8 and (t + 1) % 8 equally: every expert gets 1/8 of slots
         balanced[t, [t % E, (t + 1) % E]] = 10.0
-    assert moe.load_balancing_loss(balanced, k).item() == pytest.approx(1.0, abs=1e-3)
+    assert load_balancing_loss(balanced, k).item() == pytest.approx(1.0, abs=1e-3)
     collapsed = torch.full((N, E), -10.0)
     collapsed[:, :2] = 10.0
-    assert moe.load_balancing_loss(collapsed, k).item() == pytest.approx(E / k, rel=1e-3)
+    assert load_balancing_loss(collapsed, k).item() == pytest.approx(E / k, rel=1e-3)
     logits = torch.randn(N, E)  # the formula itself
     probs = torch.softmax(logits, -1)
     top = probs.topk(k, -1).indices
     f = torch.stack([(top == i).sum() for i in range(E)]).float() / (N * k)
-    assert moe.load_balancing_loss(logits, k).item() == pytest.approx(E * (f * probs.mean(0)).sum().item(), rel=1e-6)
+    assert load_balancing_loss(logits, k).item() == pytest.approx(E * (f * probs.mean(0)).sum().item(), rel=1e-6)
 
 
 def test_parameter_accounting_for_minicpm_moe_8x2b():

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import mup
+from experiments import mup as mup_experiment
 from model import MiniCPM, MiniCPMConfig
 
 
@@ -30,22 +31,22 @@ def test_optimizer_groups_lrs(use_mup, tied):
 
 def test_coordinate_check_flat_under_mup_growing_under_sp():
     widths = [64, 128, 256, 512]
-    res = {mode: mup.coord_check(widths, mode == "muP", steps=3, lr=1e-2, batch_size=4, seq_len=32, layers=1)
+    res = {mode: mup_experiment.coord_check(widths, mode == "muP", steps=3, lr=1e-2, batch_size=4, seq_len=32, layers=1)
            for mode in ("muP", "SP")}
     for kind in ("attention", "mlp"):
-        sp, mp = mup.growth(res["SP"][kind], widths), mup.growth(res["muP"][kind], widths)
+        sp, mp = mup_experiment.growth(res["SP"][kind], widths), mup_experiment.growth(res["muP"][kind], widths)
         assert sp > 0.5, (kind, sp)  # SP: activations grow ~ width^0.5 or faster
         assert mp < 0.15, (kind, mp)  # muP: no growth with width
         assert sp - mp > 0.6
 
 
 def test_growth_slope_exact():
-    assert mup.growth([1, 2, 4, 8], [1, 2, 4, 8]) == pytest.approx(1.0)
-    assert mup.growth([3, 3, 3], [10, 20, 40]) == pytest.approx(0.0)
+    assert mup_experiment.growth([1, 2, 4, 8], [1, 2, 4, 8]) == pytest.approx(1.0)
+    assert mup_experiment.growth([3, 3, 3], [10, 20, 40]) == pytest.approx(0.0)
 
 
 def test_best_lr_parabola_vertex():
     lrs = [0.001, 0.002, 0.004, 0.008, 0.016]
     losses = [(np.log2(lr) - np.log2(0.003)) ** 2 + 2 for lr in lrs]  # a parabola in log2(lr), minimum at 0.003
-    assert mup.best_lr(lrs, losses) == pytest.approx(0.003)
-    assert mup.best_lr(lrs, [1, 2, 3, 4, 5]) == 0.001  # minimum at the grid's edge: the grid point
+    assert mup_experiment.best_lr(lrs, losses) == pytest.approx(0.003)
+    assert mup_experiment.best_lr(lrs, [1, 2, 3, 4, 5]) == 0.001  # minimum at the grid's edge: the grid point

@@ -14,7 +14,9 @@ import dpo
 import model as M
 import plots
 import sample
+import tasks
 import train
+from experiments import runner
 from conftest import ROOT, cfg, rows
 
 
@@ -49,7 +51,7 @@ def test_small_runs_get_a_schedule_that_fits(argv, W, decay):
 def test_a_continuation_says_what_it_trains_and_never_trains_nothing(tmp_path, capsys):
     base = dict(max_steps=8, decay_steps=2, warmup_steps=0)
     train.train(cfg(tmp_path / "out", **base), quiet=True)
-    data = dpo.write_task_data(str(tmp_path / "tasks"), 100, 10)
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 100, 10)
     sft = cfg(tmp_path / "sft", init_from=str(tmp_path / "out"), data=data["sft_train"], decay_steps=0, lr=1e-3,
               seq_len=64, max_steps=8)  # the old README's SFT command: max_steps = the source's step
     with pytest.raises(train.ConfigError, match=r"is at step 8, and max_steps=8 counts from step 0 of the first "
@@ -78,13 +80,13 @@ def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path, monkeypatch):
     again = train.train({**c, "overwrite": True}, quiet=True)
     assert again["train_loss"] == first["train_loss"]
     # sweeps redo what they must without asking; a finished run is reused unless fresh=True (--fresh)
-    res = train.sweep(str(tmp_path / "r.json"), {"a": c})
+    res = runner.sweep(str(tmp_path / "r.json"), {"a": c})
     assert res["a"]["train_loss"] == first["train_loss"]
     trained, real = [], train.train
     monkeypatch.setattr(train, "train", lambda cfg_, quiet=False: trained.append(1) or real(cfg_, quiet))
-    train.sweep(str(tmp_path / "r.json"), {"a": c})
+    runner.sweep(str(tmp_path / "r.json"), {"a": c})
     assert trained == []
-    assert train.sweep(str(tmp_path / "r.json"), {"a": c}, fresh=True)["a"]["train_loss"] == first["train_loss"]
+    assert runner.sweep(str(tmp_path / "r.json"), {"a": c}, fresh=True)["a"]["train_loss"] == first["train_loss"]
     assert trained == [1]
 
 
@@ -130,7 +132,7 @@ def test_every_entry_point_handles_bad_input_the_same_way(tmp_path, cli, monkeyp
 
 
 def test_the_dpo_reference_pass_shows_progress(tmp_path, capsys):
-    data = dpo.write_task_data(str(tmp_path / "tasks"), 80, 10)
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 80, 10)
     train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=2, decay_steps=0,
                     warmup_steps=0), quiet=True)
     dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
@@ -142,7 +144,7 @@ def test_the_dpo_reference_pass_shows_progress(tmp_path, capsys):
 
 
 def test_val_bpb_on_sft_data_counts_response_bytes(tmp_path):
-    data = dpo.write_task_data(str(tmp_path / "tasks"), 100, 10)
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 100, 10)
     assert corpus.SFTData(data["sft_train"]).meta["bytes_per_token"] == 1.0  # byte tokenizer: 1 byte per token
     res = train.train(cfg(tmp_path / "s", data=data["sft_train"], seq_len=64, max_steps=2, decay_steps=0,
                           warmup_steps=0, eval_interval=2), quiet=True)

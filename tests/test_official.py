@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from model import KVCache, MiniCPM, MiniCPMConfig, read_weights
+from model import KVCache, MiniCPM, MiniCPMConfig
+from official import from_pretrained, read_weights, save_pretrained
 from reference import official_forward, official_greedy
 
 # model.py computes RoPE tables and RMSNorm in fp32 even for a float64 model (as the official code does); the
@@ -20,7 +21,7 @@ SMALL = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_h
 
 def saved(model, path):
     """(state dict, config.json) of what save_pretrained wrote: all the reference sees."""
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     return read_weights(path), json.loads((path / "config.json").read_text())
 
 
@@ -43,7 +44,7 @@ def test_what_we_save_means_the_same_to_the_official_code_and_loads_back(tmp_pat
     idx = torch.randint(0, 97, (2, 23))
     ours = m(idx)[0]
     torch.testing.assert_close(official_forward(sd, cfg, idx)[0], ours, **TOL)
-    back = MiniCPM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    back = from_pretrained(tmp_path, dtype=torch.float64).eval()
     torch.testing.assert_close(back(idx)[0], ours, rtol=1e-12, atol=1e-12)
     if kw.get("num_experts"):  # the released MiniCPM-MoE layout and routing key
         assert cfg["num_experts_per_tok"] == kw["top_k"] and "top_k" not in cfg
@@ -98,7 +99,7 @@ def test_official_directories_load_with_the_official_logits(tmp_path, extra):
     if extra.get("num_key_value_heads", 0) is None:
         del cfg["num_key_value_heads"]  # the official code then uses num_attention_heads
     sd = official_dir(tmp_path, cfg)
-    m = MiniCPM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    m = from_pretrained(tmp_path, dtype=torch.float64).eval()
     assert m.config.top_k == extra.get("num_experts_per_tok", m.config.top_k)
     assert m.config.num_key_value_heads == cfg.get("num_key_value_heads", 4)
     idx = torch.randint(0, 97, (2, 29))

@@ -9,6 +9,7 @@ import torch
 import sample
 import train
 from model import MiniCPM, MiniCPMConfig
+from official import save_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +40,7 @@ def test_sample_errors_are_one_line(tmp_path, capsys):
             sample.main(argv)
         assert e.value.code == 2
         return capsys.readouterr().err.strip()
-    MiniCPM(MiniCPMConfig()).save_pretrained(tmp_path)
+    save_pretrained(MiniCPM(MiniCPMConfig()), tmp_path)
     assert error([f"--model_dir={tmp_path}"]) == f"error: no tokenizer.json or tokenizer.model in {tmp_path}"
     (tmp_path / "tokenizer.model").write_bytes(b"")
     try:
@@ -57,7 +58,7 @@ def test_sample_from_official_directory_with_tokenizer_json(tmp_path):
     tok.decoder = tokenizers.decoders.WordPiece()
     tok.save(str(tmp_path / "tokenizer.json"))
     torch.manual_seed(0)
-    MiniCPM(MiniCPMConfig(vocab_size=len(vocab))).save_pretrained(tmp_path)
+    save_pretrained(MiniCPM(MiniCPMConfig(vocab_size=len(vocab))), tmp_path)
     model, encode, decode, eos = sample.load(model_dir=str(tmp_path))
     assert encode("the cat") == [3, 4] and eos == 2 and decode([3, 4]) == "the cat"
     r = run([f"--model_dir={tmp_path}", "--prompt=the cat", "--max_new_tokens=5", "--num_samples=1", "--top_k=1"])

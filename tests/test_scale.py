@@ -10,7 +10,7 @@ import torch
 import checkpoint
 import corpus
 import train
-from model import MiniCPM
+from official import from_pretrained
 from conftest import assert_same_losses, cfg, cli_args, losses, run_cli
 
 
@@ -47,7 +47,7 @@ def test_fsdp_equals_ddp_resumes_dcp_at_world_sizes_1_and_2_and_exports(tmp_path
         train.train(cfg(tmp_path / "ref", **steps, resume=True, batch_size=4), quiet=True)
     # export the sharded checkpoint to the official format: from_pretrained gives the trained function
     train.main(["export", str(dcp_dir), str(tmp_path / "official")])  # in this process: no 5 s start-up
-    m = MiniCPM.from_pretrained(str(tmp_path / "official")).eval()
+    m = from_pretrained(str(tmp_path / "official")).eval()
     x = torch.randint(0, 259, (2, 16))
     dense, _ = checkpoint.model_from_checkpoint(str(dcp_dir))
     assert torch.equal(m(x)[0], dense(x)[0])

@@ -14,16 +14,13 @@ import torch
 
 import batchsize
 import corpus
-import dpo
-import findings
-import longctx
-import moe
-import mup
 import report
-import scaling_law
 import train
 import wsd
 from conftest import ROOT, TINY, cfg
+from experiments import batchsize as batchsize_experiment
+from experiments import findings, longctx, moe, mup, runner, scaling_law, two_stage
+from experiments import wsd as wsd_experiment
 from model import MiniCPM, model_config
 
 
@@ -58,11 +55,11 @@ def test_update_stats_only_read(tmp_path):
     assert seen["train_loss"] == plain["train_loss"] and seen["final_val_loss"] == plain["final_val_loss"]
     st = seen["decay_stats"]  # [step, lr, grad norm, cosine, max |update|, loss] per step
     assert [r[0] for r in st] == list(range(1, 13)) and [r[5] for r in st] == plain["train_loss"]
-    assert [r[1] for r in st] == [train.lr_at(train.validate_config({**train.default_config(), **cfg(tmp_path)}), s)
+    assert [r[1] for r in st] == [wsd.lr_at(train.validate_config({**train.default_config(), **cfg(tmp_path)}), s)
                                   for s in range(12)]
     assert all(-1 <= r[3] <= 1 for r in st[1:]) and all(r[4] > 0 for r in st[1:])
     assert st[0][1] == 0 and st[0][4] == 0  # warmup starts at lr 0: the first step moves no weight
-    windows = wsd.decay_windows(st, 12, 3)  # the last 3 stable steps (7-9) and the 3 decay steps (10-12)
+    windows = wsd_experiment.decay_windows(st, 12, 3)  # the last 3 stable steps (7-9) and the 3 decay steps (10-12)
     assert windows[1]["grad_norm"] == pytest.approx(np.mean([r[2] for r in st[9:12]]))
     assert windows[0]["loss_slope"] == pytest.approx(np.polyfit([7, 8, 9], [r[5] for r in st[6:9]], 1)[0])
 
@@ -97,14 +94,14 @@ def test_python_source_corpus_is_the_standard_library():
 
 
 def test_seeds_of_a_sweep_and_their_wall_time(tmp_path):
-    runs = findings.with_seeds({"a": dict(seed=1, lr=1.0), "b": dict(seed=1)}, ["a"], 3)
+    runs = runner.seeded(3, lambda s: {"a": dict(seed=s, lr=1.0), "b": dict(seed=s)})
     assert runs == {"a": dict(seed=1, lr=1.0), "b": dict(seed=1), "a seed2": dict(seed=2, lr=1.0),
-                    "a seed3": dict(seed=3, lr=1.0)}
+                    "b seed2": dict(seed=2), "a seed3": dict(seed=3, lr=1.0), "b seed3": dict(seed=3)}
     res = {k: dict(final_val_loss=i) for i, k in enumerate(runs)}
-    assert findings.per_seed(res, "a", 3) == [0, 2, 3]
+    assert runner.per_seed(res, "a", 3) == [0, 2, 4]
     f = tmp_path / "r.json"
     f.write_text(json.dumps({k: dict(seconds=1.5) for k in runs}))
-    assert findings.wall_s(str(f), ["a"]) == 4.5
+    assert runner.wall_s(str(f), ["a"]) == 4.5
 
 
 def test_a_finished_run_whose_checkpoints_are_gone_is_trained_again(tmp_path, monkeypatch):
@@ -113,27 +110,27 @@ def test_a_finished_run_whose_checkpoints_are_gone_is_trained_again(tmp_path, mo
     file = str(tmp_path / "r.json")
     calls, real = [], train.train
     monkeypatch.setattr(train, "train", lambda c_, quiet=False: calls.append(1) or real(c_, quiet))
-    first = train.sweep(file, {"stable": c})["stable"]
-    assert train.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1]
+    first = runner.sweep(file, {"stable": c})["stable"]
+    assert runner.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1]
     for f in os.listdir(tmp_path / "stable"):  # out_dir emptied: trained again, to the same numbers
         os.remove(tmp_path / "stable" / f)
-    assert train.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1, 1]
+    assert runner.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1, 1]
     assert os.path.isfile(tmp_path / "stable" / "ckpt.pt")
 
 
 def test_log2_vertex_is_the_parabola_through_the_minimum():
     xs = [1, 2, 4, 8]
     ys = [(math.log2(x) - 1.3) ** 2 for x in xs]  # an exact parabola in log2 x: the vertex is 2^1.3
-    assert findings.log2_vertex(xs, ys) == pytest.approx(2 ** 1.3)
-    assert findings.log2_vertex(xs, [0, 1, 2, 3]) == 1 and findings.log2_vertex(xs, [3, 2, 1, 0]) == 8
+    assert batchsize.log2_vertex(xs, ys) == pytest.approx(2 ** 1.3)
+    assert batchsize.log2_vertex(xs, [0, 1, 2, 3]) == 1 and batchsize.log2_vertex(xs, [3, 2, 1, 0]) == 8
 
 
 def test_one_command_reruns_every_finding():
     ids = {f["command"].split(" --seeds")[0] for f in findings.load().values()}
-    rerun = {c.split(" --seeds")[0] for c in report.RERUN}
+    rerun = {c.split(" --seeds")[0] for c in report.rerun_commands()}
     assert ids <= rerun, f"findings recorded by commands that --rerun does not run: {ids - rerun}"
-    for c in report.RERUN:
-        assert os.path.isfile(os.path.join(ROOT, c.split()[1]))
+    for c in report.rerun_commands():  # python -m experiments.NAME ...: a file of experiments/
+        assert c.split()[1] == "-m" and os.path.isfile(os.path.join(ROOT, *c.split()[2].split(".")) + ".py")
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "python report.py --rerun" in readme
 
@@ -147,19 +144,19 @@ def _capture_sweep(file, runs, desc="", fresh=False):
 
 
 @pytest.mark.parametrize("name, call", [
-    ("wsd", lambda out, d: wsd.experiment(out=out, data=d)),
+    ("wsd", lambda out, d: wsd_experiment.experiment(out=out, data=d)),
     ("lr_transfer", lambda out, d: mup.lr_transfer(out=out, data=d)),
-    ("batchsize", lambda out, d: batchsize.experiment(out=out, data=d)),
+    ("batchsize", lambda out, d: batchsize_experiment.experiment(out=out, data=d)),
     ("scaling", lambda out, d: scaling_law.experiment(out=out, data=d)),
     ("moe", lambda out, d: moe.experiment(out=out, data=d)),
     ("longctx", lambda out, d: longctx.experiment(out=out, data=d)),
-    ("align", lambda out, d: dpo.experiment(out=out, data=d))])
+    ("align", lambda out, d: two_stage.experiment(out=out, data=d))])
 def test_every_experiment_trains_on_the_corpus_given_with_data(tmp_path, monkeypatch, name, call):
     # the one-GPU settings run on a corpus the user prepares (python corpus.py --input ... --out DIR): every run of
     # the experiment reads it (SFT rows aside), and its results go to their own file beside the committed ones
     web = tmp_path / "web"
     corpus.prepare(str(web), corpus.embedded_documents()[:200])
-    monkeypatch.setattr(train, "sweep", _capture_sweep)
+    monkeypatch.setattr(runner, "sweep", _capture_sweep)
     with pytest.raises(_Captured) as got:
         call(str(tmp_path), str(web))
     file, runs = got.value.args
@@ -181,24 +178,24 @@ def test_data_names_a_prepared_corpus_or_fails_in_one_line(tmp_path, monkeypatch
     # a larger vocabulary than the models' 320: the runs get a vocab_size that holds it, padded to 64
     assert corpus.corpus_keys(str(tmp_path / "big")) == dict(data=str(tmp_path / "big"), vocab_size=1024)
     with pytest.raises(train.ConfigError, match="tokenized with big, but the task sets are byte-tokenized"):
-        dpo.experiment(out=str(tmp_path), data=str(tmp_path / "big"))
-    r = subprocess.run([sys.executable, "batchsize.py", "--data", str(tmp_path / "missing")], cwd=ROOT,
+        two_stage.experiment(out=str(tmp_path), data=str(tmp_path / "big"))
+    r = subprocess.run([sys.executable, "-m", "experiments.batchsize", "--data", str(tmp_path / "missing")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--data: data=" in r.stderr
     # the controls on python_source take no --data: said, not silently ignored
-    r = subprocess.run([sys.executable, "wsd.py", "--small_long", "--data", str(tmp_path / "big")], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "experiments.wsd", "--small_long", "--data", str(tmp_path / "big")],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "--data applies to the schedule experiment" in r.stderr
 
 
 def test_decay_length_control_runs_on_the_quick_setting(tmp_path, monkeypatch):
-    # `python wsd.py --decay_length_at S` (a command of report.py --rerun): the quick model and corpus, 10% and 20%
-    # exp decays over 3 seeds, recorded as a finding
+    # `python -m experiments.wsd --decay_length_at S` (a command of report.py --rerun): the quick model and corpus,
+    # 10% and 20% exp decays over 3 seeds, recorded as a finding
     monkeypatch.setattr(findings, "FILE", str(tmp_path / "findings.json"))
-    f = wsd.decay_length_at(20, out=str(tmp_path))
+    f = wsd_experiment.decay_length_at(20, out=str(tmp_path))
     saved = json.loads((tmp_path / "results/wsd_decay_length_S20_quick.json").read_text())
     assert sorted(saved) == sorted(f"WSD exp {p} seed{s}" for p in ("10.0%", "20.0%") for s in (1, 2, 3))
-    model = wsd.setting(True)[0]
+    model = wsd_experiment.setting(True)[0]
     for name, run in saved.items():
         assert {k: run["config"][k] for k in model} == model and run["config"]["data"] == "python_source"
         assert run["config"]["decay_steps"] == (2 if "10.0%" in name else 4) and run["metrics"]["step"] == 20

@@ -1,0 +1,299 @@
+"""
+Paper §3.1 and §3.3, rerun small: the coordinate check (models of several widths trained a few steps at one lr, the
+mean |activation| of each layer kind against width: flat under muP, growing under standard parametrisation) and
+learning-rate transfer (Fig. 3: loss against lr for several widths, whose minima line up under muP and slide under
+SP; and across depth, residuals x scale_depth / sqrt(L) against plain ones).
+
+    python -m experiments.mup coord --seeds 3                 # widths 128-1024, 4 steps (2-core CPU: minutes)
+    python -m experiments.mup transfer --quick --seeds 3      # widths 64-512, 7 lrs, 100 steps
+"""
+
+import argparse
+import math
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from batchsize import log2_vertex
+from configurator import exit_on_user_error
+from corpus import TokenData, corpus_keys
+from experiments import findings, runner
+from experiments.runner import Experiment, ms, read_results, seeds_of
+from model import MiniCPM
+from mup import configure_optimizer, width_config
+from plots import save, subplots
+
+
+# ----------------------------------------------------------------------------------------------------------
+# coordinate check (paper §3.1): mean |activation| of each layer kind against width, muP against SP
+
+KINDS = ("embedding", "attention", "mlp", "logits")
+
+
+def coord_check(widths, use_mup, steps=4, lr=1e-2, seeds=(0,), batch_size=8, seq_len=64, layers=2, data=None):
+    """Mean |activation| per layer kind after `steps` Adam steps at `lr`, for each width: {kind: [per width]}."""
+    data = data or TokenData("embedded")
+    out = {k: [0.0] * len(widths) for k in KINDS}
+    for wi, width in enumerate(widths):
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = MiniCPM(width_config(width, use_mup, layers, vocab=max(320, data.vocab_size)))
+            opt = configure_optimizer(model, lr, weight_decay=0.0)
+            acts = {}
+            hooks = [model.model.embed_tokens.register_forward_hook(_record(acts, "embedding"))]
+            for layer in model.model.layers:
+                hooks.append(layer.self_attn.register_forward_hook(_record(acts, "attention")))
+                hooks.append(layer.mlp.register_forward_hook(_record(acts, "mlp")))
+            for step in range(steps + 1):
+                x, y = data.batch("train", seed, step, batch_size, seq_len)
+                acts.clear()
+                logits, loss = model(x, y)
+                if step == steps:  # measure after `steps` updates
+                    acts.setdefault("logits", []).append(logits.detach().abs().mean().item())
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            for h in hooks:
+                h.remove()
+            for k in KINDS:
+                out[k][wi] += sum(acts[k]) / len(acts[k]) / len(seeds)
+    return out
+
+
+def _record(store, kind):
+    def hook(module, inputs, output):
+        store.setdefault(kind, []).append(output.detach().abs().mean().item())
+    return hook
+
+
+def growth(values, widths):
+    """Slope of log(mean |act|) against log(width): ~0 is flat (muP), > 0 grows with width (SP)."""
+    lx = [math.log(w) for w in widths]
+    ly = [math.log(v) for v in values]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def plot_coord_check(results, widths, steps, lr, file):
+    fig, axes = subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, mode in zip(axes, ("muP", "SP")):
+        for k in KINDS:
+            ax.plot(widths, results[mode][k], marker="o", label=f"{k} (slope {growth(results[mode][k], widths):+.2f})")
+        ax.set(xscale="log", yscale="log", xlabel="hidden_size", title=f"{mode}: after {steps} steps at lr={lr}")
+        ax.minorticks_off()
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean |activation|")
+    save(fig, file, dpi=120)
+
+
+def run_coord_check(widths, steps, lr, seeds, layers=2, out=runner.ASSETS, tag=""):
+    """The coordinate check, each seed on its own (the table averages them); with >= 3 seeds the per-seed slopes of
+    the hidden activations, muP against SP, are recorded as findings (findings.py)."""
+    t0 = time.perf_counter()
+    per_seed = {mode: [coord_check(widths, mode == "muP", steps=steps, lr=lr, seeds=(s,), layers=layers)
+                       for s in tqdm(seeds, desc=f"coord check {mode}")] for mode in ("muP", "SP")}
+    results = {mode: {k: [sum(r[k][i] for r in runs) / len(runs) for i in range(len(widths))] for k in KINDS}
+               for mode, runs in per_seed.items()}
+    print(f"mean |activation| after {steps} steps at lr={lr} (columns: hidden_size)")
+    print(f"{'':16s}" + "".join(f"{w:>9d}" for w in widths) + "    slope")
+    for mode in ("muP", "SP"):
+        for k in KINDS:
+            v = results[mode][k]
+            print(f"{mode + ' ' + k:16s}" + "".join(f"{x:9.3f}" for x in v) + f"   {growth(v, widths):+.3f}")
+    plot_coord_check(results, widths, steps, lr, os.path.join(out, f"coord_check{tag}.png"))
+    runner.write_summary(runner.ROOT, f"coord_check{tag}", dict(widths=widths, steps=steps, lr=lr, seeds=list(seeds),
+                                                                results=results))
+    print(f"figure: {os.path.join(out, f'coord_check{tag}.png')}")
+    if len(seeds) >= 3:
+        for kind, name in (("mlp", "MLP output"), ("attention", "attention output")):
+            slopes = {m: [growth(r[kind], widths) for r in per_seed[m]] for m in ("muP", "SP")}
+            findings.record(
+                fid=f"coord_check_{kind}{tag}", section="§3.1", claim=f"muP keeps the {name} from growing with width "
+                f"as SP does: its log-log slope over widths {widths[0]}-{widths[-1]} is lower",
+                paper="activations flat in width under muP (the wind tunnel's premise)", test="lower",
+                a=f"muP {name} slope", b=f"SP {name} slope", a_per_seed=slopes["muP"], b_per_seed=slopes["SP"],
+                command=runner.command("mup", bool(tag), len(seeds), args="coord"), hardware=runner.this_machine(),
+                wall_s=time.perf_counter() - t0)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# learning-rate transfer (paper §3.3, Fig. 3): the loss-vs-lr curves of several widths share their minimum
+
+
+def lr_transfer(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
+    """Loss against lr for several widths (muP against SP), and for two depths at one width (with the depth scaling
+    scale_depth / sqrt(L) against plain residuals); every run with seeds 1 .. seeds; >= 3 records the verdicts.
+    data: a corpus in place of the setting's own (corpus.corpus_keys)."""
+    lrs = [0.000625, 0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04]
+    if quick:  # 2-core CPU, ~6 minutes a seed (widths) + ~3 (depths)
+        widths, layers, seq, rows, steps, depth_width, depths = [64, 128, 256, 512], 2, 64, 8, 100, 128, [2, 8]
+    else:  # one GPU
+        widths, layers, seq, rows, steps, depth_width, depths = [128, 256, 512, 1024], 4, 256, 32, 1500, 256, [4, 16]
+    depth_lrs = lrs[1:-1]  # (GPU: 12M tokens a run)
+    corpus = corpus_keys(data or ("embedded" if quick else "python_source"))
+
+    def run(w, L, use_mup, lr, seed, **kw):
+        c = width_config(w, use_mup, L, **kw)
+        model = {k: getattr(c, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                            "num_key_value_heads", "intermediate_size", "use_mup", *kw)}
+        return dict(preset="tiny", **model, **corpus, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=steps,
+                    warmup_steps=steps // 10, decay_steps=steps // 10, eval_interval=steps, eval_steps=8,
+                    sample_tokens=0, seed=seed)
+    runs = {}
+    for seed in range(1, seeds + 1):
+        for mode in ("muP", "SP"):
+            for w in widths:
+                for lr in lrs:
+                    runs[runner.seed_name(f"{mode}_w{w}_lr{lr}", seed)] = run(w, layers, mode == "muP", lr, seed)
+        # depth (paper §3.1): residual branches x scale_depth / sqrt(L) ("depth-muP", scale_depth 1.4) against
+        # plain residuals (scale_depth = sqrt(L), a multiplier of 1); width muP in both
+        for mode in ("depth-muP", "plain"):
+            for L in depths:
+                for lr in depth_lrs:
+                    kw = {} if mode == "depth-muP" else dict(scale_depth=math.sqrt(L))
+                    runs[runner.seed_name(f"{mode}_L{L}_lr{lr}", seed)] = run(depth_width, L, True, lr, seed, **kw)
+    tag = runner.results_tag(quick, data)
+    file = os.path.join(out, "results", f"lr_transfer{tag}.json")
+    res = runner.sweep(file, runs, desc="lr transfer", fresh=fresh)
+
+    def curves(seed):
+        width = {mode: {w: [res[runner.seed_name(f"{mode}_w{w}_lr{lr}", seed)]["final_val_loss"] for lr in lrs]
+                        for w in widths} for mode in ("muP", "SP")}
+        depth = {mode: {L: [res[runner.seed_name(f"{mode}_L{L}_lr{lr}", seed)]["final_val_loss"]
+                            for lr in depth_lrs] for L in depths} for mode in ("depth-muP", "plain")}
+        return width, depth
+
+    def shift(grid, table):  # octaves between the best lrs of the first and last curve (signed)
+        keys = list(table)
+        return math.log2(best_lr(grid, table[keys[-1]]) / best_lr(grid, table[keys[0]]))
+
+    table, depth_table = curves(1)
+    summary = {"lrs": lrs, "widths": widths, "val_loss": table, "depth_lrs": depth_lrs, "depths": depths,
+               "depth_width": depth_width, "depth_val_loss": depth_table}
+    print(f"final val loss (nats/token) after {steps} steps, seed 1; columns: lr")
+    for mode in ("muP", "SP"):
+        best = {w: best_lr(lrs, table[mode][w]) for w in widths}
+        sh = math.log2(max(best.values()) / min(best.values()))
+        summary[mode] = dict(best_lr=best, shift_octaves=sh)
+        for w in widths:
+            print(f"{mode:3s} width {w:5d}: " + " ".join(f"{v:7.4f}" for v in table[mode][w]) +
+                  f"   best lr {best[w]:.4f}")
+        print(f"{mode}: the best lr moves by a factor {2 ** sh:.2f} ({sh:.2f} octaves) across an "
+              f"{widths[-1] // widths[0]}x width range")
+    for mode in ("depth-muP", "plain"):
+        best = {L: best_lr(depth_lrs, depth_table[mode][L]) for L in depths}
+        summary[mode] = dict(best_lr=best, shift_octaves=shift(depth_lrs, depth_table[mode]))
+        print(f"{mode:9s} width {depth_width}, best lr at {' / '.join(map(str, depths))} layers: "
+              + " / ".join(f"{v:.4f}" for v in best.values()))
+    if seeds >= 3:
+        per = {s: curves(s) for s in range(1, seeds + 1)}
+        where = dict(command=runner.command("mup", quick, seeds, data, args="transfer"),
+                     hardware=runner.this_machine(), wall_s=runner.wall_s(file))
+        findings.record(fid="mup_width_transfer", section="§3.3", claim=f"the best base lr moves less across widths "
+                        f"{widths[0]}-{widths[-1]} under muP than under SP (absolute log2 shift, octaves)",
+                        paper="the optimal lr stays ~0.01 from 0.04B to 0.5B (Fig. 3)", test="lower",
+                        a="muP |shift|", b="SP |shift|", a_per_seed=[abs(shift(lrs, per[s][0]["muP"])) for s in per],
+                        b_per_seed=[abs(shift(lrs, per[s][0]["SP"])) for s in per], **where)
+        findings.record(fid="mup_depth_transfer", section="§3.1", claim=f"with residuals x scale_depth / sqrt(L), the "
+                        f"best base lr moves less from {depths[0]} to {depths[-1]} layers than with plain residuals "
+                        f"(absolute log2 shift, octaves; width {depth_width})",
+                        paper="depth muP: hyper-parameters transfer across depth", test="lower",
+                        a="depth-muP |shift|", b="plain |shift|",
+                        a_per_seed=[abs(shift(depth_lrs, per[s][1]["depth-muP"])) for s in per],
+                        b_per_seed=[abs(shift(depth_lrs, per[s][1]["plain"])) for s in per],
+                        explanation=EXPLAIN["mup_depth_transfer"], **where)
+        findings.record(fid="mup_wider_better", section="§3.3", claim=f"under muP the widest model ({widths[-1]}) ends "
+                        f"below the narrowest ({widths[0]}), each at its best lr of the grid",
+                        paper="wider is better at the shared optimum (Fig. 3)", test="lower",
+                        a=f"muP width {widths[-1]}", b=f"muP width {widths[0]}",
+                        a_per_seed=[min(per[s][0]["muP"][widths[-1]]) for s in per],
+                        b_per_seed=[min(per[s][0]["muP"][widths[0]]) for s in per], **where)
+    runner.write_summary(out, f"lr_transfer_summary{tag}", summary)
+    plot_lr_transfer(summary, os.path.join(out, "assets", f"lr_transfer{tag}.png"))
+    return summary
+
+
+def best_lr(lrs, losses):
+    """The lr of lowest loss, refined by a parabola in log2(lr) through the minimum and its two neighbours
+    (a grid point when the minimum is at the edge of the grid): batchsize.log2_vertex."""
+    return log2_vertex(lrs, losses)
+
+
+def plot_lr_transfer(summary, file):
+    fig, axes = subplots(1, 4, figsize=(19, 4))
+    for ax, mode in zip(axes, ("muP", "SP")):
+        for w in summary["widths"]:
+            ax.plot(summary["lrs"], summary["val_loss"][mode][w], "o-", label=f"width {w}")
+        ax.set(xscale="log", xlabel="base lr",
+               title=f"{mode}: best lr moves {2 ** summary[mode]['shift_octaves']:.2f}x")
+        ax.legend(fontsize=8)
+    for ax, mode in zip(axes[2:], ("depth-muP", "plain")):
+        for L in summary.get("depths", []):
+            ax.plot(summary["depth_lrs"], summary["depth_val_loss"][mode][L], "o-", label=f"{L} layers")
+        ax.set(xscale="log", xlabel="base lr", title=f"{mode} residuals (width {summary.get('depth_width')}): "
+               f"{2 ** summary[mode]['shift_octaves']:.2f}x" if mode in summary else mode)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("final val loss")
+    save(fig, file, dpi=120)
+
+
+def lr_transfer_table():
+    """§3.3: the best base lr of each width (muP, SP) and depth, over seeds."""
+    sweep, summ = read_results("lr_transfer_quick"), read_results("lr_transfer_summary_quick")
+    rows = ["| | best base lr (parabola in log lr), mean +- std over seeds | the shift, octaves |", "|---|---|---|"]
+    groups = [(m, [f"{m}_w{w}_lr{{}}" for w in summ["widths"]], summ["lrs"], [f"width {w}" for w in summ["widths"]])
+              for m in ("muP", "SP")]
+    groups += [(m, [f"{m}_L{L}_lr{{}}" for L in summ["depths"]], summ["depth_lrs"],
+                [f"{L} layers" for L in summ["depths"]]) for m in ("depth-muP", "plain") if "depths" in summ]
+    for mode, names, lrs, labels in groups:
+        per = [[best_lr(lrs, [seeds_of(sweep, n.format(lr))[s] for lr in lrs]) for n in names]
+               for s in range(len(seeds_of(sweep, names[0].format(lrs[0]))))]
+        best = " / ".join(f"{lab} {ms([p[i] for p in per], '.4f')}" for i, lab in enumerate(labels))
+        rows.append(f"| {mode} | {best} | {ms([math.log2(p[-1] / p[0]) for p in per], '+.2f')} |")
+    return "\n".join(rows)
+
+
+EXPLAIN = {
+    "mup_depth_transfer": "its control does not move either: with plain residuals the best lr also stays put from "
+                          "2 to 8 layers at width 128 (the depth rows of the lr-transfer table), so 8 layers is not "
+                          "deep enough here for depth scaling to matter; deeper models are the next run",
+}
+
+EXPERIMENT = Experiment(name="mup", section="§3.1, §3.3",
+                        rerun=(runner.command("mup", seeds=3, args="coord"),
+                               runner.command("mup", True, 3, args="transfer")),
+                        sweeps=("lr_transfer_quick",), tables={"lr-transfer": lr_transfer_table}, explain=EXPLAIN)
+
+
+def main():
+    p = argparse.ArgumentParser(description="muP experiments (paper §3): the coordinate check (mean |activation| vs "
+                                            "width) and learning-rate transfer, muP against standard parametrisation")
+    p.add_argument("experiment", nargs="?", choices=["coord", "transfer", "all"], default="all")
+    p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512, 1024], help="coordinate check widths")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seeds", type=int, default=None,
+                   help="coordinate check: seeds (default 3; 1 with --quick); lr transfer: " + runner.SEEDS_HELP +
+                   " (default 1)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--data", default=None, help="lr transfer: " + runner.DATA_HELP)
+    p.add_argument("--fresh", action="store_true", help=runner.FRESH_HELP)
+    p.add_argument("--quick", action="store_true", help="2-core CPU sizes: coord widths 64..512 with one seed; "
+                                                        "tiny lr-transfer sweep")
+    a = p.parse_args()
+    coord_seeds = a.seeds or (1 if a.quick else 3)
+    if a.quick:
+        a.widths = [64, 128, 256, 512]
+    if a.experiment in ("coord", "all"):
+        run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers, tag="_quick" if a.quick else "")
+    if a.experiment in ("transfer", "all"):
+        exit_on_user_error(lambda: lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1, data=a.data))
+
+
+if __name__ == "__main__":
+    main()

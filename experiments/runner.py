@@ -1,0 +1,171 @@
+"""
+The wind tunnel's runner: what every experiment does the same way, written once.
+
+An experiment (one file of this folder, one paper section) builds its runs as {name: train.py config} for seeds
+1 .. N (`seeded`), trains the ones not yet in its results file (`sweep`: an interrupted experiment resumes, a finished
+one only redraws its figures), records its findings (findings.py) and declares itself to report.py with an
+`EXPERIMENT = Experiment(...)`: its rerun commands, the sweeps its findings rest on, its README tables and the
+explanations of its findings. Adding an experiment is writing one file here.
+
+    python -m experiments.wsd --quick --seeds 3      # from the repository root (the experiments import train.py)
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+import train
+from checkpoint import run_files, write_json
+from configurator import exit_on_user_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "results")
+ASSETS = os.path.join(ROOT, "assets")
+
+FRESH_HELP = ("train every run again (default: runs already in results/*.json with the same config are reused, so "
+              "an interrupted experiment resumes and a finished one only redraws its figures)")
+SEEDS_HELP = "every compared run with seeds 1..N (init and data order); N >= 3 records the verdicts (findings.py)"
+DATA_HELP = ("the training corpus instead of the setting's own (python_source for one GPU): a directory prepared by "
+             "`python corpus.py --input FILES --out DIR` (or a builtin name); results go to results/<name>_<DIR>.json")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What report.py reads of an experiment: the commands that rerun it, the sweeps (results/<sweep>.json) its
+    findings rest on, its README tables ({block name: function returning markdown}), and the explanation of each
+    finding it records that is not reproduced ({finding id: text})."""
+    name: str
+    section: str
+    rerun: tuple
+    sweeps: tuple = ()
+    tables: dict = field(default_factory=dict)
+    explain: dict = field(default_factory=dict)
+
+
+def seed_name(name, seed):
+    """The run `name` with another seed: seed 1 is the run itself, seed s > 1 is "name seed{s}"."""
+    return name if seed == 1 else f"{name} seed{seed}"
+
+
+def seeded(seeds, runs_of_seed):
+    """The seed loop: {seed_name(run, s): config} over s = 1 .. seeds of runs_of_seed(s) -> {run: config}."""
+    return {seed_name(k, s): v for s in range(1, seeds + 1) for k, v in runs_of_seed(s).items()}
+
+
+def seed_dir(path, seed, tag=""):
+    """A run directory of seed `seed`: path + tag for seed 1, path + tag + "-seed{s}" after."""
+    return path + tag + (f"-seed{seed}" if seed > 1 else "")
+
+
+def per_seed(res, name, seeds, key="final_val_loss"):
+    """[res[run][key] for seeds 1 .. seeds] of the run `name`."""
+    return [res[seed_name(name, s)][key] for s in range(1, seeds + 1)]
+
+
+def wall_s(results_file, names=None):
+    """Seconds the runs of `names` (every seed; None: every run) took, from a sweep's results file."""
+    with open(results_file) as f:
+        done = json.load(f)
+    return sum(v["seconds"] for k, v in done.items() if names is None or k.split(" seed")[0] in names)
+
+
+def results_tag(quick, data=None):
+    """The suffix of an experiment's results and figures: "_quick" for the 2-core CPU setting, and "_<corpus>" when
+    --data replaced the setting's corpus (so a run on a user's corpus never overwrites the committed results)."""
+    return ("_quick" if quick else "") + (f"_{os.path.basename(os.path.normpath(data))}" if data else "")
+
+
+def command(module, quick=False, seeds=1, data=None, args=""):
+    """The command an experiment's findings are recorded with: `python -m experiments.<module> [args]` and the
+    flags it ran with."""
+    return (f"python -m experiments.{module}{' ' + args if args else ''}{' --quick' if quick else ''} --seeds {seeds}"
+            + (f" --data {data}" if data else ""))
+
+
+def this_machine():
+    """Where the runs of a finding trained: the GPU when there is one (the experiments' runs use it), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()})"
+
+
+def sweep(results_file, runs, desc="runs", fresh=False):
+    """Train every {name: config} in `runs` in this process, saving each run's metrics into results_file (JSON) as
+    it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes (the
+    default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again."""
+    done = {}
+    if os.path.isfile(results_file) and not fresh:
+        with open(results_file) as f:
+            done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
+    for name, cfg in tqdm(runs.items(), desc=desc):
+        cfg = train.validate_config({**train.default_config(), **cfg})
+        # done: the same config (new keys at their defaults), and its out_dir, if any, still there (for branches)
+        if name in done and {**train.default_config(), **done[name]["config"]} == cfg and \
+                not (cfg["out_dir"] and not run_files(cfg["out_dir"])):
+            continue
+        t0 = time.perf_counter()
+        res = train.train({**cfg, "overwrite": True}, quiet=True)  # a run redone replaces what an older one left
+        res.pop("model")
+        if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
+            raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
+        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0)
+        write_json(results_file, done, indent=None)
+    return {name: done[name]["metrics"] for name in runs}
+
+
+def write_summary(out, name, summary):
+    """out/results/<name>.json: an experiment's summary (what its README table and figures read)."""
+    write_json(os.path.join(out, "results", f"{name}.json"), summary)
+
+
+def parser(description):
+    """The command line every experiment shares: --quick, --fresh, --seeds N, --data DIR."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU")
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
+    p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    return p
+
+
+def cli(description, experiment, argv=None):
+    """`python -m experiments.<name> [--quick] [--fresh] [--seeds N] [--data DIR]`: experiment(quick=..., fresh=...,
+    seeds=..., data=...), a bad --data or config as one line on stderr, not a traceback."""
+    a = parser(description).parse_args(argv)
+    return exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading results back (the README's tables)
+
+
+def read_results(name):
+    """results/<name>.json, or one line saying how to make it."""
+    file = os.path.join(RESULTS, name + ".json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} not found: run the experiment first (python report.py --rerun)")
+    with open(file) as f:
+        return json.load(f)
+
+
+def seeds_of(sweep_results, name, key="final_val_loss"):
+    """[metric of the run `name`, seed 1, 2, ...] for every seed a sweep's results file holds."""
+    out, s = [], 1
+    while seed_name(name, s) in sweep_results:
+        out.append(sweep_results[seed_name(name, s)]["metrics"][key])
+        s += 1
+    return out
+
+
+def ms(values, fmt=".3f"):
+    """mean +- std (ddof 1) of a list, or the value alone for one seed."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt.lstrip('+')}}"

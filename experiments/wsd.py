@@ -1,0 +1,418 @@
+"""
+Paper §4.3-4.4, rerun small: WSD against Cosine(T) (T = S, 0.75 S, 1.25 S) and CosineLoop, WSD with 2.5-20% decays
+and four shapes, decays branched off one stable run beside dedicated Cosine runs, continual training, the §4.4
+statistics of the decay (wsd.DecayStats), a decay-length control at another S and a small model trained long
+against a larger one trained short; every compared run over seeds, the verdicts in results/findings.json.
+
+    python -m experiments.wsd --quick --seeds 3                 # the sweep (2-core CPU: ~60 min for 3 seeds)
+    python -m experiments.wsd --decay_length_at 2000 --seeds 3  # 20% vs 10% decays at S = 2000
+    python -m experiments.wsd --small_long --seeds 3            # §4.3 Fig. 7: small-long vs large-short
+    python -m experiments.wsd --plot_only                       # only draw the schedules (assets/wsd_schedules.png)
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from configurator import exit_on_user_error
+from corpus import corpus_keys
+from experiments import findings, runner
+from experiments.runner import Experiment, ms, read_results, seeds_of
+from model import MiniCPM, ladder_keys, model_config
+from plots import save, subplots
+from wsd import DECAYS, cosine_loop_lr, cosine_lr, wsd_lr
+
+
+def plot_schedules(file, S=1000, W=20, lr=0.01):
+    """Every schedule compared in the paper, and the WSD decay shapes (assets/wsd_schedules.png)."""
+    steps = range(S + 1)
+    fig, axes = subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    for T, ls in ((S, "-"), (int(0.6 * S), "--"), (int(1.4 * S), ":")):
+        ax.plot(steps, [cosine_lr(s, lr=lr, T=T, W=W) for s in steps], ls, label=f"Cosine(T={T})")
+    ax.plot(steps, [cosine_loop_lr(s, lr=lr, T=S // 2, W=W) for s in steps], label=f"CosineLoop(T={S // 2})")
+    ax.plot(steps, [wsd_lr(s, lr=lr, W=W, T=int(0.9 * S), S=S) for s in steps], "k", lw=2,
+            label=f"WSD(T={int(0.9 * S)}), exp decay")
+    ax.set(title=f"schedules compared in the paper (S = {S})", xlabel="step s", ylabel="lr")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for d in DECAYS:
+        ax.plot(steps, [wsd_lr(s, lr=lr, W=W, T=int(0.8 * S), S=S, decay=d) for s in steps], label=f"decay={d}")
+    ax.plot(steps, [wsd_lr(s, lr=lr, W=W, T=int(0.8 * S), S=S, half_life=S / 20) for s in steps], ":",
+            label=f"exp, half_life={S // 20}")
+    ax.set(title="WSD decay shapes (20% decay, final_lr_ratio 0.1)", xlabel="step s")
+    ax.legend(fontsize=8)
+    save(fig, file, dpi=120)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the runs
+
+QUICK_MODEL = dict(preset="tiny", **ladder_keys(128, 2))  # 0.4M non-embedding parameters
+
+
+def setting(quick):
+    """(model, S, rows, seq_len, lr) of the §4.3 runs."""
+    if quick:  # 2-core CPU; python_source, so that no run repeats its corpus (the embedded docs: 2.7 epochs)
+        # lr: the optimum that `python -m experiments.mup transfer --quick` finds at this tiny scale (~0.002-0.004),
+        # not the paper's 0.01, which is too high for 1k-token batches and makes every schedule a noise-floor contest
+        return dict(QUICK_MODEL, data="python_source"), 500, 16, 64, 0.004
+    return dict(preset="wt-9m", data="python_source"), 8000, 32, 256, 0.01  # one GPU: 2.3 epochs
+
+
+TUNED = ("Cosine(T={S})", "Cosine(T={S125})", "WSD exp 10.0%")  # each also at a quarter, half and twice the lr
+
+
+def schedule_runs(base, S, stable_dir):
+    """One seed's runs: Cosine(T) for T = 0.75S, S, 1.25S; CosineLoop(S/2); WSD with exp decays over 2.5-20% of S
+    and three other shapes over 10%; the compared schedules also at lr / 4, lr / 2 and 2 lr; a stable run (lr = eta
+    throughout) whose checkpoints at S/4 .. S are branched into 10% decays, each beside a dedicated Cosine run of the
+    same length; and continual training: the stable run taken on from S to 2S, then decayed."""
+    runs = {}
+    for T in (int(0.75 * S), S, int(1.25 * S)):
+        runs[f"Cosine(T={T})"] = dict(base, schedule="cosine", cosine_steps=T, decay_steps=0)
+    runs[f"CosineLoop(T={S // 2})"] = dict(base, schedule="cosine_loop", cosine_steps=S // 2, decay_steps=0)
+    for frac in (0.025, 0.05, 0.1, 0.2):
+        runs[f"WSD exp {frac:.1%}"] = dict(base, decay="exp", decay_steps=int(frac * S))
+    runs["WSD exp 10.0%"]["update_stats"] = True  # §4.4 (it only reads: the run's numbers are the same)
+    for shape in ("linear", "cosine", "1-sqrt"):
+        runs[f"WSD {shape} 10.0%"] = dict(base, decay=shape, decay_steps=S // 10)
+    TUNED_ = [n.format(S=S, S125=int(1.25 * S)) for n in TUNED]
+    for name in TUNED_:  # the control "per-schedule lr optima": each compared schedule also at lr / 4, lr / 2, 2 lr
+        for f in (0.25, 0.5, 2):
+            runs[f"{name} lr{base['lr'] * f:g}"] = dict(runs[name], lr=base["lr"] * f, update_stats=False)
+    runs["stable"] = dict(base, out_dir=stable_dir, decay_steps=0, keep_ckpts=True, ckpt_interval=S // 4)
+    for s in [S // 4 * i for i in range(1, 5)] + [2 * S]:
+        d = s // 9  # the decay is 10% of the run's steps
+        name = f"branch {s}+{d}" if s <= S else f"continued {S}->{s}+{d}"
+        runs[name] = dict(base, init_from=os.path.join(stable_dir, f"ckpt_{min(s, S):06d}.pt"), max_steps=s + d,
+                          decay_steps=d, eval_interval=max(1, d // 4))
+        runs[f"dedicated Cosine({s + d})"] = dict(base, schedule="cosine", cosine_steps=s + d, max_steps=s + d,
+                                                  decay_steps=0, eval_interval=(s + d) // 10)
+    return runs
+
+
+def dedicated(name):
+    """The dedicated Cosine run beside a branched or continued run: "branch 250+27" -> "dedicated Cosine(277)",
+    "continued 500->1000+111" -> "dedicated Cosine(1111)"."""
+    return f"dedicated Cosine({sum(int(x) for x in name.split()[-1].split('->')[-1].split('+'))})"
+
+
+def experiment(quick=False, out=runner.ROOT, S=None, fresh=False, seeds=1, data=None):
+    """Every run of schedule_runs with seeds 1 .. `seeds` (init and data order); with >= 3 seeds the verdicts go to
+    results/findings.json. data: a corpus in place of the setting's own (corpus.corpus_keys)."""
+    model, S_, rows, seq, lr = setting(quick)
+    model, S = {**model, **(corpus_keys(data) if data else {})}, S or S_
+    tag = runner.results_tag(quick, data)
+    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S, warmup_steps=S // 40,
+                eval_interval=S // 10, eval_steps=8, sample_tokens=0)
+    runs = {}
+    for seed in range(1, seeds + 1):
+        stable_dir = os.path.join(out, f"out-wsd-stable{tag}" + (f"-seed{seed}" if seed > 1 else ""))
+        runs.update({runner.seed_name(k, seed): v
+                     for k, v in schedule_runs(dict(base, seed=seed), S, stable_dir).items()})
+    file = os.path.join(out, "results", f"wsd{tag}.json")
+    res = runner.sweep(file, runs, desc="WSD sweep", fresh=fresh)
+    if seeds >= 3:
+        record_wsd_findings(res, S, seeds, runner.command("wsd", quick, seeds, data), file)
+    res = {k: r for k, r in res.items() if " seed" not in k}
+    final = {k: r["final_val_loss"] for k, r in res.items()}
+    cos_s = final[f"Cosine(T={S})"]
+    summary = dict(S=S, final_val_loss=final, gap_wsd10_minus_cosineS=final["WSD exp 10.0%"] - cos_s,
+                   branches={k: dict(tokens=r["tokens"], val_loss=r["final_val_loss"]) for k, r in res.items()
+                             if k.startswith(("branch", "continued"))})
+    runner.write_summary(out, f"wsd_summary{tag}", summary)
+    print(f"final validation loss (nats/token), seed 1, S = {S} steps:")
+    for k, v in final.items():
+        if not k.startswith(("branch", "stable", "continued", "dedicated")):
+            print(f"  {k:22s} {v:.4f}  ({v - cos_s:+.4f} vs Cosine(S))")
+    for k, b in summary["branches"].items():
+        ded = dedicated(k)
+        print(f"  {k:22s} {b['tokens']:>10,} tokens  val {b['val_loss']:.4f}  ({ded}: {final[ded]:.4f})")
+    plot_experiment(res, S, os.path.join(out, "assets", f"wsd_vs_cosine{tag}.png"))
+    plot_decay_analysis(res, S, os.path.join(out, "assets", f"wsd_decay_analysis{tag}.png"))
+    return summary
+
+
+def decay_windows(stats, S, d):
+    """§4.4 numbers of one run's decay_stats rows: (the last d stable steps, the d decay steps) each as
+    dict(lr, max_update, grad_norm, grad_cos, loss_slope) of window means (loss_slope: fitted, per step)."""
+    rows = {r[0]: r for r in stats}
+    out = []
+    for lo, hi in ((S - 2 * d + 1, S - d), (S - d + 1, S)):
+        w = [rows[s] for s in range(lo, hi + 1)]
+        out.append(dict(lr=float(np.mean([r[1] for r in w])), max_update=float(np.mean([r[4] for r in w])),
+                        grad_norm=float(np.mean([r[2] for r in w])),
+                        grad_cos=float(np.mean([r[3] for r in w])),
+                        loss_slope=float(np.polyfit([r[0] for r in w], [r[5] for r in w], 1)[0])))
+    return out
+
+
+def record_wsd_findings(res, S, seeds, cmd, file):
+    """The §4.3 and §4.4 verdicts over seeds 1 .. seeds (findings.py), recorded with the command `cmd`."""
+    hw = runner.this_machine()
+
+    def rec(fid, claim, paper, test, a, b, va=None, vb=None, wall_names=None):
+        findings.record(fid=fid, section="§4.4" if fid.startswith("decay_") else "§4.3", claim=claim, paper=paper,
+                        test=test, a=a, b=b, a_per_seed=va if va is not None else runner.per_seed(res, a, seeds),
+                        b_per_seed=vb if vb is not None else runner.per_seed(res, b, seeds), command=cmd,
+                        hardware=hw, wall_s=runner.wall_s(file, wall_names or (a, b)), explanation=EXPLAIN.get(fid, ""))
+
+    cos, wsd10, cos125 = f"Cosine(T={S})", "WSD exp 10.0%", f"Cosine(T={int(1.25 * S)})"
+
+    def best(name):  # per seed, the lowest final loss over lr / 4, lr / 2, lr, 2 lr; and the runs it took
+        names = [name] + [k for k in res if k.startswith(name + " lr") and " seed" not in k]
+        return [min(v) for v in zip(*(runner.per_seed(res, n, seeds) for n in names))], names
+
+    rec("wsd_vs_cosine", "WSD (exp decay over the last 10% of S) ends at or below Cosine(S)",
+        "WSD matches Cosine(S) (Fig. 5)", "lower", wsd10, cos)
+    (w_best, w_names), (c_best, c_names), (l_best, l_names) = best(wsd10), best(cos), best(cos125)
+    rec("wsd_vs_cosine_tuned", "at each schedule's best lr (of lr/4, lr/2, lr, 2 lr): WSD 10% ends at or below "
+        "Cosine(S)",
+        "WSD matches Cosine(S) (Fig. 5)", "lower", "WSD exp 10.0%, best lr", "Cosine(T=S), best lr", w_best, c_best,
+        wall_names=w_names + c_names)
+    rec("cosine_T_long_tuned", "at each schedule's best lr (of lr/4, lr/2, lr, 2 lr): Cosine(T = S) ends below "
+        "Cosine(T = 1.25 S)", "T = S is the best Cosine(T) (Fig. 4)", "lower", "Cosine(T=S), best lr",
+        "Cosine(T=1.25S), best lr", c_best, l_best, wall_names=c_names + l_names)
+    rec("wsd_decay_10_percent", "a decay over 10% of S is enough: 20% does not end lower",
+        "10% of the tokens suffice for the decay", "no gain", "WSD exp 20.0%", wsd10)
+    rec("wsd_decay_2_5_percent", "a decay over 2.5% of S is too short: 10% ends lower",
+        "2.5% of the tokens is not enough", "lower", wsd10, "WSD exp 2.5%")
+    for T in (int(0.75 * S), int(1.25 * S)):
+        rec(f"cosine_T_{'short' if T < S else 'long'}", f"Cosine(T = S) ends below Cosine(T = {T / S:g} S)",
+            "T = S is the best Cosine(T) (Fig. 4)", "lower", cos, f"Cosine(T={T})")
+    rec("cosine_loop", "Cosine(T = S) ends below CosineLoop(T = S/2), which climbs back to eta after S/2",
+        "restarting the cosine loses (Fig. 4)", "lower", cos, f"CosineLoop(T={S // 2})")
+    for shape in ("linear", "cosine", "1-sqrt"):
+        rec(f"wsd_shape_{shape}", f"MiniCPM's exp decay is not beaten by a {shape} decay (both over 10% of S)",
+            "exp decay used for MiniCPM (no shape comparison given)", "no gain", f"WSD {shape} 10.0%", wsd10)
+    branches = [k for k in res if k.startswith("branch ") and " seed" not in k]
+    dedicated_runs = [dedicated(k) for k in branches]
+    mean_of = {names[0]: [float(np.mean([runner.per_seed(res, n, seeds)[i] for n in names])) for i in range(seeds)]
+               for names in (branches, dedicated_runs)}
+    rec("wsd_branches", f"decays branched off one stable run at {', '.join(k.split()[1] for k in branches)} steps "
+        "end (on average) no higher than dedicated Cosine runs of the same lengths, at O(mC) instead of O(m^2 C)",
+        "one stable run + branched decays trace the loss-vs-data curve (Fig. 6)", "no gain", "dedicated Cosine runs",
+        "WSD branches", mean_of[dedicated_runs[0]], mean_of[branches[0]],
+        wall_names=branches + dedicated_runs + ["stable"])
+    cont = next(k for k in res if k.startswith("continued") and " seed" not in k)
+    rec("wsd_continual", f"continual training: the stable run taken on from S to 2S and decayed again "
+        f"({cont.split()[1]}) ends no higher than a dedicated Cosine run of the whole length",
+        "a WSD run can be continued and decayed again (Fig. 6)", "no gain",
+        dedicated(cont), cont)
+    d = S // 10
+    win = [decay_windows(res[runner.seed_name(wsd10, s)]["decay_stats"], S, d) for s in range(1, seeds + 1)]
+    stable_w, decay_w = [w[0] for w in win], [w[1] for w in win]
+    for key, claim, paper, flip in (
+            ("max_update", "the largest element-wise weight update is smaller in the decay than in the stable phase "
+             "(it follows the lr)", "max element-wise update tracks the lr (Fig. 8)", False),
+            ("grad_norm", "the gradient norm is lower in the decay than in the stable phase",
+             "the gradient norm falls in the decay", False),
+            ("grad_cos", "consecutive gradients in the decay point the same way: their cosine is above 0",
+             "cosine of consecutive gradients mostly positive in the decay", True),
+            ("loss_slope", "the training loss falls faster (per step) in the decay than in the stable phase before it",
+             "the loss falls fast in the decay although updates shrink", False)):
+        vals = {"stable": [w[key] for w in stable_w], "decay": [w[key] for w in decay_w], "0": [0.0] * seeds}
+        a, b = ("0", "decay") if flip else ("decay", "stable")  # the cosine: against 0 (orthogonal gradients)
+        rec(f"decay_{key}", claim, paper, "lower", a if a == "0" else f"{key}, last {d} {a} steps",
+            f"{key}, last {d} {b} steps", vals[a], vals[b], wall_names=[wsd10])
+
+
+def decay_length_at(S, seeds=3, out=runner.ROOT, fresh=False):
+    """The control for "10% of the steps suffice for the decay": 20% vs 10% exp decays at another S (the quick
+    model and batch), over seeds; if 10% is too few *steps* at S = 500, the gap should shrink as S grows. On
+    python_source, so that no run repeats its corpus (S = 2000 would go over the embedded docs 4.9 times, and a
+    longer decay could then win by fitting repeated text)."""
+    model, _, rows, seq, lr = setting(quick=True)  # the quick model and its corpus, python_source
+    base = dict(**model, out_dir="", lr=lr, batch_size=rows, seq_len=seq, max_steps=S,
+                warmup_steps=S // 40, eval_interval=S, eval_steps=8, sample_tokens=0, decay="exp")
+    runs = {f"WSD exp {f:.1%} seed{s}": dict(base, decay_steps=int(f * S), seed=s)
+            for f in (0.1, 0.2) for s in range(1, seeds + 1)}
+    file = os.path.join(out, "results", f"wsd_decay_length_S{S}_quick.json")
+    res = runner.sweep(file, runs, desc=f"decay length at S={S}", fresh=fresh)
+    per = {f: [res[f"WSD exp {f:.1%} seed{s}"]["final_val_loss"] for s in range(1, seeds + 1)] for f in (0.1, 0.2)}
+    fid = f"wsd_decay_10_percent_S{S}"
+    return findings.record(
+        fid=fid, section="§4.3", claim=f"at S = {S}, on python_source (no repeated text): a decay over 10% of S is "
+        f"enough, 20% does not end lower", paper="10% of the tokens suffice for the decay", test="no gain",
+        a="WSD exp 20.0%", b="WSD exp 10.0%", a_per_seed=per[0.2], b_per_seed=per[0.1],
+        command=runner.command("wsd", seeds=seeds, args=f"--decay_length_at {S}"), hardware=runner.this_machine(),
+        wall_s=runner.wall_s(file, [f"WSD exp {f:.1%}" for f in (0.1, 0.2)]), explanation=EXPLAIN.get(fid, ""))
+
+
+def small_long_vs_large_short(seeds=3, out=runner.ROOT, fresh=False):
+    """Paper §4.3 (Fig. 7): a small model trained long with WSD against a ~4x larger one trained short, at ~4x the
+    large run's training compute (and ~4x less inference compute). Ours: width 24 (11.6k non-embedding parameters)
+    against width 48 (50.9k) trained on 10 N tokens, both on python_source (no repeated data), WSD with 10% decays."""
+    rows, seq, lr = 16, 64, 0.004
+    with torch.device("meta"):
+        n = {w: MiniCPM(model_config(dict(preset="tiny", **ladder_keys(w, 2)))).num_params() for w in (24, 48)}
+    large_steps = round(10 * n[48] / (rows * seq))
+    small_steps = round(4 * n[48] * large_steps / n[24])  # 6 N D equal to 4x the large run's
+    runs = {}
+    for seed in range(1, seeds + 1):
+        for w, S in ((48, large_steps), (24, small_steps)):
+            runs[runner.seed_name(f"width {w}, {S} steps", seed)] = dict(
+                preset="tiny", **ladder_keys(w, 2), data="python_source", out_dir="", lr=lr, batch_size=rows,
+                seq_len=seq, max_steps=S, warmup_steps=S // 40, decay_steps=S // 10, eval_interval=S // 4,
+                eval_steps=16, sample_tokens=0, seed=seed)
+    file = os.path.join(out, "results", "wsd_small_long_quick.json")
+    res = runner.sweep(file, runs, desc="small-long vs large-short", fresh=fresh)
+    large, small = f"width 48, {large_steps} steps", f"width 24, {small_steps} steps"
+    ratio = n[24] * small_steps / (n[48] * large_steps)
+    return findings.record(
+        fid="small_long_vs_large_short", section="§4.3", claim=f"a {n[48] / n[24]:.1f}x smaller model trained with "
+        f"WSD on {ratio:.1f}x the large run's compute is not beaten by the large model trained on 10 N tokens",
+        paper="0.036B trained long matches 0.17B on 40N tokens at ~4x the training compute (Fig. 7)", test="no gain",
+        a=large, b=small, a_per_seed=runner.per_seed(res, large, seeds), b_per_seed=runner.per_seed(res, small, seeds),
+        command=runner.command("wsd", seeds=seeds, args="--small_long"), hardware=runner.this_machine(),
+        wall_s=runner.wall_s(file, [large, small]))
+
+
+def plot_experiment(res, S, file):
+    fig, axes = subplots(1, 3, figsize=(16, 4.5))
+    ax = axes[0]
+    for k, r in res.items():
+        if k.startswith(("Cosine", "WSD exp 10")) and " lr" not in k:
+            ax.plot(*zip(*r["val_loss"]), "o-" if k.startswith("WSD") else "-", ms=3, label=k)
+    ax.set(xlabel="step", ylabel="val loss", title=f"WSD vs Cosine (S = {S})")
+    lo = min(r["final_val_loss"] for r in res.values())
+    ax.set_ylim(lo - 0.03, lo + 0.6)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    keys = [k for k in res if k.startswith("WSD") and " lr" not in k]
+    ax.barh(keys, [res[k]["final_val_loss"] for k in keys], color=["C0"] * 4 + ["C1"] * 3)
+    cos = res[f"Cosine(T={S})"]["final_val_loss"]
+    ax.axvline(cos, color="k", ls="--", label=f"Cosine(T={S})")
+    lo = min(res[k]["final_val_loss"] for k in keys + [f"Cosine(T={S})"])
+    ax.set_xlim(lo - 0.05, max(res[k]["final_val_loss"] for k in keys) + 0.02)
+    ax.set(xlabel="final val loss", title="decay length (exp) and shape (10%)")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    st = res["stable"]
+    tok_step = st["tokens"] / st["step"]
+    ax.plot([s * tok_step for s, _ in st["val_loss"]], [v for _, v in st["val_loss"]], "k-", label="stable (lr = eta)")
+    for k, r in res.items():
+        if k.startswith(("branch", "continued")):
+            ax.plot([s * tok_step for s, _ in r["val_loss"]], [v for _, v in r["val_loss"]], "o-", ms=3, label=k)
+        if k.startswith("dedicated"):
+            ax.plot(r["tokens"], r["final_val_loss"], "kx", ms=7, label="dedicated Cosine" if "x" not in str(
+                ax.get_legend_handles_labels()[1]) else None)
+    ax.set(xlabel="tokens", ylabel="val loss", title="decays branched off one stable run (x: dedicated Cosine)")
+    ax.legend(fontsize=8)
+    save(fig, file, dpi=110)
+
+
+def plot_decay_analysis(res, S, file):
+    """§4.4: lr, the largest element-wise update, gradient norm, cosine of consecutive gradients and the loss, step
+    by step, for the WSD 10% run (every seed run; the others faint)."""
+    fig, axes = subplots(1, 4, figsize=(18, 4))
+    for k, r in res.items():
+        if not k.startswith("WSD exp 10.0%") or "decay_stats" not in r:
+            continue
+        st = np.array([[np.nan if v is None else v for v in row] for row in r["decay_stats"]], dtype=float)
+        alpha, lab = (1.0, "seed 1") if " seed" not in k else (0.35, k.split()[-1])
+        ax = axes[0]
+        ax.plot(st[:, 0], st[:, 4] / np.nanmax(st[:, 4]), alpha=alpha, label=f"max |update| / its max ({lab})")
+        if alpha == 1.0:
+            ax.plot(st[:, 0], st[:, 1] / st[:, 1].max(), "k--", label="lr / eta")
+        axes[1].plot(st[:, 0], st[:, 2], alpha=alpha, label=lab)
+        smooth = np.convolve(np.nan_to_num(st[:, 3]), np.ones(10) / 10, mode="same")
+        axes[2].plot(st[:, 0], smooth, alpha=alpha, label=lab)
+        axes[3].plot(st[:, 0], st[:, 5], alpha=alpha, label=lab)
+    for ax, t in zip(axes, ("update follows lr", "gradient norm", "cos(g_t, g_t-1), 10-step mean", "train loss")):
+        ax.axvline(S - S // 10, color="grey", ls=":")
+        ax.set(xlabel="step", title=t)
+        ax.legend(fontsize=7)
+    axes[3].set_ylim(None, np.nanpercentile(st[:, 5], 95) if len(axes[3].lines) else None)
+    save(fig, file, dpi=110)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the README's tables (report.py)
+
+
+def wsd_table():
+    """§4.3: every schedule's final validation loss over the seeds, and its difference to Cosine(S) seed by seed."""
+    sweep = read_results("wsd_quick")
+    S = read_results("wsd_summary_quick")["S"]
+    ref = seeds_of(sweep, f"Cosine(T={S})")
+    rows = [f"| run (S = {S}) | final val loss, mean +- std (seeds) | minus Cosine(S), per seed: mean +- std |",
+            "|---|---|---|"]
+    for name in schedule_runs(dict(lr=sweep[f"Cosine(T={S})"]["config"]["lr"]), S, ""):  # the experiment's order
+        if name not in sweep or name == "stable":
+            continue
+        v = seeds_of(sweep, name)
+        diff = [a - b for a, b in zip(v, ref)] if not name.startswith(("branch", "continued", "dedicated")) else []
+        rows.append(f"| {name} | {ms(v)} ({len(v)}) | {ms(diff, '+.4f') if len(diff) > 1 else ''} |")
+    return "\n".join(rows)
+
+
+def decay_analysis_table():
+    """§4.4: the decay statistics of the WSD 10% run, last S/10 stable steps against the S/10 decay steps."""
+    sweep = read_results("wsd_quick")
+    S = read_results("wsd_summary_quick")["S"]
+    wins = [decay_windows(st, S, S // 10) for st in seeds_of(sweep, "WSD exp 10.0%", "decay_stats")]
+    rows = [f"| WSD exp 10%, S = {S} ({len(wins)} seeds) | last {S // 10} stable steps | the {S // 10} decay steps "
+            f"| decay / stable |", "|---|---|---|---|"]
+    for key, what in (("lr", "learning rate (mean)"), ("max_update", "largest element-wise update"),
+                      ("grad_norm", "gradient norm"), ("grad_cos", "cosine of consecutive gradients"),
+                      ("loss_slope", "train loss slope per step (fitted)")):
+        st, de = [w[0][key] for w in wins], [w[1][key] for w in wins]
+        fmt = ".2e" if key in ("lr", "max_update", "loss_slope") else ".3f"
+        rows.append(f"| {what} | {ms(st, fmt)} | {ms(de, fmt)} | {ms([d / s for d, s in zip(de, st)], '.2f')} |")
+    return "\n".join(rows)
+
+
+# what explains a finding of this file that is not reproduced (or is within noise where the paper claims a gain)
+EXPLAIN = {
+    "wsd_decay_10_percent": "not the text: the runs are on python_source (0.02 epochs; on the embedded docs, 2.7 "
+                            "epochs, 20% also won by 0.015); not the step count alone either: at S = 2000 "
+                            "(python -m experiments.wsd --decay_length_at 2000) the 20% decay's advantage shrinks to "
+                            "within twice the noise (wsd_decay_10_percent_S2000: reproduced): the share of the steps "
+                            "a decay needs falls as the run grows, and 500 steps are too short for 10% to suffice",
+    "wsd_vs_cosine": "the shared lr (0.004) is twice every compared schedule's best on python_source (each ends "
+                     "lowest at 0.002, WSD on one seed at 0.001: the lr rows of the WSD table), and at a too-high "
+                     "lr Cosine's long anneal helps most: at each schedule's best lr WSD 10% ends lower on every "
+                     "seed (wsd_vs_cosine_tuned: reproduced)",
+    "cosine_T_long": "control cosine_T_long_tuned (each schedule at its best lr): Cosine(1.25 S) is still not worse, "
+                     "so it is not an lr artefact; Cosine(1.25 S) keeps a higher lr at every step and never reaches "
+                     "final_lr_ratio: at this scale the late phase of Cosine(S) anneals more than needed",
+}
+EXPLAIN["cosine_T_long_tuned"] = EXPLAIN["cosine_T_long"]
+
+EXPERIMENT = Experiment(
+    name="wsd", section="§4.3-4.4",
+    rerun=(runner.command("wsd", True, 3), runner.command("wsd", seeds=3, args="--decay_length_at 2000"),
+           runner.command("wsd", seeds=3, args="--small_long")),
+    sweeps=("wsd_quick", "wsd_decay_length_S2000_quick", "wsd_small_long_quick"),
+    tables={"wsd": wsd_table, "decay-analysis": decay_analysis_table}, explain=EXPLAIN)
+
+
+def main():
+    p = runner.parser("Warmup-Stable-Decay (paper §4): draw the schedules, then compare WSD with Cosine, decay "
+                      "lengths and shapes, and branched decays")
+    p.add_argument("--S", type=int, default=1000, help="steps of the schedule drawing")
+    p.add_argument("--W", type=int, default=20)
+    p.add_argument("--plot_only", action="store_true", help="only draw the schedules")
+    p.add_argument("--decay_length_at", type=int, metavar="S", help="only the control of the decay length: 20%% vs "
+                   "10%% decays at S steps (the quick model), over --seeds")
+    p.add_argument("--small_long", action="store_true", help="only §4.3's small model trained long against a 4x "
+                   "larger one trained short (quick models), over --seeds")
+    a = p.parse_args()
+    if a.data and (a.decay_length_at or a.small_long):  # their corpus is python_source, by design
+        p.error("--data applies to the schedule experiment, not to --decay_length_at or --small_long")
+    if a.decay_length_at or a.small_long:
+        print(decay_length_at(a.decay_length_at, max(3, a.seeds), fresh=a.fresh) if a.decay_length_at else
+              small_long_vs_large_short(max(3, a.seeds), fresh=a.fresh))
+        return
+    file = os.path.join(runner.ASSETS, "wsd_schedules.png")
+    plot_schedules(file, a.S, a.W)
+    print(f"figure: {file}")
+    if not a.plot_only:
+        exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
+
+
+if __name__ == "__main__":
+    main()
