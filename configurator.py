@@ -9,6 +9,7 @@ exist in the defaults and keep its type, so a typo or a wrong type stops the run
 
 import ast
 import difflib
+import math
 import os
 import re
 import sys
@@ -36,6 +37,19 @@ def exit_on_user_error(work, *errors):
 def unknown_key(key, valid):
     close = difflib.get_close_matches(key, valid, n=1)
     return ConfigError(f"unknown config key {key!r}" + (f": did you mean {close[0]!r}?" if close else ""))
+
+
+def check_numbers(cfg, lower_bounds, positive=()):
+    """Every float of a config finite, every key of lower_bounds >= its bound (> it for the keys in `positive`):
+    else one ConfigError line (train.py and dpo.py check their configs the same way)."""
+    for k, v in cfg.items():  # nan / inf in a config file or on the command line
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"config key {k}={v} must be a finite number")
+    for k, lo in lower_bounds.items():
+        v, strict = cfg[k], k in positive
+        if v is not None and not (v > lo if strict else v >= lo):
+            raise ConfigError(f"config key {k}={v} must be {'>' if strict else '>='} {lo}"
+                              + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
 
 
 def check_value(key, value, want):

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -31,13 +32,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
-from configurator import ConfigError, exit_on_user_error
+from checkpoint import (CheckpointError, append_jsonl, load_checkpoint, load_state, locked, model_from_checkpoint,
+                        open_metrics, run_files, save_checkpoint)
+from configurator import ConfigError, check_numbers, exit_on_user_error
 from corpus import chat_ids, load_data, read_jsonl_rows
 from mup import configure_optimizer, set_lr
-from system import all_mean, resolve_system, setup_distributed
+from system import StopFlag, all_mean, process_device, resolve_system, setup_distributed
 from tasks import write_task_data
-from wsd import cosine_lr, wsd_lr
+from wsd import lr_at, schedule_defaults
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -85,52 +87,98 @@ def encode_pairs(enc, rows, seq_len):
     return (*encode_responses(enc, rows, "chosen", seq_len), *encode_responses(enc, rows, "rejected", seq_len))
 
 
-# warmup_steps / decay_steps None: 5% / 20% of max_steps (10 / 40 of 200)
-DEFAULTS = dict(init_from="", data="", out_dir="out-dpo", beta=0.1, lr=1e-5, weight_decay=0.0, batch_size=16,
-                grad_accum=1, max_steps=200, warmup_steps=None, decay_steps=None, schedule="wsd", seq_len=64,
-                seed=1337, device="auto", grad_clip=1.0)
+# the keys of a DPO run; the schedule's keys and defaults are train.py's (wsd.schedule_defaults: warmup 5%, an exp
+# decay over the last 10% of max_steps), its lr the paper's ~1e-5
+DEFAULTS = dict(init_from="", data="", out_dir="out-dpo", resume=False, overwrite=False, beta=0.1, lr=1e-5,
+                weight_decay=0.0, grad_clip=1.0, batch_size=16, grad_accum=1, max_steps=200, warmup_steps=None,
+                decay_steps=None, schedule="wsd", decay="exp", final_lr_ratio=0.1, half_life=0.0, cosine_steps=0,
+                seq_len=64, seed=1337, device="auto", ckpt_interval=50)
+LOWER_BOUNDS = dict(beta=0, lr=0, weight_decay=0, grad_clip=0, batch_size=1, grad_accum=1, max_steps=1,
+                    warmup_steps=0, decay_steps=0, half_life=0, cosine_steps=0, seq_len=1, seed=0, ckpt_interval=1)
+# keys that may change when resuming without changing the run's numbers
+RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "device", "ckpt_interval"}
 
 
-def train_dpo(cfg, quiet=False):
-    """DPO from a train.py checkpoint (the SFT model: policy init and frozen reference). The pairs of every step are
-    drawn up front; the reference log-probs of those pairs are computed once, then the reference is dropped. Logs
-    TRL's metric names to metrics.jsonl."""
+def validate_dpo_config(cfg):
+    """The config of a DPO run with its defaults filled in, or one ConfigError line: unknown keys, missing
+    init_from / data, non-finite or out-of-range numbers, a schedule that does not fit."""
     cfg = {**DEFAULTS, **cfg}
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown DPO config key(s) {', '.join(sorted(unknown))}: choose from {', '.join(DEFAULTS)}")
     if not cfg["init_from"] or not cfg["data"]:
         raise ConfigError("DPO needs --init_from (the SFT out_dir or checkpoint) and --data (a preference .jsonl)")
-    if cfg["beta"] <= 0:
-        raise ConfigError(f"beta={cfg['beta']} must be > 0")
-    for k in ("max_steps", "batch_size", "grad_accum", "seq_len"):
-        if not cfg[k] >= 1:
-            raise ConfigError(f"{k}={cfg[k]} must be >= 1")
-    S = cfg["max_steps"]
-    if cfg["decay_steps"] is None:
-        cfg["decay_steps"] = round(S / 5) if cfg["schedule"] == "wsd" else 0
-    if cfg["warmup_steps"] is None:
-        cfg["warmup_steps"] = min(round(S / 20), S - cfg["decay_steps"])
-    W = cfg["warmup_steps"]
-    if cfg["schedule"] == "wsd":  # a linear decay to 0.1 lr over the last decay_steps (T = S - decay_steps)
-        def lr_at(s):
-            return wsd_lr(s, lr=cfg["lr"], W=W, T=S - cfg["decay_steps"], S=S, decay="linear")
-    elif cfg["schedule"] == "cosine":
-        def lr_at(s):
-            return cosine_lr(s, lr=cfg["lr"], W=W, T=S)
-    else:
-        raise ConfigError(f"schedule={cfg['schedule']!r}: use wsd or cosine")
-    try:
-        lr_at(0)
-    except ValueError as e:
-        raise ConfigError(f"schedule: {e}") from None
+    if not cfg["out_dir"]:
+        raise ConfigError("DPO writes its policy and metrics into --out_dir: give one")
+    check_numbers(cfg, LOWER_BOUNDS, positive={"beta", "lr"})
+    return schedule_defaults(cfg)
+
+
+def train_dpo(cfg, quiet=False):
+    """DPO from a train.py checkpoint (the SFT model: policy init and frozen reference), run like train.py's runs:
+    its out_dir locked (by rank 0 under torchrun), a run already there refused unless --resume / --overwrite,
+    metrics.jsonl through checkpoint.py, a checkpoint every ckpt_interval steps and on SIGTERM / Ctrl-C, and
+    --resume=True continuing exactly. The pairs of every step are drawn up front; the reference log-probs of those
+    pairs are computed once, then the reference is dropped. Logs TRL's metric names."""
+    cfg = validate_dpo_config(cfg)
+    holds_lock = os.environ.get("RANK", "0") == "0"
+    with locked(cfg["out_dir"]) if holds_lock else nullcontext():
+        return run_dpo(cfg, quiet)
+
+
+def run_dpo(cfg, quiet):
+    """train_dpo() of a checked config, its out_dir held."""
     dev = resolve_system(cfg["device"])[0]
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
-    if dev == "cuda":
-        dev = f"cuda:{local_rank}"
-    device, master = torch.device(dev), rank == 0
+    device, master = process_device(dev, local_rank), rank == 0
     log = (lambda *a: None) if quiet or not master else print
+    out_dir, S = cfg["out_dir"], cfg["max_steps"]
+    held = run_files(out_dir) if master and not cfg["resume"] and not cfg["overwrite"] else []
+    if held:
+        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
+                          f"start over with --overwrite=True (its checkpoint and metrics go)")
+    model, src_cfg, pairs = load_policy_and_pairs(cfg, dev)
+    global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
+    # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
+    orders = [torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(pairs[0]), global_batch))
+              for step in range(S)]
+    ref = reference_logps(model, pairs, orders, device, quiet or not master)
+    model.train()
+    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
+    step = resume_dpo(cfg, model, optimizer, global_batch) if cfg["resume"] else 0
+    history = open_metrics(out_dir, cfg["resume"], step, log) if master else []
+    raw = model
+    if world > 1:
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    stopped = False
+    bar = tqdm(total=S, initial=step, disable=quiet or not master, desc="DPO")
+    with StopFlag() as stop:
+        while step < S:
+            row = dpo_step(cfg, model, raw, optimizer, pairs, ref, orders[step], step, rank, world, device)
+            step += 1
+            history.append(row)
+            if master:
+                append_jsonl(os.path.join(out_dir, "metrics.jsonl"), row)
+            bar.update(1)
+            stopped = stop.anywhere(device, world)
+            if master and (stopped or step % cfg["ckpt_interval"] == 0 or step == S):
+                save_dpo(cfg, src_cfg, raw, optimizer, step, global_batch)
+            if stopped:
+                break
+    bar.close()
+    if stopped:
+        log(f"stopped by signal: checkpoint at step {step} in {out_dir}/ckpt.pt; continue with --resume=True")
+    elif history:
+        log(f"DPO: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}, reward accuracy "
+            f"{history[-1]['rewards/accuracies']:.2f}, margin {history[-1]['rewards/margins']:.3f}; "
+            f"saved {out_dir}/ckpt.pt")
+    raw.eval()
+    return dict(history=history, model=raw, step=step, stopped=stopped)
 
+
+def load_policy_and_pairs(cfg, dev):
+    """(the SFT model, its train.py config, the encoded preference pairs (chosen ids, labels, rejected ids,
+    labels)), the rows tokenized by the SFT run's tokenizer."""
     try:
         model, src_cfg = model_from_checkpoint(cfg["init_from"], dev)
         rows = read_jsonl_rows(cfg["data"], ("prompt", "chosen", "rejected"))
@@ -138,83 +186,106 @@ def train_dpo(cfg, quiet=False):
         raise ConfigError(str(e)) from None
     enc = load_data(src_cfg["data"]).encoding()
     try:
-        cw, cl, rw, rl = encode_pairs(enc, rows, cfg["seq_len"])
+        pairs = encode_pairs(enc, rows, cfg["seq_len"])
     except ValueError as e:
         raise ConfigError(f"{cfg['data']}: {e}") from None
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return model, src_cfg, pairs
 
-    def logps(m, idx):  # chosen and rejected in one forward (one DDP forward per backward)
-        with autocast:
-            lp = sequence_logps(m, torch.cat([cw[idx], rw[idx]]).to(device), torch.cat([cl[idx], rl[idx]]).to(device))
-        return lp[:len(idx)], lp[len(idx):]
-    B, A = cfg["batch_size"], cfg["grad_accum"]
-    global_batch = B * A * world
-    # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
-    orders = [torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(rows), global_batch))
-              for step in range(S)]
+
+def pair_logps(model, pairs, idx, device):
+    """(chosen, rejected) summed response log-probs of the pairs idx, in one forward (one DDP forward per
+    backward); bf16 autocast on CUDA."""
+    cw, cl, rw, rl = pairs
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with autocast:
+        lp = sequence_logps(model, torch.cat([cw[idx], rw[idx]]).to(device), torch.cat([cl[idx], rl[idx]]).to(device))
+    return lp[:len(idx)], lp[len(idx):]
+
+
+@torch.no_grad()
+def reference_logps(model, pairs, orders, device, quiet):
+    """The reference is the initial policy: its log-probs (2, n pairs) once, for the pairs the steps draw (a short
+    run draws few of them); NaN for the others."""
     used = torch.cat(orders).unique()
     model.eval()
-    with torch.no_grad():  # the reference is the initial policy: its log-probs once, for the pairs drawn (a short
-        # run draws few of them), then only the policy is kept
-        ref = torch.full((2, len(rows)), math.nan)
-        for i in tqdm(range(0, len(used), 64), disable=quiet or not master, desc="DPO reference log-probs"):
-            idx = used[i:i + 64]
-            ref[0, idx], ref[1, idx] = (lp.float().cpu() for lp in logps(model, idx))
-    model.train()
-    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
-    raw = model
-    if world > 1:
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    os.makedirs(cfg["out_dir"], exist_ok=True) if master else None
-    metrics_path = os.path.join(cfg["out_dir"], "metrics.jsonl")
-    if master:
-        open(metrics_path, "w").close()
-    history = []
-    for step in tqdm(range(cfg["max_steps"]), disable=quiet or not master, desc="DPO"):
-        t0 = time.perf_counter()
-        lr_now = lr_at(step)
-        set_lr(optimizer, lr_now)
-        order = orders[step]
-        stats = torch.zeros(7, device=device)
-        for micro in range(A):
-            lo = (rank * A + micro) * B
-            idx = order[lo:lo + B]
-            pc, pr = logps(model, idx)
-            losses, rc, rr = dpo_loss(pc, pr, ref[0][idx].to(device), ref[1][idx].to(device), cfg["beta"])
-            (losses.mean() / A).backward()
-            stats += torch.stack([losses.mean().detach(), rc.mean(), rr.mean(), (rc > rr).float().mean(),
-                                  (rc - rr).mean(), pc.detach().mean(), pr.detach().mean()]).float() / A
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        stats = all_mean(stats, world).tolist()
-        row = {"step": step + 1, "loss": stats[0], "rewards/chosen": stats[1], "rewards/rejected": stats[2],
-               "rewards/accuracies": stats[3], "rewards/margins": stats[4], "logps/chosen": stats[5],
-               "logps/rejected": stats[6], "lr": lr_now, "grad_norm": grad_norm.item(),
-               "pairs_per_s": global_batch / (time.perf_counter() - t0)}
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"DPO loss is {row['loss']} at step {step + 1}: lower lr (now {cfg['lr']})")
-        history.append(row)
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-    if master:  # the policy in train.py's checkpoint format: sample.py, model_from_checkpoint and export read it
-        save_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"), dict(
-            model=raw.state_dict(), optimizer=optimizer.state_dict(), step=cfg["max_steps"],
-            config={**src_cfg, "out_dir": cfg["out_dir"]}, dpo=cfg,
-            data=dict(seed=cfg["seed"], next_step=cfg["max_steps"], global_batch=global_batch)))
-        log(f"DPO: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}, reward accuracy "
-            f"{history[-1]['rewards/accuracies']:.2f}, margin {history[-1]['rewards/margins']:.3f}; "
-            f"saved {cfg['out_dir']}/ckpt.pt")
-    raw.eval()
-    return dict(history=history, model=raw)
+    ref = torch.full((2, len(pairs[0])), math.nan)
+    for i in tqdm(range(0, len(used), 64), disable=quiet, desc="DPO reference log-probs"):
+        idx = used[i:i + 64]
+        ref[0, idx], ref[1, idx] = (lp.float().cpu() for lp in pair_logps(model, pairs, idx, device))
+    return ref
+
+
+def dpo_step(cfg, model, raw, optimizer, pairs, ref, order, step, rank, world, device):
+    """One optimizer step of the DPO loss at this step's lr (wsd.lr_at); returns its metrics row."""
+    t0, B, A = time.perf_counter(), cfg["batch_size"], cfg["grad_accum"]
+    lr_now = lr_at(cfg, step)
+    set_lr(optimizer, lr_now)
+    stats = torch.zeros(7, device=device)
+    for micro in range(A):
+        lo = (rank * A + micro) * B
+        idx = order[lo:lo + B]
+        pc, pr = pair_logps(model, pairs, idx, device)
+        losses, rc, rr = dpo_loss(pc, pr, ref[0][idx].to(device), ref[1][idx].to(device), cfg["beta"])
+        (losses.mean() / A).backward()
+        stats += torch.stack([losses.mean().detach(), rc.mean(), rr.mean(), (rc > rr).float().mean(),
+                              (rc - rr).mean(), pc.detach().mean(), pr.detach().mean()]).float() / A
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg["grad_clip"] or float("inf"))
+    stats = all_mean(stats, world).tolist()
+    if not (math.isfinite(stats[0]) and math.isfinite(grad_norm.item())):  # before the weights change
+        raise FloatingPointError(f"DPO loss {stats[0]}, gradient norm {grad_norm.item()} at step {step + 1}: no step "
+                                 f"was taken and the last checkpoint is kept: lower --lr (now {cfg['lr']})")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"step": step + 1, "loss": stats[0], "rewards/chosen": stats[1], "rewards/rejected": stats[2],
+            "rewards/accuracies": stats[3], "rewards/margins": stats[4], "logps/chosen": stats[5],
+            "logps/rejected": stats[6], "lr": lr_now, "grad_norm": grad_norm.item(),
+            "pairs_per_s": cfg["batch_size"] * A * world / (time.perf_counter() - t0)}
+
+
+def save_dpo(cfg, src_cfg, model, optimizer, step, global_batch):
+    """The policy in train.py's checkpoint format (sample.py, model_from_checkpoint and export read it), with the
+    DPO config and step it continues from."""
+    save_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"), dict(
+        model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
+        config={**src_cfg, "out_dir": cfg["out_dir"]}, dpo=cfg,
+        data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch)))
+
+
+def resume_dpo(cfg, model, optimizer, global_batch):
+    """Load out_dir's DPO checkpoint after checking it belongs to this run; returns its step."""
+    path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found: nothing to resume in {cfg['out_dir']}; to start a new "
+                              f"DPO run there, drop --resume=True")
+    ckpt = load_checkpoint(path)
+    if "dpo" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} was not written by dpo.py: resume it with train.py")
+    diff = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES and ckpt["dpo"].get(k) != cfg[k])
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was written with another DPO config; differing keys: " +
+                              ", ".join(f"{k} ({ckpt['dpo'].get(k)!r} vs {cfg[k]!r})" for k in diff))
+    if ckpt["data"]["global_batch"] != global_batch:
+        raise CheckpointError(f"checkpoint {path} trained with a global batch of {ckpt['data']['global_batch']} "
+                              f"pairs; batch_size x grad_accum x world size = {global_batch}")
+    if ckpt["step"] >= cfg["max_steps"]:
+        raise ConfigError(f"{cfg['out_dir']} finished at step {ckpt['step']} = max_steps: nothing to resume")
+    return load_state(model, optimizer, ckpt, path)
+
+
+def cli_bool(text):
+    """--resume=True / false / 1 / no ...: a bool, or argparse's one-line error (bool('False') would be True)."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use True or False")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write_data", metavar="DIR", help="write the offline SFT / preference jsonl sets to DIR")
     for k, v in DEFAULTS.items():
-        p.add_argument(f"--{k}", type=int if v is None else type(v), default=v)
+        p.add_argument(f"--{k}", type=int if v is None else cli_bool if isinstance(v, bool) else type(v), default=v)
     a = vars(p.parse_args(argv))
     if a["write_data"]:
         print(json.dumps(write_task_data(a.pop("write_data")), indent=1))

@@ -112,6 +112,13 @@ class StopFlag:
     def _handler(self, signum, frame):
         self.set = True
 
+    def anywhere(self, device, world):
+        """Whether a signal came to any process (under torchrun every process then stops at the same step)."""
+        stop_now = torch.tensor(float(self.set), device=device)
+        if world > 1:
+            dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
+        return bool(stop_now.item())
+
     def __exit__(self, *exc):
         for sig, h in self.old.items():
             signal.signal(sig, h)

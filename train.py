@@ -134,13 +134,7 @@ def validate_config(cfg):
     for k in cfg:
         if k not in CONFIG_KEYS:
             raise configurator.unknown_key(k, CONFIG_KEYS)
-    for k, v in cfg.items():  # nan / inf in a config file or on the command line
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"config key {k}={v} must be a finite number")
-    for k, lo in LOWER_BOUNDS.items():  # (before the defaults below, which divide max_steps)
-        if cfg[k] is not None and not cfg[k] >= lo or (k == "lr" and cfg[k] == 0):
-            raise ConfigError(f"config key {k}={cfg[k]} must be {'> 0' if k == 'lr' else f'>= {lo}'}"
-                              + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
+    configurator.check_numbers(cfg, LOWER_BOUNDS, positive={"lr"})  # (before the defaults, which divide max_steps)
     cfg = schedule_defaults(cfg)  # (wsd.py) warmup / decay scaled to the run, the schedule checked
     for k in ("long_ratio", "passkey_ratio"):
         if not 0 <= cfg[k] <= 1:
@@ -413,7 +407,7 @@ def run(cfg, quiet):
             train_step(r)
             if r.step % cfg["eval_interval"] == 0 or r.step == cfg["max_steps"]:
                 evaluate_run(r)
-            stopped = stop_requested(r, stop)
+            stopped = stop.anywhere(r.device, r.world)
             if stopped or r.step % cfg["ckpt_interval"] == 0 or r.step == cfg["max_steps"]:
                 save_run(r)
             if stopped:
@@ -541,14 +535,6 @@ def evaluate_run(r):
     r.history["val_loss"].append((r.step, val))
     r.history["val_bpb"].append((r.step, bpb))
     r.write(f"step {r.step}: train {r.history['train_loss'][-1]:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)")
-
-
-def stop_requested(r, stop):
-    """Whether SIGTERM / Ctrl-C came (on any process: every process stops at the same step)."""
-    stop_now = torch.tensor(float(stop.set), device=r.device)
-    if r.world > 1:
-        dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-    return bool(stop_now.item())
 
 
 def save_run(r):

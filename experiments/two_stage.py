@@ -86,9 +86,11 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
             m, _ = model_from_checkpoint(os.path.join(d[key], "ckpt.pt"))
             summary[name] = dict(score=task_score(m, enc, held), task_loss=response_loss(m, enc, held),
                                  pretrain_val_loss=pretrain_val_loss(m, text))
-        dpo = train_dpo(dict(init_from=d["a2sft"], data=files["pref_train"], out_dir=d["dpo"], lr=3e-5, beta=0.1,
-                             max_steps=dpo_steps, warmup_steps=dpo_steps // 10, decay_steps=dpo_steps // 5,
-                             batch_size=rows, seq_len=64, seed=seed), quiet=True)
+        # (a linear decay over the last 20%: the schedule these runs were recorded with)
+        dpo = train_dpo(dict(init_from=d["a2sft"], data=files["pref_train"], out_dir=d["dpo"], overwrite=True,
+                             lr=3e-5, beta=0.1, max_steps=dpo_steps, warmup_steps=dpo_steps // 10,
+                             decay_steps=dpo_steps // 5, decay="linear", batch_size=rows, seq_len=64, seed=seed),
+                        quiet=True)
         summary["A-2 + SFT + DPO"] = dict(score=task_score(dpo["model"], enc, held),
                                           task_loss=response_loss(dpo["model"], enc, held),
                                           pretrain_val_loss=pretrain_val_loss(dpo["model"], text))

@@ -2,6 +2,10 @@
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +19,7 @@ import tasks
 import train
 from experiments import two_stage
 from model import MiniCPM, MiniCPMConfig
-from conftest import assert_same_losses, cfg, rows, run_cli
+from conftest import ROOT, assert_same_losses, cfg, cli_args, rows, run_cli
 
 
 # ------------------------------------------------------------------------------------------ the DPO loss
@@ -201,3 +205,51 @@ def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
     switch = [r for r in rows(tmp_path / "out-align-a2_quick") if "data_switch" in r]
     assert switch[0]["step"] == 20 and switch[0]["weights"] == [0.7, 0.3]
     assert os.path.isfile(tmp_path / "assets" / "align_quick.png")
+
+
+def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(tmp_path):
+    # dpo.py trains through train.py's pieces: the out_dir lock, the refusal of an out_dir holding a run, metrics
+    # through checkpoint.py, a checkpoint on SIGTERM (a real signal) and --resume=True continuing exactly
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 200, 20)
+    train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=4, decay_steps=0,
+                    warmup_steps=0, eval_interval=4), quiet=True)
+    c = dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], lr=3e-3, max_steps=40, batch_size=8,
+             device="cpu", ckpt_interval=1000)
+    full = dpo.train_dpo(dict(c, out_dir=str(tmp_path / "full")), quiet=True)["history"]
+    cut = tmp_path / "cut"
+    p = subprocess.Popen([sys.executable, "dpo.py", *cli_args(dict(c, out_dir=str(cut)))], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (cut / "metrics.jsonl").exists() or
+                                      len((cut / "metrics.jsonl").read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "stopped by signal" in out, err[-2000:]
+    stopped = torch.load(cut / "ckpt.pt", weights_only=True)["step"]
+    assert 3 <= stopped < 40, "the run was not interrupted"
+    # a fresh DPO run into it is refused, and nothing of the run is touched
+    before = (cut / "metrics.jsonl").read_text()
+    with pytest.raises(train.ConfigError, match="holds a run .*continue it with --resume=True"):
+        dpo.train_dpo(dict(c, out_dir=str(cut)), quiet=True)
+    assert (cut / "metrics.jsonl").read_text() == before
+    with pytest.raises(checkpoint.CheckpointError, match="another DPO config; differing keys: beta"):
+        dpo.train_dpo(dict(c, out_dir=str(cut), resume=True, beta=0.5), quiet=True)
+    res = dpo.train_dpo(dict(c, out_dir=str(cut), resume=True), quiet=True)
+    assert res["step"] == 40 and [r["step"] for r in rows(cut)] == list(range(1, 41))
+    np.testing.assert_allclose([r["loss"] for r in rows(cut)], [r["loss"] for r in full], rtol=1e-5, atol=1e-6)
+    m = checkpoint.model_from_checkpoint(str(cut))[0]
+    x = torch.randint(0, 259, (1, 8))
+    assert torch.allclose(m(x)[0], res["model"](x)[0])
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--grad_clip=-1", "grad_clip=-1.0 must be >= 0 (a negative clip would turn descent into ascent)"),
+    ("--weight_decay=-1", "weight_decay=-1.0 must be >= 0"),
+    ("--lr=nan", "lr=nan must be a finite number"),
+    ("--beta=0", "beta=0.0 must be > 0"),
+    ("--resume=maybe", "'maybe' is not a boolean")])
+def test_dpo_refuses_bad_numbers_in_one_line(arg, message):
+    r = run_cli(["dpo.py", "--init_from=x", "--data=y", arg])
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
