@@ -5,6 +5,8 @@ The wind tunnel's report: every table the README shows for the experiments is ge
     python report.py                    # regenerate every generated block of README.md from results/
     python report.py --rerun [--fresh]  # first rerun every experiment that records findings, in turn (~2 h on a
                                         # 2-core CPU; each resumes where it stopped; --fresh trains all again)
+    python report.py --record           # record every finding again from results/ under the ledger's rule
+                                        # (experiments/findings.py), training nothing
     python report.py --explain          # re-attach each experiment's explanations to results/findings.json
 
 The experiments are the files of experiments/ that declare an `EXPERIMENT` (experiments/runner.py): their rerun
@@ -128,6 +130,12 @@ def explain():
     write_json(findings.FILE, allf)
 
 
+def record():
+    """Every experiment's findings recorded again from its results files (Experiment.record), training nothing."""
+    for e in registry():
+        e.record()
+
+
 def rerun(fresh=False):
     """Run every experiment's rerun commands in turn (each resumes from its results/*.json unless fresh); the wall
     time of each goes to results/rerun.json."""
@@ -151,10 +159,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rerun", action="store_true", help="rerun every experiment first (each resumes)")
     p.add_argument("--fresh", action="store_true", help="with --rerun: train every run again")
+    p.add_argument("--record", action="store_true", help="record every finding again from results/ (no training)")
     p.add_argument("--explain", action="store_true", help="re-attach the explanations to results/findings.json")
     a = p.parse_args(argv)
     if a.rerun:
         rerun(fresh=a.fresh)
+    if a.record:
+        record()
     if a.explain:
         explain()
     update_readme()

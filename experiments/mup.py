@@ -105,20 +105,37 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=runner.ASSETS, tag="
             v = results[mode][k]
             print(f"{mode + ' ' + k:16s}" + "".join(f"{x:9.3f}" for x in v) + f"   {growth(v, widths):+.3f}")
     plot_coord_check(results, widths, steps, lr, os.path.join(out, f"coord_check{tag}.png"))
-    runner.write_summary(runner.ROOT, f"coord_check{tag}", dict(widths=widths, steps=steps, lr=lr, seeds=list(seeds),
-                                                                results=results))
+    summary = dict(widths=widths, steps=steps, lr=lr, seeds=list(seeds), results=results, per_seed=per_seed,
+                   wall_s=time.perf_counter() - t0, hardware=runner.this_machine())
+    runner.write_summary(runner.ROOT, f"coord_check{tag}", summary)
     print(f"figure: {os.path.join(out, f'coord_check{tag}.png')}")
     if len(seeds) >= 3:
-        for kind, name in (("mlp", "MLP output"), ("attention", "attention output")):
-            slopes = {m: [growth(r[kind], widths) for r in per_seed[m]] for m in ("muP", "SP")}
-            findings.record(
-                fid=f"coord_check_{kind}{tag}", section="§3.1", claim=f"muP keeps the {name} from growing with width "
-                f"as SP does: its log-log slope over widths {widths[0]}-{widths[-1]} is lower",
-                paper="activations flat in width under muP (the wind tunnel's premise)", test="lower",
-                a=f"muP {name} slope", b=f"SP {name} slope", a_per_seed=slopes["muP"], b_per_seed=slopes["SP"],
-                command=runner.command("mup", bool(tag), len(seeds), args="coord"), hardware=runner.this_machine(),
-                wall_s=time.perf_counter() - t0)
+        coord_findings(summary, tag)
     return results
+
+
+SLOPE_DELTA = 0.5  # the coordinate check's margin: log-log slope units
+SLOPE_WHY = "a slope of 0.5 is sqrt(width) growth: 2.8x over the 8x width range, well past flat"
+SHIFT_DELTA = 0.5  # the lr-transfer margin, in octaves of the best lr
+SHIFT_WHY = "half an octave is half the lr grid's step (a factor 2): a smaller shift is within one grid cell"
+LOSS_DELTA = 0.01  # nats/token
+LOSS_WHY = "0.01 nats/token is 1% in perplexity"
+
+
+def coord_findings(summary, tag=""):
+    """The coordinate check's findings from its summary (results/coord_check.json): the per-seed slopes of the MLP
+    and attention outputs, muP against SP."""
+    widths, per_seed = summary["widths"], summary["per_seed"]
+    for kind, name in (("mlp", "MLP output"), ("attention", "attention output")):
+        slopes = {m: [growth(r[kind], widths) for r in per_seed[m]] for m in ("muP", "SP")}
+        findings.record(
+            fid=f"coord_check_{kind}{tag}", section="§3.1", claim=f"muP keeps the {name} from growing with width "
+            f"as SP does: its log-log slope over widths {widths[0]}-{widths[-1]} is lower",
+            paper="activations flat in width under muP (the wind tunnel's premise)", test="lower",
+            delta=SLOPE_DELTA, why=SLOPE_WHY, a=f"muP {name} slope", b=f"SP {name} slope",
+            a_per_seed=slopes["muP"], b_per_seed=slopes["SP"],
+            command=runner.command("mup", bool(tag), len(summary["seeds"]), args="coord"),
+            hardware=summary["hardware"], wall_s=summary["wall_s"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,18 +178,8 @@ def lr_transfer(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
     file = os.path.join(out, "results", f"lr_transfer{tag}.json")
     res = runner.sweep(file, runs, desc="lr transfer", fresh=fresh)
 
-    def curves(seed):
-        width = {mode: {w: [res[runner.seed_name(f"{mode}_w{w}_lr{lr}", seed)]["final_val_loss"] for lr in lrs]
-                        for w in widths} for mode in ("muP", "SP")}
-        depth = {mode: {L: [res[runner.seed_name(f"{mode}_L{L}_lr{lr}", seed)]["final_val_loss"]
-                            for lr in depth_lrs] for L in depths} for mode in ("depth-muP", "plain")}
-        return width, depth
-
-    def shift(grid, table):  # octaves between the best lrs of the first and last curve (signed)
-        keys = list(table)
-        return math.log2(best_lr(grid, table[keys[-1]]) / best_lr(grid, table[keys[0]]))
-
-    table, depth_table = curves(1)
+    grids = dict(lrs=lrs, widths=widths, depth_lrs=depth_lrs, depths=depths)
+    table, depth_table = transfer_curves(res, grids, 1)
     summary = {"lrs": lrs, "widths": widths, "val_loss": table, "depth_lrs": depth_lrs, "depths": depths,
                "depth_width": depth_width, "depth_val_loss": depth_table}
     print(f"final val loss (nats/token) after {steps} steps, seed 1; columns: lr")
@@ -191,31 +198,70 @@ def lr_transfer(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
         print(f"{mode:9s} width {depth_width}, best lr at {' / '.join(map(str, depths))} layers: "
               + " / ".join(f"{v:.4f}" for v in best.values()))
     if seeds >= 3:
-        per = {s: curves(s) for s in range(1, seeds + 1)}
-        where = dict(command=runner.command("mup", quick, seeds, data, args="transfer"),
-                     hardware=runner.this_machine(), wall_s=runner.wall_s(file))
-        findings.record(fid="mup_width_transfer", section="§3.3", claim=f"the best base lr moves less across widths "
-                        f"{widths[0]}-{widths[-1]} under muP than under SP (absolute log2 shift, octaves)",
-                        paper="the optimal lr stays ~0.01 from 0.04B to 0.5B (Fig. 3)", test="lower",
-                        a="muP |shift|", b="SP |shift|", a_per_seed=[abs(shift(lrs, per[s][0]["muP"])) for s in per],
-                        b_per_seed=[abs(shift(lrs, per[s][0]["SP"])) for s in per], **where)
-        findings.record(fid="mup_depth_transfer", section="§3.1", claim=f"with residuals x scale_depth / sqrt(L), the "
-                        f"best base lr moves less from {depths[0]} to {depths[-1]} layers than with plain residuals "
-                        f"(absolute log2 shift, octaves; width {depth_width})",
-                        paper="depth muP: hyper-parameters transfer across depth", test="lower",
-                        a="depth-muP |shift|", b="plain |shift|",
-                        a_per_seed=[abs(shift(depth_lrs, per[s][1]["depth-muP"])) for s in per],
-                        b_per_seed=[abs(shift(depth_lrs, per[s][1]["plain"])) for s in per],
-                        explanation=EXPLAIN["mup_depth_transfer"], **where)
-        findings.record(fid="mup_wider_better", section="§3.3", claim=f"under muP the widest model ({widths[-1]}) ends "
-                        f"below the narrowest ({widths[0]}), each at its best lr of the grid",
-                        paper="wider is better at the shared optimum (Fig. 3)", test="lower",
-                        a=f"muP width {widths[-1]}", b=f"muP width {widths[0]}",
-                        a_per_seed=[min(per[s][0]["muP"][widths[-1]]) for s in per],
-                        b_per_seed=[min(per[s][0]["muP"][widths[0]]) for s in per], **where)
+        lr_transfer_findings(res, summary, seeds, runner.command("mup", quick, seeds, data, args="transfer"),
+                             runner.this_machine(), runner.wall_s(file))
     runner.write_summary(out, f"lr_transfer_summary{tag}", summary)
     plot_lr_transfer(summary, os.path.join(out, "assets", f"lr_transfer{tag}.png"))
     return summary
+
+
+def transfer_curves(res, summ, seed):
+    """({mode: {width: final loss per lr}}, {mode: {layers: final loss per lr}}) of one seed of the lr sweep."""
+    width = {mode: {w: [res[runner.seed_name(f"{mode}_w{w}_lr{lr}", seed)]["final_val_loss"] for lr in summ["lrs"]]
+                    for w in summ["widths"]} for mode in ("muP", "SP")}
+    depth = {mode: {L: [res[runner.seed_name(f"{mode}_L{L}_lr{lr}", seed)]["final_val_loss"]
+                        for lr in summ["depth_lrs"]] for L in summ["depths"]} for mode in ("depth-muP", "plain")}
+    return width, depth
+
+
+def shift(grid, table):
+    """Octaves between the best lrs of the first and the last curve of {size: losses per lr} (signed)."""
+    keys = list(table)
+    return math.log2(best_lr(grid, table[keys[-1]]) / best_lr(grid, table[keys[0]]))
+
+
+def lr_transfer_findings(res, summ, seeds, command, hardware, wall_s):
+    """The §3.1 / §3.3 findings of the lr sweep from its metrics `res` and its summary (grids, widths, depths)."""
+    lrs, depth_lrs, widths, depths = summ["lrs"], summ["depth_lrs"], summ["widths"], summ["depths"]
+    per = {s: transfer_curves(res, summ, s) for s in range(1, seeds + 1)}
+    where = dict(command=command, hardware=hardware, wall_s=wall_s)
+    findings.record(fid="mup_width_transfer", section="§3.3", claim=f"the best base lr moves less across widths "
+                    f"{widths[0]}-{widths[-1]} under muP than under SP (absolute log2 shift, octaves)",
+                    paper="the optimal lr stays ~0.01 from 0.04B to 0.5B (Fig. 3)", test="lower", delta=SHIFT_DELTA,
+                    why=SHIFT_WHY, a="muP |shift|", b="SP |shift|",
+                    a_per_seed=[abs(shift(lrs, per[s][0]["muP"])) for s in per],
+                    b_per_seed=[abs(shift(lrs, per[s][0]["SP"])) for s in per], **where)
+    findings.record(fid="mup_depth_transfer", section="§3.1", claim=f"with residuals x scale_depth / sqrt(L), the "
+                    f"best base lr moves less from {depths[0]} to {depths[-1]} layers than with plain residuals "
+                    f"(absolute log2 shift, octaves; width {summ['depth_width']})",
+                    paper="depth muP: hyper-parameters transfer across depth", test="lower", delta=SHIFT_DELTA,
+                    why=SHIFT_WHY, a="depth-muP |shift|", b="plain |shift|",
+                    a_per_seed=[abs(shift(depth_lrs, per[s][1]["depth-muP"])) for s in per],
+                    b_per_seed=[abs(shift(depth_lrs, per[s][1]["plain"])) for s in per],
+                    explanation=EXPLAIN["mup_depth_transfer"], **where)
+    findings.record(fid="mup_wider_better", section="§3.3", claim=f"under muP the widest model ({widths[-1]}) ends "
+                    f"below the narrowest ({widths[0]}), each at its best lr of the grid",
+                    paper="wider is better at the shared optimum (Fig. 3)", test="lower", delta=LOSS_DELTA,
+                    why=LOSS_WHY, a=f"muP width {widths[-1]}", b=f"muP width {widths[0]}",
+                    a_per_seed=[min(per[s][0]["muP"][widths[-1]]) for s in per],
+                    b_per_seed=[min(per[s][0]["muP"][widths[0]]) for s in per], **where)
+
+
+def record_from_results():
+    """Every finding of this file again from results/ (coord_check.json, lr_transfer*_quick.json), training
+    nothing; the command and hardware stay those the runs were recorded with."""
+    coord = read_results("coord_check")
+    if "per_seed" not in coord:
+        raise FileNotFoundError("results/coord_check.json holds no per-seed values: rerun "
+                                "python -m experiments.mup coord --seeds 3")
+    coord_findings(coord)
+    old = findings.load()["mup_width_transfer"]
+    sweep = read_results("lr_transfer_quick")
+    res = {k: v["metrics"] for k, v in sweep.items()}
+    summ = read_results("lr_transfer_summary_quick")
+    seeds = len(seeds_of(sweep, f"muP_w{summ['widths'][0]}_lr{summ['lrs'][0]}"))
+    lr_transfer_findings(res, summ, seeds, old["command"], old["hardware"],
+                         runner.wall_s(os.path.join(runner.RESULTS, "lr_transfer_quick.json")))
 
 
 def best_lr(lrs, losses):
@@ -267,7 +313,8 @@ EXPLAIN = {
 EXPERIMENT = Experiment(name="mup", section="§3.1, §3.3",
                         rerun=(runner.command("mup", seeds=3, args="coord"),
                                runner.command("mup", True, 3, args="transfer")),
-                        sweeps=("lr_transfer_quick",), tables={"lr-transfer": lr_transfer_table}, explain=EXPLAIN)
+                        sweeps=("lr_transfer_quick",), tables={"lr-transfer": lr_transfer_table}, explain=EXPLAIN,
+                        record=record_from_results)
 
 
 def main():

@@ -39,14 +39,16 @@ DATA_HELP = ("the training corpus instead of the setting's own (python_source fo
 @dataclass(frozen=True)
 class Experiment:
     """What report.py reads of an experiment: the commands that rerun it, the sweeps (results/<sweep>.json) its
-    findings rest on, its README tables ({block name: function returning markdown}), and the explanation of each
-    finding it records that is not reproduced ({finding id: text})."""
+    findings rest on, its README tables ({block name: function returning markdown}), the explanation of each
+    finding it records that is not reproduced ({finding id: text}), and `record()`, which records its findings
+    again from its results files, training nothing (report.py --record)."""
     name: str
     section: str
     rerun: tuple
     sweeps: tuple = ()
     tables: dict = field(default_factory=dict)
     explain: dict = field(default_factory=dict)
+    record: object = None
 
 
 def seed_name(name, seed):

@@ -95,16 +95,8 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
         laws = [law] + [fit_scaling_law(*([p[k] for p in per_seed[s]] for k in "NDL")) for s in range(2, seeds + 1)]
         ratios = [math.log10(ratio_at(C_mid, lw)) for lw in laws]
         summary["per_seed"] = [dict(asdict(lw), log10_ratio_at_C_mid=r) for lw, r in zip(laws, ratios)]
-        where = dict(section="§4.5", test="lower", command=runner.command("scaling_law", quick, seeds, data),
-                     hardware=runner.this_machine(), wall_s=runner.wall_s(file))
-        findings.record(fid="scaling_alpha_beta", claim="the fitted exponents satisfy alpha > beta (so D_opt/N_opt "
-                        "grows with compute)", paper="alpha 0.29 > beta 0.23", a="beta", b="alpha",
-                        a_per_seed=[lw.beta for lw in laws], b_per_seed=[lw.alpha for lw in laws],
-                        explanation=EXPLAIN["scaling_alpha_beta"], **where)
-        findings.record(fid="scaling_d_over_n", claim=f"the compute-optimal D/N at C = {C_mid:.0e} FLOPs (inside the "
-                        f"runs' compute) is above Chinchilla's 20 (log10)", paper="D_opt/N_opt ~192, Chinchilla ~20",
-                        a="log10 20 (Chinchilla)", b="log10 D_opt/N_opt", a_per_seed=[math.log10(20)] * seeds,
-                        b_per_seed=ratios, **where)
+        scaling_findings(summary, runner.command("scaling_law", quick, seeds, data), runner.this_machine(),
+                         runner.wall_s(file))
     runner.write_summary(out, f"scaling_fit{tag}", summary)
     plot(points, law, os.path.join(out, "assets", f"scaling_law{tag}.png"))
     print(f"fitted L(N, D) = {law.C_N:.4g} N^-{law.alpha:.3f} + {law.C_D:.4g} D^-{law.beta:.3f} + {law.L0:.3f} "
@@ -118,6 +110,29 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
         print(f"  C = {r['C']:.0e} FLOPs{'' if r['inside_data'] else ' (extrapolated)':15s}: N_opt {r['N_opt']:.3g}, "
               f"D_opt {r['D_opt']:.3g}, D/N = {r['ratio']:.1f}   (paper's law: D/N = {r['paper_ratio']:.0f})")
     return summary
+
+
+def scaling_findings(summary, command, hardware, wall_s):
+    """The §4.5 findings from the fit summary (results/scaling_fit*.json): each seed's exponents and D_opt/N_opt."""
+    laws, C_mid = summary["per_seed"], summary["C_mid"]
+    where = dict(section="§4.5", test="lower", command=command, hardware=hardware, wall_s=wall_s)
+    findings.record(fid="scaling_alpha_beta", claim="the fitted exponents satisfy alpha > beta (so D_opt/N_opt "
+                    "grows with compute)", paper="alpha 0.29 > beta 0.23", delta=0.05,
+                    why="0.05 is the paper's own alpha - beta (0.29 - 0.23), rounded down", a="beta", b="alpha",
+                    a_per_seed=[lw["beta"] for lw in laws], b_per_seed=[lw["alpha"] for lw in laws],
+                    explanation=EXPLAIN["scaling_alpha_beta"], **where)
+    findings.record(fid="scaling_d_over_n", claim=f"the compute-optimal D/N at C = {C_mid:.0e} FLOPs (inside the "
+                    f"runs' compute) is above Chinchilla's 20 (log10)", paper="D_opt/N_opt ~192, Chinchilla ~20",
+                    delta=math.log10(2), why="log10 2: a factor of two in tokens per parameter",
+                    a="log10 20 (Chinchilla)", b="log10 D_opt/N_opt", a_per_seed=[math.log10(20)] * len(laws),
+                    b_per_seed=[lw["log10_ratio_at_C_mid"] for lw in laws], **where)
+
+
+def record_from_results():
+    """This file's findings again from results/scaling_fit_quick.json, training nothing."""
+    old = findings.load()["scaling_d_over_n"]
+    scaling_findings(read_results("scaling_fit_quick"), old["command"], old["hardware"],
+                     runner.wall_s(os.path.join(runner.RESULTS, "scaling_quick.json")))
 
 
 def fit_spread(points, C, boot=20, seed=0):
@@ -195,7 +210,8 @@ EXPLAIN = {
 }
 
 EXPERIMENT = Experiment(name="scaling_law", section="§4.5", rerun=(runner.command("scaling_law", True, 3),),
-                        sweeps=("scaling_quick",), tables={"scaling-law": scaling_table}, explain=EXPLAIN)
+                        sweeps=("scaling_quick",), tables={"scaling-law": scaling_table}, explain=EXPLAIN,
+                        record=record_from_results)
 
 
 if __name__ == "__main__":

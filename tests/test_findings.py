@@ -1,6 +1,10 @@
-"""The wind tunnel's ledger: verdicts need a margin of twice the seed-to-seed noise, and the README's findings
-table is results/findings.json's."""
+"""The wind tunnel's ledger: a verdict follows from the per-seed differences A - B under a declared test and margin
+(the two-sided 90% t-interval against delta), every per-seed value comes from a results file, and the README's
+findings table is results/findings.json's."""
+import json
+import math
 import os
+import statistics
 
 import pytest
 
@@ -8,22 +12,81 @@ import report
 from conftest import ROOT
 from experiments import findings
 
-
-@pytest.mark.parametrize("diffs, claim, verdict", [
-    ([-0.030, -0.020, -0.025], "lower", "reproduced"),       # mean -0.025, noise 0.005: a margin of 5 noises
-    ([-0.012, 0.004, -0.007], "lower", "within noise"),      # mean -0.005, noise 0.0082
-    ([0.030, 0.020, 0.025], "lower", "not reproduced"),
-    ([0.010, 0.000, 0.020], "no gain", "reproduced"),
-    ([-0.030, -0.020, -0.025], "no gain", "not reproduced"),
-])
-def test_verdicts_need_twice_the_noise(diffs, claim, verdict):
-    mean, noise, v = findings.verdict(diffs, claim)
-    assert v == verdict and mean == pytest.approx(sum(diffs) / 3)
+# t_{0.95, df}, from a printed table of Student's t (independent of findings.t_quantile)
+T95 = {1: 6.313751514675043, 2: 2.919985580353725, 4: 2.131846786326649, 9: 1.833112932653634,
+       29: 1.699127026533497}
 
 
-def test_a_verdict_needs_three_seeds():
+@pytest.mark.parametrize("df", sorted(T95))
+def test_the_t_quantile_is_exact(df):
+    assert findings.t_quantile(0.95, df) == pytest.approx(T95[df], rel=1e-10)
+    assert findings.t_cdf(T95[df], df) == pytest.approx(0.95, abs=1e-12)
+
+
+def independent_verdict(lo, hi, test, delta):
+    """The rule of the issue, written again here."""
+    if test == "lower":
+        return "reproduced" if hi < 0 else ("not reproduced" if lo > -delta else "inconclusive")
+    if test == "no_worse":
+        return "reproduced" if hi < delta else ("not reproduced" if lo > delta else "inconclusive")
+    assert test == "matches"
+    if lo > -delta and hi < delta:
+        return "reproduced"
+    return "not reproduced" if (lo >= delta or hi <= -delta) else "inconclusive"
+
+
+@pytest.mark.parametrize("ci, test, want", [
+    ([-0.03, -0.01], "lower", "reproduced"),
+    ([-0.03, 0.001], "lower", "inconclusive"),      # a gain is possible, and so is none
+    ([-0.005, 0.02], "lower", "not reproduced"),    # a gain of delta = 0.01 is ruled out
+    ([0.001, 0.009], "no_worse", "reproduced"),     # worse, but by less than delta
+    ([0.005, 0.02], "no_worse", "inconclusive"),
+    ([0.011, 0.03], "no_worse", "not reproduced"),
+    ([-0.009, 0.009], "matches", "reproduced"),
+    ([0.001, 0.045], "matches", "inconclusive"),    # the branched decays' interval: neither shown nor ruled out
+    ([0.01, 0.02], "matches", "not reproduced"),
+    ([-0.03, -0.01], "matches", "not reproduced")])
+def test_the_verdict_rule(ci, test, want):
+    assert findings.verdict(ci, test, 0.01) == want == independent_verdict(*ci, test, 0.01)
+
+
+def test_no_gain_is_never_granted_on_absence_of_evidence():
+    # A better than B by one noise unit over 3 seeds: the old rule said "reproduced" for "no gain"; an interval that
+    # allows a gain of delta gives "inconclusive", and only an interval that rules it out says "not reproduced"
+    mean, sd, ci = findings.interval([-0.010, -0.020, 0.000])
+    assert findings.verdict(ci, "no_worse", 0.01) == "reproduced" and findings.verdict(ci, "lower", 0.01) == \
+        "inconclusive"
+    assert ci == pytest.approx([-0.01 - T95[2] * 0.01 / math.sqrt(3), -0.01 + T95[2] * 0.01 / math.sqrt(3)])
     with pytest.raises(ValueError, match="2 seeds: a verdict needs at least 3"):
-        findings.verdict([0.1, 0.2], "lower")
+        findings.interval([0.1, 0.2])
+    with pytest.raises(ValueError, match="a margin must be > 0"):
+        findings.verdict([0, 1], "lower", 0)
+
+
+def test_every_finding_recomputes_from_its_arms_under_the_rule():
+    for f in findings.load().values():
+        assert {"id", "section", "claim", "paper", "test", "delta", "why", "a", "b", "diff", "seeds", "verdict",
+                "explanation", "command", "hardware", "wall_s"} <= set(f), f["id"]
+        a, b = f["a"]["per_seed"], f["b"]["per_seed"]
+        assert f["a"]["name"] and f["b"]["name"] and f["why"] and f["delta"] > 0 and f["seeds"] == len(a) == len(b)
+        d = [x - y for x, y in zip(a, b)]
+        assert f["diff"]["per_seed"] == d
+        n, mean, sd = len(d), sum(d) / len(d), statistics.stdev(d)
+        half = T95[n - 1] * sd / math.sqrt(n)
+        assert f["diff"]["mean"] == pytest.approx(mean, abs=1e-12) and f["diff"]["sd"] == pytest.approx(sd)
+        assert f["diff"]["ci90"] == pytest.approx([mean - half, mean + half], rel=1e-9, abs=1e-12)
+        assert f["verdict"] == independent_verdict(mean - half, mean + half, f["test"], f["delta"]), f["id"]
+        assert f["command"] and f["hardware"] and f["wall_s"] > 0
+
+
+def test_every_per_seed_value_comes_from_a_results_file(tmp_path, monkeypatch):
+    # recording every finding again from results/ (python report.py --record, no training) gives the ledger
+    monkeypatch.setattr(findings, "FILE", str(tmp_path / "findings.json"))
+    with open(os.path.join(ROOT, "results", "findings.json")) as f:
+        committed = json.load(f)
+    (tmp_path / "findings.json").write_text(json.dumps(committed))
+    report.record()
+    assert json.loads((tmp_path / "findings.json").read_text()) == committed
 
 
 def test_the_readme_shows_what_results_hold():
@@ -35,9 +98,10 @@ def test_the_readme_shows_what_results_hold():
     assert set(shown) == set(blocks), f"README lacks the blocks {set(blocks) - set(shown)}"
     for name, fn in blocks.items():
         assert shown[name] == fn().strip(), f"README block {name} is stale: run python report.py"
-    for f in findings.load().values():  # every recorded finding: >= 3 seeds, a command, hardware and time
-        assert f["ours"]["seeds"] >= 3 and f["command"] and f["hardware"] and f["wall_s"] > 0
-        assert f["verdict"] == findings.verdict(f["ours"]["diff_per_seed"], f["test"])[2]
+    for f in findings.load().values():  # every finding's row names both arms, the margin and the verdict
+        row = next(line for line in shown["findings"].splitlines() if f"| {f['claim']} |" in line)
+        assert f"| {f['a']['name']} | {f['b']['name']} |" in row and f"**{f['verdict']}**" in row
+        assert f", {f['delta']:g} |" in row
         assert f["verdict"] != "not reproduced" or f["explanation"], f"{f['id']}: not reproduced, unexplained"
         # the explanation is its experiment's EXPLAIN, the one place it is written (python report.py --explain)
         assert f["explanation"] == report.explanations().get(f["id"], ""), f"{f['id']}: stale explanation"

@@ -199,5 +199,5 @@ def test_decay_length_control_runs_on_the_quick_setting(tmp_path, monkeypatch):
     for name, run in saved.items():
         assert {k: run["config"][k] for k in model} == model and run["config"]["data"] == "python_source"
         assert run["config"]["decay_steps"] == (2 if "10.0%" in name else 4) and run["metrics"]["step"] == 20
-    assert f["id"] == "wsd_decay_10_percent_S20" and f["ours"]["seeds"] == 3
+    assert f["id"] == "wsd_decay_10_percent_S20" and f["seeds"] == 3 and f["a"]["name"] == "WSD exp 10.0%"
     assert json.loads((tmp_path / "findings.json").read_text())["wsd_decay_10_percent_S20"] == f
