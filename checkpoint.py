@@ -42,9 +42,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from corpus import load_data, save_tokenizer
+from files import fix_for, make_dirs, replace_atomically, write_error
 from model import MiniCPM, model_config
 from mup import load_named_optimizer_state
-from official import save_pretrained
+from official import WEIGHT_FILES, save_pretrained
 
 DCP_DIR = "ckpt_dcp"  # FSDP runs: a torch.distributed.checkpoint directory, one file per rank + train_state.json
 
@@ -87,8 +88,12 @@ def all_finite(tensors):
 
 
 def disk_full_error(path, e, need):
-    return CheckpointError(f"could not write {path} ({first_line(e)}); the previous checkpoint is kept: a checkpoint "
-                           f"needs about {need / 2 ** 20:,.1f} MiB free in {os.path.dirname(path) or '.'}")
+    """A failed checkpoint write as one line: the cause, that the previous checkpoint is kept, and the fix (space,
+    or a read-only / unwritable directory or file: files.fix_for)."""
+    fix = fix_for(e, path)
+    if fix.startswith("free space"):
+        fix = f"a checkpoint needs about {need / 2 ** 20:,.1f} MiB free in {os.path.dirname(path) or '.'}"
+    return CheckpointError(f"could not write {path} ({first_line(e)}); the previous checkpoint is kept: {fix}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ def save_checkpoint(path, state):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(os.path.dirname(path))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # a real full disk: torch's zip writer raises RuntimeError when it closes
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise disk_full_error(path, e, nbytes(state)) from None
@@ -355,6 +360,11 @@ def export_checkpoint(src, dst):
     """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
     (config.json + model.safetensors, or pytorch_model.bin without safetensors), which official.from_pretrained
     reads, and the run's tokenizer beside it (corpus.save_tokenizer), so that sample.py --model_dir=dst works."""
+    held = [f for f in ("config.json", "tokenizer.json", "tiktoken.json") + WEIGHT_FILES
+            if os.path.exists(os.path.join(dst, f))]
+    if held:
+        raise CheckpointError(f"{dst} already holds a model ({', '.join(held)}): export into a new directory (its "
+                              f"files would be mixed with the new ones), or remove it first")
     model, cfg = model_from_checkpoint(src)
     save_pretrained(model, dst)
     save_tokenizer(load_data(cfg["data"]).meta["tokenizer"], dst)
@@ -366,16 +376,47 @@ def export_checkpoint(src, dst):
 
 
 def run_files(out_dir):
-    """What of a run an out_dir holds (a fresh run there would replace it)."""
-    return [f for f in ("ckpt.pt", DCP_DIR, "metrics.jsonl") if os.path.exists(os.path.join(out_dir, f))]
+    """The checkpoints of a run an out_dir holds: what --resume would continue, and a fresh run must not replace
+    without --overwrite (metrics.jsonl alone, of a run killed before its first checkpoint, holds nothing to resume)."""
+    return [f for f in ("ckpt.pt", DCP_DIR) if os.path.exists(os.path.join(out_dir, f))]
+
+
+RUN_OUTPUTS = ("ckpt.pt", DCP_DIR, DCP_DIR + ".old", DCP_DIR + ".tmp", "ckpt.pt.tmp", "summary.json", "loss.png")
+
+
+def refuse_overwriting_source(src, out_dir):
+    """--overwrite empties out_dir (start_over): a source checkpoint inside it would go with it."""
+    out = os.path.abspath(out_dir)
+    if src and out_dir and os.path.commonpath([os.path.abspath(src), out]) == out:
+        raise CheckpointError(f"init_from {src} lies inside out_dir {out_dir}, which --overwrite=True empties: "
+                              f"write this run into another --out_dir")
+
+
+def start_over(out_dir, log=print):
+    """Remove what an earlier run left in out_dir (checkpoints, kept ones too, summary.json, loss.png), so that a
+    fresh run there (--overwrite, or after a run that died before its first checkpoint) never sits beside another
+    run's files."""
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    old = [n for n in names if n in RUN_OUTPUTS or (n.startswith("ckpt_") and (n.endswith(".pt") or
+                                                                               n.startswith(DCP_DIR + "_")))]
+    old += ["metrics.jsonl"] if "metrics.jsonl" in names else []
+    if not old:
+        return
+    log(f"starting over in {out_dir}: the earlier run's {', '.join(sorted(old))} go")
+    for n in old:
+        p = os.path.join(out_dir, n)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
 
 @contextlib.contextmanager
 def locked(out_dir):
     """Hold an exclusive flock on out_dir/.lock while the block runs. The kernel releases it when the process ends,
     however it ends, so a killed run never leaves a stale lock; a second run stops at once with one line."""
-    os.makedirs(out_dir, exist_ok=True)
-    f = open(os.path.join(out_dir, ".lock"), "a+")
+    make_dirs(out_dir)
+    try:
+        f = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:  # a read-only mount, an immutable or unwritable .lock
+        raise write_error(os.path.join(out_dir, ".lock"), e) from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -396,16 +437,17 @@ def locked(out_dir):
 
 def open_metrics(out_dir, resume, step, log=print):
     """The rows of out_dir/metrics.jsonl so far, the file rewritten to hold them: on resume those up to the
-    checkpoint's step (rows logged after it are dropped, a torn last line too), else none (a fresh file)."""
+    checkpoint's step (rows logged after it are dropped, a torn last line too), else none: a fresh file, and what an
+    earlier run left there removed (start_over)."""
     path, rows = os.path.join(out_dir, "metrics.jsonl"), []
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     if resume and os.path.isfile(path):
         rows, torn = read_jsonl(path, torn_ok=True)
         if torn:
             log(f"{path}: dropped a torn last line (a crash while it was written)")
         rows = [r for r in rows if r.get("step", 0) <= step]
-    elif run_files(out_dir):
-        log(f"starting over (--overwrite=True): the run in {out_dir} will be replaced")
+    else:
+        start_over(out_dir, log)
     write_jsonl(path, rows)
     return rows
 
@@ -431,23 +473,7 @@ def read_jsonl(path, torn_ok=False):
 
 def write_jsonl(path, rows):
     """Atomic rewrite; a write error (a full disk) removes the temporary file and is one line."""
-    try:
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(path + ".tmp", path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(path + ".tmp")
-        raise CheckpointError(f"could not write {path} ({first_line(e)}): free space in "
-                              f"{os.path.dirname(path) or '.'}") from None
-
-
-def write_json(path, obj, indent=1):
-    """Atomic JSON file (a run's summary.json, a sweep's results), its directory made if needed."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(path + ".tmp", path)
+    replace_atomically(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), mode="w")
 
 
 def append_jsonl(path, row):
@@ -455,5 +481,5 @@ def append_jsonl(path, row):
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
     except OSError as e:
-        raise CheckpointError(f"could not append to {path} ({first_line(e)}): free space in "
-                              f"{os.path.dirname(path) or '.'}; the last checkpoint is kept") from None
+        raise CheckpointError(f"could not append to {path} ({first_line(e)}): {fix_for(e, path)}; the last "
+                              f"checkpoint is kept") from None

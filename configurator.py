@@ -15,13 +15,15 @@ import re
 import sys
 import traceback
 
+from files import WriteError
+
 
 class ConfigError(ValueError):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
 # what an entry point reports as one line `error: ...` with exit status 2 (each adds its own, e.g. CheckpointError)
-USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, ImportError)
+USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, ImportError, WriteError)
 
 
 def exit_on_user_error(work, *errors):

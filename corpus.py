@@ -33,6 +33,7 @@ import tiktoken
 import torch
 
 from configurator import ConfigError, exit_on_user_error
+from files import make_dirs, replace_atomically, write_json
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
@@ -69,7 +70,7 @@ def save_tokenizer(name, out_dir):
     """Write what a tokenizer needs beside exported weights: for "bytes" an exact HF tokenizer.json (BPE with no
     merges over the 256 byte tokens, our special tokens at 256...), which sample.py, transformers and vLLM read; for a
     tiktoken BPE, tiktoken.json naming the encoding (sample.py reads it; it needs the tiktoken package)."""
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     if name != "bytes":
         file, spec = "tiktoken.json", {"tiktoken_encoding": name}
     else:
@@ -85,9 +86,7 @@ def save_tokenizer(name, out_dir):
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                       "vocab": {c: i for i, c in enumerate(chars)}, "merges": []}}
-    with open(os.path.join(out_dir, file + ".tmp"), "w") as f:
-        json.dump(spec, f, ensure_ascii=False, indent=1)
-    os.replace(os.path.join(out_dir, file + ".tmp"), os.path.join(out_dir, file))
+    replace_atomically(os.path.join(out_dir, file), lambda f: json.dump(spec, f, ensure_ascii=False, indent=1), "w")
     return os.path.join(out_dir, file)
 
 
@@ -150,10 +149,9 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
     if len(arr) < 2 or not any(d.strip() for d in docs):
         raise ValueError("the documents are empty: no tokens to train on (check the --input files)")
     n_val = max(1, int(len(arr) * val_fraction))
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     for split, part in (("train", arr[:-n_val]), ("val", arr[-n_val:])):
-        part.tofile(os.path.join(out_dir, f"{split}.bin.tmp"))
-        os.replace(os.path.join(out_dir, f"{split}.bin.tmp"), os.path.join(out_dir, f"{split}.bin"))
+        replace_atomically(os.path.join(out_dir, f"{split}.bin"), part.tofile, need=part.nbytes)
     meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
                 train_tokens=len(arr) - n_val, val_tokens=n_val, max_token_id=int(arr.max()),
                 bytes_per_token=sum(len(d.encode("utf-8")) + 1 for d in docs) / len(arr))
@@ -162,9 +160,7 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
 
 
 def _write_meta(out_dir, meta):
-    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))  # written last
+    write_json(os.path.join(out_dir, "meta.json"), meta)  # written last: a directory without it is not data
 
 
 def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_docs=1024):
@@ -180,8 +176,7 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
         nonlocal max_id
         arr = np.asarray(buf[split], dtype=dtype)
         max_id = max(max_id, int(arr.max())) if len(arr) else max_id
-        arr.tofile(os.path.join(out_dir, name + ".tmp"))
-        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+        replace_atomically(os.path.join(out_dir, name), arr.tofile, need=arr.nbytes)
         shards[split].append(name)
         count[split] += len(arr)
         buf[split] = []

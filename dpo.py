@@ -22,8 +22,9 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import (CheckpointError, append_jsonl, load_checkpoint, load_state, locked, model_from_checkpoint,
-                        open_metrics, run_files, save_checkpoint)
+                        open_metrics, refuse_overwriting_source, run_files, save_checkpoint)
 from configurator import ConfigError, check_numbers, exit_on_user_error
 from corpus import chat_ids, load_data, read_jsonl_rows
 from mup import configure_optimizer, set_lr
@@ -97,6 +98,8 @@ LOWER_BOUNDS = dict(beta=0, lr=0, weight_decay=0, grad_clip=0, batch_size=1, gra
                     warmup_steps=0, decay_steps=0, half_life=0, cosine_steps=0, seq_len=1, seed=0, ckpt_interval=1)
 # keys that may change when resuming without changing the run's numbers
 RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "device", "ckpt_interval"}
+# the numbers a DPO config gives change with this version (2: step s trains at lr(s), as train.py's version 2)
+DPO_VERSION = 2
 
 
 def validate_dpo_config(cfg):
@@ -137,6 +140,8 @@ def run_dpo(cfg, quiet):
     if held:
         raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
                           f"start over with --overwrite=True (its checkpoint and metrics go)")
+    if cfg["overwrite"]:
+        refuse_overwriting_source(cfg["init_from"], out_dir)
     model, src_cfg, pairs = load_policy_and_pairs(cfg, dev)
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
     # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
@@ -152,7 +157,7 @@ def run_dpo(cfg, quiet):
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
     stopped = False
     bar = tqdm(total=S, initial=step, disable=quiet or not master, desc="DPO")
-    with StopFlag() as stop:
+    with StopFlag() as stop, closing(bar):
         while step < S:
             row = dpo_step(cfg, model, raw, optimizer, pairs, ref, orders[step], step, rank, world, device)
             step += 1
@@ -165,7 +170,6 @@ def run_dpo(cfg, quiet):
                 save_dpo(cfg, src_cfg, raw, optimizer, step, global_batch)
             if stopped:
                 break
-    bar.close()
     if stopped:
         log(f"stopped by signal: checkpoint at step {step} in {out_dir}/ckpt.pt; continue with --resume=True")
     elif history:
@@ -173,7 +177,7 @@ def run_dpo(cfg, quiet):
             f"{history[-1]['rewards/accuracies']:.2f}, margin {history[-1]['rewards/margins']:.3f}; "
             f"saved {out_dir}/ckpt.pt")
     raw.eval()
-    return dict(history=history, model=raw, step=step, stopped=stopped)
+    return dict(history=history, model=raw, step=step, stopped=stopped, exit_code=stop.exit_code if stopped else 0)
 
 
 def load_policy_and_pairs(cfg, dev):
@@ -218,7 +222,7 @@ def reference_logps(model, pairs, orders, device, quiet):
 def dpo_step(cfg, model, raw, optimizer, pairs, ref, order, step, rank, world, device):
     """One optimizer step of the DPO loss at this step's lr (wsd.lr_at); returns its metrics row."""
     t0, B, A = time.perf_counter(), cfg["batch_size"], cfg["grad_accum"]
-    lr_now = lr_at(cfg, step)
+    lr_now = lr_at(cfg, step + 1)  # this is step step + 1 (wsd.lr_at)
     set_lr(optimizer, lr_now)
     stats = torch.zeros(7, device=device)
     for micro in range(A):
@@ -247,7 +251,7 @@ def save_dpo(cfg, src_cfg, model, optimizer, step, global_batch):
     DPO config and step it continues from."""
     save_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"), dict(
         model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-        config={**src_cfg, "out_dir": cfg["out_dir"]}, dpo=cfg,
+        config={**src_cfg, "out_dir": cfg["out_dir"]}, dpo=cfg, dpo_version=DPO_VERSION,
         data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch)))
 
 
@@ -260,6 +264,9 @@ def resume_dpo(cfg, model, optimizer, global_batch):
     ckpt = load_checkpoint(path)
     if "dpo" not in ckpt:
         raise CheckpointError(f"checkpoint {path} was not written by dpo.py: resume it with train.py")
+    if ckpt.get("dpo_version", 1) != DPO_VERSION:
+        raise CheckpointError(f"checkpoint {path} was written by dpo.py version {ckpt.get('dpo_version', 1)}: resuming "
+                              f"would change the run's numbers midway; start a new DPO run")
     diff = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES and ckpt["dpo"].get(k) != cfg[k])
     if diff:
         raise CheckpointError(f"checkpoint {path} was written with another DPO config; differing keys: " +
@@ -292,10 +299,12 @@ def main(argv=None):
         return
     a.pop("write_data")
     try:
-        exit_on_user_error(lambda: train_dpo(a), CheckpointError)
+        code = exit_on_user_error(lambda: train_dpo(a), CheckpointError)["exit_code"]
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if code:  # stopped by a signal, checkpoint saved: 128 + its number (system.StopFlag)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ architecture; this file is the only one that knows the official file layout.
 Nothing loaded runs code: safetensors, or pytorch_model.bin through torch.load(weights_only=True).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from dataclasses import asdict, fields
 
 import torch
 
+from files import make_dirs, replace_atomically, write_error, write_json
 from model import MiniCPM, MiniCPMConfig
 from rope import rope_base, rope_scaling_type
 
@@ -114,10 +116,14 @@ def config_from_json(path):
         raise ValueError(f"{file}: {e}") from None
 
 
+# the weight files of an official directory, in the order read_weights looks for them
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def read_weights(path):
     """State dict of an HF-style directory: model.safetensors / pytorch_model.bin, or their sharded index."""
-    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json"):
+    for name in WEIGHT_FILES:
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             continue
@@ -153,20 +159,25 @@ def _read_weight_file(file):
 
 
 def write_weights(path, state, config_json):
-    """Write config.json + weights (safetensors when installed) into path, each file atomically."""
-    os.makedirs(path, exist_ok=True)
+    """Write config.json + weights (safetensors when installed) into path, each file atomically; a failed write (a
+    full disk) is one WriteError line with no partial file left."""
+    make_dirs(path)
     state = {k: v.contiguous() for k, v in state.items()}
+    need = sum(v.numel() * v.element_size() for v in state.values())
     try:
         from safetensors.torch import save_file
-        file = os.path.join(path, "model.safetensors")
-        save_file(state, file + ".tmp", metadata={"format": "pt"})
     except ImportError:
-        file = os.path.join(path, "pytorch_model.bin")
-        torch.save(state, file + ".tmp")
-    os.replace(file + ".tmp", file)
-    with open(os.path.join(path, "config.json.tmp"), "w") as f:
-        json.dump(config_json, f, indent=2)
-    os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
+        replace_atomically(os.path.join(path, "pytorch_model.bin"), lambda f: torch.save(state, f), need=need)
+    else:
+        file = os.path.join(path, "model.safetensors")
+        try:
+            save_file(state, file + ".tmp", metadata={"format": "pt"})
+            os.replace(file + ".tmp", file)
+        except Exception as e:  # a full disk: OSError, or safetensors' own SafetensorError ("I/O error: ...")
+            with contextlib.suppress(OSError):
+                os.remove(file + ".tmp")
+            raise write_error(file, e, need) from None
+    write_json(os.path.join(path, "config.json"), config_json, indent=2)
 
 
 def check_state_dict(model, state, where):

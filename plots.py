@@ -12,6 +12,8 @@ import sys
 
 from matplotlib.figure import Figure
 
+from files import make_dirs, replace_atomically
+
 
 def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
     """(figure, axes) as plt.subplots returns them, on a Figure that is only ever saved to a file."""
@@ -20,9 +22,10 @@ def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
 
 
 def save(fig, file, dpi=110):
+    """The figure into `file` (its format by its extension), atomically: a full disk is one WriteError line."""
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-    fig.savefig(file, dpi=dpi)
+    make_dirs(os.path.dirname(os.path.abspath(file)))
+    replace_atomically(file, lambda f: fig.savefig(f, dpi=dpi, format=os.path.splitext(file)[1][1:] or "png"))
 
 
 def plot_metrics(rows, file):

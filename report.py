@@ -26,10 +26,10 @@ import time
 
 import corpus
 import experiments
-from checkpoint import write_json
 from corpus import TokenData
 from experiments import findings
 from experiments.runner import RESULTS, ROOT, read_results, this_machine
+from files import write_json
 
 README = os.path.join(ROOT, "README.md")
 

@@ -95,10 +95,13 @@ def shard_model(model, ptdtype, device):
 
 
 class StopFlag:
-    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the end of the step and exits cleanly."""
+    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the end of the step and stops. The entry points
+    then exit with 128 + the signal's number (143 for SIGTERM, 130 for Ctrl-C), the shell's code for a process a
+    signal stopped, so that a scheduler tells a stopped run (resumable) from a finished one (0)."""
 
     def __init__(self):
         self.set = False
+        self.signum = None
         self.old = {}
 
     def __enter__(self):
@@ -111,6 +114,12 @@ class StopFlag:
 
     def _handler(self, signum, frame):
         self.set = True
+        self.signum = signum
+
+    @property
+    def exit_code(self):
+        """128 + the signal that stopped the run (SIGTERM when another process got it, under torchrun)."""
+        return 128 + (self.signum or signal.SIGTERM)
 
     def anywhere(self, device, world):
         """Whether a signal came to any process (under torchrun every process then stops at the same step)."""

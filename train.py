@@ -23,7 +23,7 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -35,9 +35,10 @@ from tqdm import tqdm
 import configurator
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
                         keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
-                        read_checkpoint, run_files, save_checkpoint, save_dcp, write_json)
+                        read_checkpoint, refuse_overwriting_source, run_files, save_checkpoint, save_dcp)
 from configurator import ConfigError
 from corpus import MixtureData, epochs, load_data, load_eval_sets
+from files import WriteError, write_json
 from longctx import mixed_batch, passkey_document
 from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, flops_per_token, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
@@ -101,6 +102,11 @@ dtype = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
 compile = "auto"  # auto: torch.compile on CUDA, eager on CPU
 fsdp = False  # FSDP2 (fully_shard per block, bf16 params / fp32 reductions on CUDA) + DCP checkpoints; torchrun
 activation_checkpointing = False  # recompute each block in the backward: ~4x longer contexts for ~1/3 more compute
+
+# the numbers a config gives change with this version (1: step s trained at lr(s - 1), so the first warmup step at lr
+# 0 and the last decay step never at the final lr; 2: step s trains at lr(s)): checkpoints and sweep results of
+# another version are not continued or reused as if they were this one's
+TRAINER_VERSION = 2
 
 CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not callable(globals()[k])
                and not isinstance(globals()[k], type(sys)) and k.islower()]
@@ -244,6 +250,10 @@ def resume_from(cfg, model, optimizer, fsdp, global_batch, device):
     if lacks:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(lacks)}: it was not written by train.py's loop (a "
                               f"DPO or converted checkpoint?): start from it with --init_from instead of --resume")
+    if ckpt.get("trainer", 1) != TRAINER_VERSION:
+        raise CheckpointError(f"checkpoint {path} was written by train.py version {ckpt.get('trainer', 1)} (its "
+                              f"schedule trains each step at another lr than version {TRAINER_VERSION}'s): resuming "
+                              f"would change the run's numbers midway; start a new stage from it with --init_from")
     # keys added to train.py since the checkpoint was written count as their defaults (as in sweep)
     diff = config_diff({**default_config(), **ckpt["config"]}, cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
     if diff:
@@ -402,7 +412,7 @@ def run(cfg, quiet):
     an evaluation and a checkpoint when they are due), until max_steps or a signal; then the end of the run."""
     r = start(cfg, quiet)
     stopped = False
-    with StopFlag() as stop:
+    with StopFlag() as stop, closing(r.bar):  # (the bar closed before any error line is printed)
         while r.step < cfg["max_steps"]:
             train_step(r)
             if r.step % cfg["eval_interval"] == 0 or r.step == cfg["max_steps"]:
@@ -412,8 +422,7 @@ def run(cfg, quiet):
                 save_run(r)
             if stopped:
                 break
-    r.bar.close()
-    return finish(r, stopped)
+    return dict(finish(r, stopped), exit_code=stop.exit_code if stopped else 0)
 
 
 def start(cfg, quiet):
@@ -434,6 +443,8 @@ def start(cfg, quiet):
     if held:
         raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
                           f"start over with --overwrite=True (its checkpoint and metrics go)")
+    if cfg["overwrite"] and cfg["init_from"]:
+        refuse_overwriting_source(cfg["init_from"], out_dir)
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
     raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
     rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
@@ -478,7 +489,7 @@ def train_step(r):
     """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients,
     clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its metrics row."""
     cfg, A, t0 = r.cfg, r.cfg["grad_accum"], time.perf_counter()
-    lr_now = lr_at(cfg, r.step)
+    lr_now = lr_at(cfg, r.step + 1)  # this is step r.step + 1 (wsd.lr_at: warmup from lr > 0, decay to the end)
     set_lr(r.optimizer, lr_now)
     src = step_data(r)
     loss_sum, router_logits = torch.zeros((), device=r.device), ()
@@ -500,7 +511,6 @@ def train_step(r):
         grad_norm = grad_norm.full_tensor()
     train_loss, grad_norm = all_mean(loss_sum, r.world).item(), grad_norm.item()
     if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
-        r.bar.close()
         raise FloatingPointError(f"the run diverged at step {r.step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
                                  f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and the last "
                                  f"checkpoint is kept: lower --lr or check the data")
@@ -540,7 +550,8 @@ def evaluate_run(r):
 def save_run(r):
     """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
     cfg, step, path = r.cfg, r.step, r.ckpt_path
-    train_state = dict(step=step, config=cfg, data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch))
+    train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION,
+                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch))
     if cfg["fsdp"] and path:
         keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
         save_dcp(path, r.raw_model, r.optimizer, train_state, keep)
@@ -565,8 +576,6 @@ def finish(r, stopped):
         r.history["val_bpb_by_set"] = {name: evaluate(r.raw_model, d, cfg, r.global_batch, r.rank, r.world, r.device,
                                                       r.autocast)[1] for name, d in r.eval_sets.items()}
         r.log("held-out sets (bits/byte): " + ", ".join(f"{k} {v:.4f}" for k, v in r.history["val_bpb_by_set"].items()))
-    if r.master and out_dir and not stopped:
-        plot_metrics(r.rows_log, os.path.join(out_dir, "loss.png"))
     text = None
     if r.master and not r.quiet and not stopped and cfg["sample_tokens"] > 0 and not cfg["fsdp"]:
         torch.manual_seed(cfg["seed"])  # (sharded: export first, then sample.py)
@@ -580,13 +589,25 @@ def finish(r, stopped):
                   final_val_loss=h["val_loss"][-1][1] if h["val_loss"] else None,
                   final_val_bpb=h["val_bpb"][-1][1] if h["val_bpb"] else None,
                   epochs=epochs(r.data, r.step * r.tokens_per_step, cfg["passkey_ratio"]))
-    if r.master and out_dir and not stopped:  # what the run did, where, how fast: the numbers a README may quote
+    if r.master and out_dir and not stopped:
+        write_run_outputs(r, result, text)
+    return dict(result, model=r.raw_model)
+
+
+def write_run_outputs(r, result, text):
+    """summary.json (what the run did, where, how fast: the numbers a README may quote), then loss.png; a full disk
+    here is one line that says the run itself is complete."""
+    out_dir, h = r.cfg["out_dir"], r.history
+    try:
         write_json(os.path.join(out_dir, "summary.json"), dict(
             command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("train.py") else None,
             hardware=hardware(r.device), wall_s=round(time.time() - r.t_start, 1), sample=text,
             **{k: v for k, v in result.items() if k not in h},
             first_train_loss=h["train_loss"][0] if h["train_loss"] else None))
-    return dict(result, model=r.raw_model)
+        plot_metrics(r.rows_log, os.path.join(out_dir, "loss.png"))
+    except WriteError as e:
+        raise WriteError(f"{e}; the run itself is complete (its checkpoint at step {r.step} is in {r.ckpt_path}): "
+                         f"`python plots.py {out_dir}` redraws loss.png") from None
 
 
 def usage():
@@ -610,13 +631,15 @@ def main(argv):
             if len(argv) != 3:
                 raise ConfigError("usage: python train.py export CHECKPOINT(ckpt.pt | DCP dir | out_dir) OUT_DIR")
             print(f"exported to {export_checkpoint(argv[1], argv[2])} (official.from_pretrained reads it)")
-            return
-        train(get_config(argv))
+            return 0
+        return train(get_config(argv))["exit_code"]
     try:
-        configurator.exit_on_user_error(work, CheckpointError)
+        code = configurator.exit_on_user_error(work, CheckpointError)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if code:  # stopped by a signal, checkpoint saved: 128 + its number (StopFlag)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

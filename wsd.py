@@ -106,8 +106,11 @@ def schedule_defaults(cfg):
 
 
 def lr_at(cfg, step):
-    """The learning rate eta_s of step s of a run's config: S = max_steps, W = warmup_steps, T = S - decay_steps,
-    the shape `decay` (and `half_life`) for WSD, T = cosine_steps (0: S) for the cosines."""
+    """The learning rate eta_s at s = `step` of a run's config: S = max_steps, W = warmup_steps, T = S - decay_steps,
+    the shape `decay` (and `half_life`) for WSD, T = cosine_steps (0: S) for the cosines. The trainers count their
+    optimizer steps from 1 (as metrics.jsonl does) and train step s at eta_s, s = 1 .. S: so each of the W warmup
+    steps trains at an lr > 0 (eta W'/W for W' = 1 .. W), and each of the S - T decay steps at a lower lr than the
+    last, the final one at final_lr_ratio * eta. (eta_0 = 0 is never trained at.)"""
     S, W = cfg["max_steps"], cfg["warmup_steps"]
     kw = dict(lr=cfg["lr"], W=W, final_lr_ratio=cfg["final_lr_ratio"])
     try:

@@ -28,8 +28,8 @@ import math
 import os
 import statistics
 
-from checkpoint import write_json
 from experiments.runner import RESULTS
+from files import write_json
 
 FILE = os.path.join(RESULTS, "findings.json")
 TESTS = ("lower", "no_worse", "matches")

@@ -22,8 +22,9 @@ import torch
 from tqdm import tqdm
 
 import train
-from checkpoint import run_files, write_json
+from checkpoint import run_files
 from configurator import exit_on_user_error
+from files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
@@ -108,8 +109,10 @@ def sweep(results_file, runs, desc="runs", fresh=False):
             done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = train.validate_config({**train.default_config(), **cfg})
-        # done: the same config (new keys at their defaults), and its out_dir, if any, still there (for branches)
+        # done: the same config (new keys at their defaults) trained by this train.py version, and its out_dir, if
+        # any, still there (for branches)
         if name in done and {**train.default_config(), **done[name]["config"]} == cfg and \
+                done[name].get("trainer", 1) == train.TRAINER_VERSION and \
                 not (cfg["out_dir"] and not run_files(cfg["out_dir"])):
             continue
         t0 = time.perf_counter()
@@ -117,7 +120,7 @@ def sweep(results_file, runs, desc="runs", fresh=False):
         res.pop("model")
         if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
             raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
-        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0)
+        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0, trainer=train.TRAINER_VERSION)
         write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
 

@@ -64,3 +64,39 @@ def kept_checkpoints(monkeypatch):
             saved[state["step"]] = f.read()
     monkeypatch.setattr(train, "save_checkpoint", save_and_keep)
     return saved
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a real tmpfs of `size` (e.g. "4m") under tmp_path, unmounted after the test; the test is skipped,
+    saying why, where mounting is refused (not root, no tmpfs). A full disk and a read-only mount for real."""
+    mounted = []
+
+    def mount(size, name="disk"):
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True,
+                           text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'mount refused'}): this fault needs root")
+        mounted.append(d)
+        return d
+    yield mount
+    for d in reversed(mounted):
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def read_only(path):
+    """Remount a tmpfs of the tmpfs fixture read-only."""
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True, capture_output=True)
+
+
+def one_line_error(r, *needles):
+    """A CLI failure that ends in exactly one line `error: ...` (after any progress bar), no traceback, exit 2."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines and lines[-1].startswith("error: ") and "Traceback" not in r.stderr \
+        and sum(line.startswith("error: ") for line in lines) == 1, r.stderr[-2000:]
+    err = lines[-1]
+    for n in needles:
+        assert n in err, err
+    return err

@@ -226,7 +226,7 @@ def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(t
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 0 and "stopped by signal" in out, err[-2000:]
+    assert p.returncode == 128 + signal.SIGTERM and "stopped by signal" in out, err[-2000:]
     stopped = torch.load(cut / "ckpt.pt", weights_only=True)["step"]
     assert 3 <= stopped < 40, "the run was not interrupted"
     # a fresh DPO run into it is refused, and nothing of the run is touched

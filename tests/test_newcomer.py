@@ -73,7 +73,7 @@ def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path, monkeypatch):
     c = cfg(tmp_path, max_steps=4, decay_steps=0, warmup_steps=0)
     first = train.train(c, quiet=True)
     before = (tmp_path / "ckpt.pt").read_bytes()
-    with pytest.raises(train.ConfigError, match=r"holds a run \(ckpt.pt, metrics.jsonl\): continue it with "
+    with pytest.raises(train.ConfigError, match=r"holds a run \(ckpt.pt\): continue it with "
                                                 r"--resume=True, or start over with --overwrite=True"):
         train.train({**c, "lr": 0.02}, quiet=True)
     assert (tmp_path / "ckpt.pt").read_bytes() == before and len(rows(tmp_path)) == len(first["train_loss"]) + 1

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -19,18 +20,7 @@ import corpus
 import dpo
 import sample
 import train
-from conftest import ROOT, cfg, cli_args, rows, run_cli
-
-
-def one_line_error(r, *needles):
-    """A CLI failure that ends in exactly one line `error: ...` (after any progress bar), no traceback, exit 2."""
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and lines and lines[-1].startswith("error: ") and "Traceback" not in r.stderr \
-        and sum(line.startswith("error: ") for line in lines) == 1, r.stderr[-2000:]
-    err = lines[-1]
-    for n in needles:
-        assert n in err, err
-    return err
+from conftest import ROOT, cfg, cli_args, one_line_error, read_only, rows, run_cli
 
 
 @pytest.fixture
@@ -167,6 +157,119 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_file(tm
     monkeypatch.setattr(torch, "save", real_save)
     assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 6
     assert sorted(os.listdir(tmp_path)) == [".lock", "ckpt.pt", "metrics.jsonl"]
+
+
+def test_a_real_full_disk_while_saving_ckpt_pt_is_one_line(tmp_path, tmpfs):
+    # a 4 MB tmpfs, a checkpoint (~1.2 MB with AdamW) every step, each kept: the disk fills at the fourth. torch's zip
+    # writer turns the OSError into a RuntimeError when it closes the file: one line all the same, no .tmp left
+    disk = tmpfs("4m")
+    out = disk / "run"
+    r = run_cli(["train.py", *cli_args(cfg(out, ckpt_interval=1, keep_ckpts=True, max_steps=12))])
+    one_line_error(r, "could not write", "ckpt.pt", "the previous checkpoint is kept", "MiB free")
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    step = checkpoint.load_checkpoint(str(out / "ckpt.pt"))["step"]
+    assert 1 <= step < 12
+
+
+def test_a_real_full_disk_in_export_and_corpus_leaves_no_partial_file(tmp_path, tmpfs):
+    train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
+    disk = tmpfs("100k")  # the weights (~0.4 MB) do not fit
+    one_line_error(run_cli(["train.py", "export", str(tmp_path / "run"), str(disk / "official")]),
+                   "could not write", "free space")
+    assert not [f for f in os.listdir(disk / "official") if f.endswith(".tmp")]
+    text = tmp_path / "big.txt"
+    text.write_text("some text to tokenize. " * 20000)  # 460 KB of bytes: train.bin does not fit
+    one_line_error(run_cli(["corpus.py", "--input", str(text), "--out", str(disk / "data")]), "could not write",
+                   "train.bin", "free space")
+    assert not os.path.exists(disk / "data" / "train.bin.tmp") and not os.path.exists(disk / "data" / "meta.json")
+
+
+def test_a_full_disk_at_the_end_of_a_run_still_writes_the_summary_first(tmp_path, tmpfs):
+    # the run's last checkpoint fits, loss.png does not: one line that says the run is complete, summary.json there
+    c = cfg(tmp_path / "ref", max_steps=4, warmup_steps=0, decay_steps=0, ckpt_interval=1000)
+    train.train(c, quiet=True)
+    sizes = {f: os.path.getsize(tmp_path / "ref" / f) for f in ("ckpt.pt", "metrics.jsonl", "summary.json")}
+    disk = tmpfs("4m")
+    out = disk / "run"
+    out.mkdir()
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    room = sizes["ckpt.pt"] + 4 * 4096 + 8192  # the checkpoint, the small files' pages and the lock: no loss.png
+    (disk / "filler").write_bytes(b"\0" * (free - room))
+    r = run_cli(["train.py", *cli_args({**c, "out_dir": str(out)})])
+    err = one_line_error(r, "loss.png", "the run itself is complete", "python plots.py")
+    assert checkpoint.load_checkpoint(str(out / "ckpt.pt"))["step"] == 4, err
+    assert json.loads((out / "summary.json").read_text())["step"] == 4
+    assert not os.path.exists(out / "loss.png.tmp")
+
+
+def test_read_only_mounts_and_an_immutable_lock_are_one_line(tmp_path, tmpfs):
+    disk = tmpfs("8m")
+    c = cfg(disk / "run", max_steps=2, warmup_steps=0, decay_steps=0)
+    train.train(c, quiet=True)
+    read_only(disk)
+    one_line_error(run_cli(["train.py", *cli_args({**c, "resume": True, "max_steps": 4})]), "read-only file system")
+    one_line_error(run_cli(["train.py", *cli_args(cfg(disk / "fresh"))]), "read-only file system")
+    one_line_error(run_cli(["train.py", "export", str(disk / "run"), str(disk / "official")]),
+                   "read-only file system")
+    lock = tmp_path / "run" / ".lock"
+    lock.parent.mkdir()
+    lock.write_text("")
+    if subprocess.run(["chattr", "+i", str(lock)], capture_output=True).returncode:
+        pytest.skip("chattr +i is refused on this file system: the immutable-lock case needs it")
+    try:
+        one_line_error(run_cli(["train.py", *cli_args(cfg(tmp_path / "run"))]), ".lock", "no permission")
+    finally:
+        subprocess.run(["chattr", "-i", str(lock)], capture_output=True)
+
+
+def test_export_into_a_directory_holding_a_model_is_refused(tmp_path):
+    train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
+    assert run_cli(["train.py", "export", str(tmp_path / "run"), str(tmp_path / "official")]).returncode == 0
+    before = {f: (tmp_path / "official" / f).read_bytes() for f in os.listdir(tmp_path / "official")}
+    one_line_error(run_cli(["train.py", "export", str(tmp_path / "run"), str(tmp_path / "official")]),
+                   "already holds a model", "config.json")
+    assert {f: (tmp_path / "official" / f).read_bytes() for f in os.listdir(tmp_path / "official")} == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_without_overwrite(tmp_path):
+    # SIGKILL (no handler can run) after a few steps and before any checkpoint: metrics.jsonl alone is no run to
+    # resume, so a plain rerun starts (saying so), and an --overwrite run that dies never sits beside the old files
+    c = cfg(tmp_path, max_steps=400, ckpt_interval=1000, eval_interval=1000)
+    p = subprocess.Popen([sys.executable, "train.py", *cli_args(c)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (tmp_path / "metrics.jsonl").exists() or
+                                      len((tmp_path / "metrics.jsonl").read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert not (tmp_path / "ckpt.pt").exists() and (tmp_path / "metrics.jsonl").exists()
+    one_line_error(run_cli(["train.py", *cli_args({**c, "resume": True})]), "drop --resume=True")
+    r = run_cli(["train.py", *cli_args({**c, "max_steps": 6})])
+    assert r.returncode == 0 and "starting over" in r.stdout, r.stderr[-2000:]
+    assert [x["step"] for x in rows(tmp_path) if "train_loss" in x] == [1, 2, 3, 4, 5, 6]
+    # an --overwrite run killed early removes the finished run's checkpoint and summary first
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "ckpt.pt").exists()
+    p = subprocess.Popen([sys.executable, "train.py", *cli_args({**c, "overwrite": True})], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and (tmp_path / "summary.json").exists():  # until the new run has started
+        time.sleep(0.05)
+    while time.time() < deadline and (not (tmp_path / "metrics.jsonl").exists() or
+                                      len((tmp_path / "metrics.jsonl").read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_init_from_inside_an_out_dir_that_overwrite_empties_is_refused(tmp_path):
+    train.train(cfg(tmp_path, max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
+    with pytest.raises(checkpoint.CheckpointError, match="lies inside out_dir .* which --overwrite=True empties"):
+        train.train(cfg(tmp_path, init_from=str(tmp_path / "ckpt.pt"), max_steps=4, warmup_steps=0, decay_steps=0,
+                        overwrite=True), quiet=True)
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["step"] == 2
 
 
 def test_checkpoints_are_fsynced_file_and_directory(tmp_path, monkeypatch):

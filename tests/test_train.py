@@ -127,8 +127,8 @@ def test_tiny_run_loss_falls_and_writes_outputs(tmp_path):
     assert os.path.isfile(tmp_path / "ckpt.pt") and os.path.isfile(tmp_path / "loss.png")
     ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert ck["step"] == 40 and ck["config"]["hidden_size"] == 64 and "rng" in ck and "data" in ck
-    # the logged lr is the WSD schedule
-    assert [x["lr"] for x in step_rows[:5]] == pytest.approx([0.0, 0.0025, 0.005, 0.0075, 0.01])  # W = 4
+    # the logged lr is the WSD schedule: step s trains at lr(s), the first of the W = 4 warmup steps at lr / 4
+    assert [x["lr"] for x in step_rows[:5]] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01])
 
 
 def test_batch_split_invariance_1x8_1x4x2_torchrun_2x4(tmp_path):
@@ -157,7 +157,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-2000:]
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]  # stopped, not finished: 143, checkpoint saved
     stopped = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"]
     assert 5 <= stopped < 60, "the run was not interrupted"
     assert "stopped by signal" in out
@@ -219,9 +219,23 @@ def test_init_from_branches_off_a_kept_checkpoint(tmp_path):
     assert same["step"] == 12 and same["train_loss"] == stable["train_loss"][6:]
     branch = train.train({**c, "out_dir": "", "keep_ckpts": False, "decay_steps": 4, "max_steps": 10,
                           "init_from": ck6}, quiet=True)
-    # the branch's decay starts at T = 10 - 4 = 6: its first step uses the same lr (f(0) = 1), then it decays
-    assert branch["train_loss"][0] == stable["train_loss"][6] and branch["train_loss"][1] == stable["train_loss"][7]
-    assert branch["train_loss"][3] != stable["train_loss"][9]
+    # the branch's decay starts at T = 10 - 4 = 6: its 4 steps 7-10 all train at decayed lrs, so its first loss
+    # (measured before the first update) is the stable run's, and the next one already differs
+    assert branch["train_loss"][0] == stable["train_loss"][6] and branch["train_loss"][1] != stable["train_loss"][7]
     with pytest.raises(checkpoint.CheckpointError,
                        match=r"init_from checkpoint .* has another model; differing keys: hidden_size \(64 vs 128\)"):
         train.train({**c, "out_dir": "", "hidden_size": 128, "init_from": str(tmp_path / "stable")}, quiet=True)
+
+
+@pytest.mark.parametrize("W, d, S", [(2, 3, 12), (0, 1, 10), (5, 10, 100)])
+def test_the_schedule_trains_every_warmup_and_every_decay_step(tmp_path, W, d, S):
+    # step s trains at lr(s), s = 1 .. S: W warmup steps at lr > 0 (the first at lr / W, not 0), d decay steps each
+    # lower than the last, the final one at final_lr_ratio * lr (version 1 trained step s at lr(s - 1))
+    res = train.train(cfg(tmp_path, max_steps=S, warmup_steps=W, decay_steps=d, eval_interval=S), quiet=True)
+    lrs = [r["lr"] for r in rows(tmp_path) if "lr" in r]
+    assert len(lrs) == S and all(x > 0 for x in lrs)
+    if W:
+        assert lrs[0] == pytest.approx(0.01 / W) and lrs[W - 1] == pytest.approx(0.01)
+    decay = lrs[S - d - 1:]  # the last stable step, then the decay
+    assert decay[0] == pytest.approx(0.01) and all(b < a for a, b in zip(decay, decay[1:]))
+    assert lrs[-1] == pytest.approx(0.01 * 0.1) and res["step"] == S

@@ -56,9 +56,8 @@ def test_update_stats_only_read(tmp_path):
     st = seen["decay_stats"]  # [step, lr, grad norm, cosine, max |update|, loss] per step
     assert [r[0] for r in st] == list(range(1, 13)) and [r[5] for r in st] == plain["train_loss"]
     assert [r[1] for r in st] == [wsd.lr_at(train.validate_config({**train.default_config(), **cfg(tmp_path)}), s)
-                                  for s in range(12)]
-    assert all(-1 <= r[3] <= 1 for r in st[1:]) and all(r[4] > 0 for r in st[1:])
-    assert st[0][1] == 0 and st[0][4] == 0  # warmup starts at lr 0: the first step moves no weight
+                                  for s in range(1, 13)]
+    assert all(-1 <= r[3] <= 1 for r in st[1:]) and all(r[4] > 0 for r in st)  # every step moves the weights
     windows = wsd_experiment.decay_windows(st, 12, 3)  # the last 3 stable steps (7-9) and the 3 decay steps (10-12)
     assert windows[1]["grad_norm"] == pytest.approx(np.mean([r[2] for r in st[9:12]]))
     assert windows[0]["loss_slope"] == pytest.approx(np.polyfit([7, 8, 9], [r[5] for r in st[6:9]], 1)[0])
