@@ -188,6 +188,11 @@ def load_policy_and_pairs(cfg, dev):
         rows = read_jsonl_rows(cfg["data"], ("prompt", "chosen", "rejected"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    same = [r for r in rows if r["chosen"] == r["rejected"]]
+    if same:  # no preference, no signal: Adam would turn the rounding noise of its zero gradient into full updates
+        where = f"line {same[0]['_line']}" if "_line" in same[0] else "a row"
+        raise ConfigError(f"{cfg['data']} {where}: chosen equals rejected ({len(same)} such pair(s)): a pair without "
+                          f"a preference carries no signal; drop those rows")
     enc = load_data(src_cfg["data"]).encoding()
     try:
         pairs = encode_pairs(enc, rows, cfg["seq_len"])

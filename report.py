@@ -26,6 +26,7 @@ import time
 
 import corpus
 import experiments
+from configurator import exit_on_user_error
 from corpus import TokenData
 from experiments import findings
 from experiments.runner import RESULTS, ROOT, read_results, this_machine
@@ -162,15 +163,18 @@ def main(argv=None):
     p.add_argument("--record", action="store_true", help="record every finding again from results/ (no training)")
     p.add_argument("--explain", action="store_true", help="re-attach the explanations to results/findings.json")
     a = p.parse_args(argv)
-    if a.rerun:
-        rerun(fresh=a.fresh)
-    if a.record:
-        record()
-    if a.explain:
-        explain()
-    update_readme()
-    names = list(blocks())
-    print(f"README.md: {len(names)} generated blocks rewritten from results/ ({', '.join(names)})")
+
+    def work():
+        if a.rerun:
+            rerun(fresh=a.fresh)
+        if a.record:
+            record()
+        if a.explain:
+            explain()
+        update_readme()
+        names = list(blocks())
+        print(f"README.md: {len(names)} generated blocks rewritten from results/ ({', '.join(names)})")
+    exit_on_user_error(work)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ An official directory's tokenizer is read from tokenizer.json (optional package 
 
 import argparse
 import json
+import math
 import os
 
 import torch
@@ -79,6 +80,23 @@ def generate_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=40)
     return enc.decode([i for i in out[0].tolist() if i < enc.n_vocab])
 
 
+def check_sampling(a):
+    """The sampling flags as one line each: a count >= 1, a finite temperature >= 0, top_k >= 0, a UTF-8 prompt."""
+    for key in ("max_new_tokens", "num_samples"):
+        if getattr(a, key) < 1:
+            raise ConfigError(f"--{key}={getattr(a, key)} must be >= 1")
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        raise ConfigError(f"--temperature={a.temperature} must be a finite number >= 0 (0: greedy; a negative one "
+                          f"would sample the inverted distribution)")
+    if a.top_k < 0:
+        raise ConfigError(f"--top_k={a.top_k} must be >= 0 (1: greedy, 0: every token)")
+    try:
+        a.prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a byte that is not UTF-8 reaches Python as a lone surrogate
+        raise ConfigError(f"--prompt is not valid UTF-8 (a stray byte at character {e.start}): give UTF-8 text") \
+            from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
@@ -87,25 +105,30 @@ def main(argv=None):
     p.add_argument("--prompt", default="The ")
     p.add_argument("--num_samples", type=int, default=2)
     p.add_argument("--max_new_tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top_k", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.8, help="> 0; 0: greedy")
+    p.add_argument("--top_k", type=int, default=40, help="sample from the k most likely tokens; 1: greedy; 0: all")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     p.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     a = p.parse_args(argv)
 
     def work():
+        check_sampling(a)
         device, dtype, _ = resolve_system(a.device, a.dtype, False)  # the checks train.py makes, one line each
         model, encode, decode, eos = load(None if a.model_dir else a.out_dir, a.model_dir, device)
         model.to(dtype)
         ids = encode(a.prompt)
         if not ids:
             raise ConfigError("the prompt encodes to no tokens: give a non-empty --prompt")
+        room = model.config.max_length - len(ids)
+        if room < 1:
+            raise ConfigError(f"the prompt is {len(ids)} tokens and the model supports {model.config.max_length}: "
+                              f"shorten --prompt to leave room for new tokens")
         x = torch.tensor([ids], device=device)
-        n = min(a.max_new_tokens, model.config.max_length - x.size(1))
+        n = min(a.max_new_tokens, room)
         torch.manual_seed(a.seed)
         for _ in range(a.num_samples):
-            y = model.generate(x, n, temperature=a.temperature, top_k=a.top_k, eos_token_id=eos)
+            y = model.generate(x, n, temperature=a.temperature, top_k=a.top_k or None, eos_token_id=eos)
             print(decode(y[0].tolist()))
             print("-" * 80)
     exit_on_user_error(work, CheckpointError, ValueError)

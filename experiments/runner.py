@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import train
 from checkpoint import run_files
-from configurator import exit_on_user_error
+from configurator import ConfigError, exit_on_user_error
 from files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,8 +74,7 @@ def per_seed(res, name, seeds, key="final_val_loss"):
 
 def wall_s(results_file, names=None):
     """Seconds the runs of `names` (every seed; None: every run) took, from a sweep's results file."""
-    with open(results_file) as f:
-        done = json.load(f)
+    done = read_json(results_file)
     return sum(v["seconds"] for k, v in done.items() if names is None or k.split(" seed")[0] in names)
 
 
@@ -105,8 +104,7 @@ def sweep(results_file, runs, desc="runs", fresh=False):
     default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again."""
     done = {}
     if os.path.isfile(results_file) and not fresh:
-        with open(results_file) as f:
-            done = {k: v for k, v in json.load(f).items() if k in runs}  # drop runs the sweep no longer has
+        done = {k: v for k, v in read_json(results_file).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = train.validate_config({**train.default_config(), **cfg})
         # done: the same config (new keys at their defaults) trained by this train.py version, and its out_dir, if
@@ -151,13 +149,22 @@ def cli(description, experiment, argv=None):
 # reading results back (the README's tables)
 
 
+def read_json(file):
+    """A results file, a truncated or corrupt one as one line that names it."""
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{file} is not valid JSON ({e}): restore it (git checkout -- {file}) or rerun the "
+                          f"experiment that writes it") from None
+
+
 def read_results(name):
     """results/<name>.json, or one line saying how to make it."""
     file = os.path.join(RESULTS, name + ".json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: run the experiment first (python report.py --rerun)")
-    with open(file) as f:
-        return json.load(f)
+    return read_json(file)
 
 
 def seeds_of(sweep_results, name, key="final_val_loss"):

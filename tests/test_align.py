@@ -253,3 +253,14 @@ def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(t
 def test_dpo_refuses_bad_numbers_in_one_line(arg, message):
     r = run_cli(["dpo.py", "--init_from=x", "--data=y", arg])
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_pair_without_a_preference_is_refused(tmp_path):
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 40, 10)
+    train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=2, decay_steps=0,
+                    warmup_steps=0), quiet=True)
+    pref = tmp_path / "pref.jsonl"
+    pref.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                    '{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
+    with pytest.raises(train.ConfigError, match=r"pref.jsonl line 2: chosen equals rejected \(1 such pair"):
+        dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=str(pref), out_dir=str(tmp_path / "d")), quiet=True)

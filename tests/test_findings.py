@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 import report
-from conftest import ROOT
-from experiments import findings
+from conftest import ROOT, run_cli
+from experiments import findings, runner
 
 # t_{0.95, df}, from a printed table of Student's t (independent of findings.t_quantile)
 T95 = {1: 6.313751514675043, 2: 2.919985580353725, 4: 2.131846786326649, 9: 1.833112932653634,
@@ -105,3 +105,15 @@ def test_the_readme_shows_what_results_hold():
         assert f["verdict"] != "not reproduced" or f["explanation"], f"{f['id']}: not reproduced, unexplained"
         # the explanation is its experiment's EXPLAIN, the one place it is written (python report.py --explain)
         assert f["explanation"] == report.explanations().get(f["id"], ""), f"{f['id']}: stale explanation"
+
+
+def test_report_help_and_a_truncated_results_file(tmp_path):
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    r = run_cli(["report.py", "--help"])
+    assert r.returncode == 0 and "--rerun" in r.stdout
+    assert run_cli(["report.py", "--rerum"]).returncode == 2  # a mistyped flag: usage, not a regenerated README
+    assert open(os.path.join(ROOT, "README.md")).read() == readme
+    bad = tmp_path / "wsd_quick.json"
+    bad.write_text('{"WSD exp 10.0%": {"config": {')  # cut off mid-write
+    with pytest.raises(runner.ConfigError, match=r"wsd_quick.json is not valid JSON .*: restore it"):
+        runner.sweep(str(bad), {"a": {}})

@@ -8,6 +8,7 @@ import torch
 
 import sample
 import train
+from conftest import cfg, one_line_error
 from model import MiniCPM, MiniCPMConfig
 from official import save_pretrained
 
@@ -19,7 +20,6 @@ def run(args):
 
 
 def test_sample_from_out_dir(tmp_path):
-    from conftest import cfg
     train.train(cfg(tmp_path, max_steps=3, decay_steps=1, warmup_steps=1, eval_interval=3), quiet=True)
     r = run([f"--out_dir={tmp_path}", "--prompt=Hello", "--max_new_tokens=20", "--num_samples=2"])
     assert r.returncode == 0, r.stderr
@@ -65,3 +65,24 @@ def test_sample_from_official_directory_with_tokenizer_json(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("the cat")
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["MiniCPMForCausalLM"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--top_k=-3", "--top_k=-3 must be >= 0"), ("--temperature=-1", "--temperature=-1.0 must be a finite number >= 0"),
+    ("--temperature=nan", "--temperature=nan must be a finite number"), ("--max_new_tokens=-1", "must be >= 1"),
+    ("--num_samples=0", "--num_samples=0 must be >= 1")])
+def test_bad_sampling_flags_are_one_line(tmp_path, capsys, flag, message):
+    with pytest.raises(SystemExit) as e:
+        sample.main([f"--out_dir={tmp_path}", flag])  # refused before any checkpoint is read
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_top_k_0_a_long_prompt_and_a_stray_byte(tmp_path):
+    train.train(cfg(tmp_path, max_steps=2, decay_steps=0, warmup_steps=0, max_position_embeddings=64), quiet=True)
+    r = run([f"--out_dir={tmp_path}", "--top_k=0", "--max_new_tokens=5", "--num_samples=1"])  # 0: every token
+    assert r.returncode == 0 and r.stdout.startswith("The "), r.stderr
+    one_line_error(run([f"--out_dir={tmp_path}", "--prompt=" + "x" * 64]), "the prompt is 64 tokens and the model "
+                   "supports 64")
+    r = subprocess.run([sys.executable, "sample.py", f"--out_dir={tmp_path}".encode(), b"--prompt=a\xffb"], cwd=ROOT,
+                       capture_output=True, text=True)
+    one_line_error(r, "--prompt is not valid UTF-8")
