@@ -25,10 +25,10 @@ import time
 import torch
 import torch.nn as nn
 
-from model import MLP, MiniCPM, MiniCPMConfig, MoE, flops_per_token
+from model import MLP, MiniCPM, MiniCPMConfig, MoE
 from mup import configure_optimizer
 from official import export_llama
-from system import hardware, peak_flops
+from system import flops_per_token, hardware, peak_flops
 from tasks import write_task_data
 from train import train
 

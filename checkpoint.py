@@ -46,6 +46,7 @@ from files import fix_for, make_dirs, replace_atomically, write_error
 from model import MiniCPM, model_config
 from mup import load_named_optimizer_state
 from official import WEIGHT_FILES, save_pretrained
+from system import check_fits_in_memory
 
 DCP_DIR = "ckpt_dcp"  # FSDP runs: a torch.distributed.checkpoint directory, one file per rank + train_state.json
 
@@ -351,8 +352,17 @@ def load_full_state(model, optimizer, model_state, named_optimizer_state):
 def model_from_checkpoint(path, device="cpu"):
     """(model, config dict) from a train.py checkpoint (ckpt.pt, an out_dir, or a DCP directory)."""
     ckpt = read_checkpoint(path)
-    model = MiniCPM(model_config(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        config = model_config(ckpt["config"])
+        check_fits_in_memory(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has a config that cannot be built ({first_line(e)})") from None
+    model = MiniCPM(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its config ({first_line(e)}); it was "
+                              f"written by another program or altered") from None
     return model.to(device).eval(), ckpt["config"]
 
 

@@ -33,6 +33,10 @@ from rope import apply_rope, check_rope_scaling, rope_scaling_type, rope_tables
 # config
 
 
+# the float fields of a config and their largest sensible value (a larger one overflows or means nothing)
+POSITIVE_NUMBERS = dict(rms_norm_eps=0.1, rope_theta=1e12, scale_emb=1e4, scale_depth=1e3, init_std=10.0)
+
+
 @dataclass
 class MiniCPMConfig:
     vocab_size: int = 320  # byte-level tokenizer (256 bytes + specials) padded to a multiple of 64
@@ -62,10 +66,19 @@ class MiniCPMConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"MiniCPMConfig.{name}={v!r}: must be a positive integer")
-        for name in ("rms_norm_eps", "rope_theta", "scale_emb", "scale_depth", "init_std"):
+        for name in ("num_experts", "top_k"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ValueError(f"MiniCPMConfig.{name}={v!r}: must be a positive number")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"MiniCPMConfig.{name}={v!r}: must be an integer >= 0")
+        for name, most in POSITIVE_NUMBERS.items():  # finite, positive, and below what overflows the activations
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= most:
+                raise ValueError(f"MiniCPMConfig.{name}={v!r}: must be a positive number <= {most:g}")
+        if not (isinstance(self.router_aux_loss_coef, (int, float)) and 0 <= self.router_aux_loss_coef <= 1):
+            raise ValueError(f"MiniCPMConfig.router_aux_loss_coef={self.router_aux_loss_coef!r}: must be in [0, 1]")
+        for name in ("tie_word_embeddings", "use_mup"):
+            if not isinstance(getattr(self, name), bool):  # the string "false" would read as true
+                raise ValueError(f"MiniCPMConfig.{name}={getattr(self, name)!r}: must be true or false")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"MiniCPMConfig.num_attention_heads={self.num_attention_heads} does not divide "
                              f"hidden_size={self.hidden_size}: pick a head count that divides it")
@@ -134,6 +147,8 @@ PRESETS = {
 
 def model_config(run_config):
     """The MiniCPMConfig of a train.py config dict: its `preset`, overridden by every model key that is not None."""
+    if not isinstance(run_config, dict):
+        raise ValueError(f"a run's config must be a dict of keys, not {type(run_config).__name__}")
     overrides = {f.name: run_config[f.name] for f in fields(MiniCPMConfig) if run_config.get(f.name) is not None}
     preset = run_config.get("preset")
     return MiniCPMConfig.from_preset(preset, **overrides) if preset else MiniCPMConfig(**overrides)
@@ -302,6 +317,15 @@ class DecoderLayer(nn.Module):
 # the model
 
 
+def config_params(config):
+    """The total parameter count of the model of `config`, from its shapes alone (nothing is built)."""
+    c, kv = config, config.num_key_value_heads * config.head_dim
+    mlp = 3 * c.hidden_size * c.intermediate_size * max(1, c.num_experts) + c.num_experts * c.hidden_size
+    layer = c.hidden_size * (2 * c.hidden_size + 2 * kv) + mlp + 2 * c.hidden_size
+    head = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
+    return c.vocab_size * c.hidden_size + head + c.num_hidden_layers * layer + c.hidden_size
+
+
 class MiniCPM(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -451,16 +475,6 @@ class MiniCPM(nn.Module):
 def untie_state_dict(state):
     """A tied model's weights with an output head of its own, a copy of the embedding (paper §7.2)."""
     return {**state, "lm_head.weight": state["model.embed_tokens.weight"].clone()}
-
-
-def flops_per_token(config, seq_len):
-    """Training FLOPs per token: 6 x (non-embedding matmul parameters + the head) + attention 12 L T d
-    (PaLM appendix B convention: the causal mask's saving is not subtracted). train.py's MFU, bench.py's tables."""
-    c = config
-    kv = c.num_key_value_heads * c.head_dim
-    per_layer = c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
-    n = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
-    return 6 * n + 12 * c.num_hidden_layers * seq_len * c.hidden_size
 
 
 def main():

@@ -105,6 +105,8 @@ def config_from_json(path):
             raw = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file} holds a {type(raw).__name__}, not a config object: re-download or re-export it")
     names = {f.name for f in fields(MiniCPMConfig)}
     kw = {_CONFIG_ALIASES.get(k, k): v for k, v in raw.items() if _CONFIG_ALIASES.get(k, k) in names}
     kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's defaults

@@ -13,6 +13,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from configurator import ConfigError
+from model import config_params
 
 
 def resolve_system(device="auto", dtype="auto", compile="auto"):
@@ -51,6 +52,28 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(config, seq_len):
+    """Training FLOPs per token: 6 x (non-embedding matmul parameters + the head) + attention 12 L T d
+    (PaLM appendix B convention: the causal mask's saving is not subtracted). train.py's MFU, bench.py's tables."""
+    c = config
+    kv = c.num_key_value_heads * c.head_dim
+    per_layer = c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    n = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
+    return 6 * n + 12 * c.num_hidden_layers * seq_len * c.hidden_size
+
+
+def check_fits_in_memory(config):
+    """Refuse, in one line, a model whose fp32 weights alone exceed this machine's memory (a vocab_size or a layer
+    count mistyped by a few zeros would otherwise allocate until the machine gives up)."""
+    from_shapes = config_params(config)
+    need = 4 * from_shapes
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"the model of this config has {from_shapes:,} parameters ({need / 2 ** 30:,.1f} "
+                         f"GiB in fp32), more than this machine's {have / 2 ** 30:,.1f} GiB of memory: check "
+                         f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
 
 
 def process_device(dev, local_rank):

@@ -40,14 +40,14 @@ from configurator import ConfigError
 from corpus import MixtureData, epochs, load_data, load_eval_sets
 from files import WriteError, write_json
 from longctx import mixed_batch, passkey_document
-from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, flops_per_token, load_balancing_loss, untie_state_dict
+from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
 from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
 from sample import generate_text
-from system import (StopFlag, all_mean, hardware, peak_flops, process_device, resolve_system, setup_distributed,
-                    shard_model)
+from system import (StopFlag, all_mean, check_fits_in_memory, flops_per_token, hardware, peak_flops, process_device,
+                    resolve_system, setup_distributed, shard_model)
 from wsd import DecayStats, lr_at, schedule_defaults
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -207,6 +207,7 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
     """The one model and its one optimizer, then their state: `resume` (this out_dir's checkpoint), `init_from`
     (another run's: a WSD branch, a context extension, sparse upcycling) or a fresh muP init. Returns
     (model, optimizer, step)."""
+    check_fits_in_memory(mcfg)
     torch.manual_seed(cfg["seed"])
     model = MiniCPM(mcfg).to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]

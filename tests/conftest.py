@@ -100,3 +100,14 @@ def one_line_error(r, *needles):
     for n in needles:
         assert n in err, err
     return err
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(main, argv, *needles): an entry point's main(argv) run in this process (no interpreter start-up), as
+    one_line_error checks a subprocess."""
+    def run(main, argv, *needles):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in argv])
+        return one_line_error(subprocess.CompletedProcess(argv, e.value.code, "", capsys.readouterr().err), *needles)
+    return run

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 import report
-from conftest import ROOT, run_cli
+from conftest import ROOT
 from experiments import findings, runner
 
 # t_{0.95, df}, from a printed table of Student's t (independent of findings.t_quantile)
@@ -107,11 +107,14 @@ def test_the_readme_shows_what_results_hold():
         assert f["explanation"] == report.explanations().get(f["id"], ""), f"{f['id']}: stale explanation"
 
 
-def test_report_help_and_a_truncated_results_file(tmp_path):
+def test_report_help_and_a_truncated_results_file(tmp_path, capsys):
     readme = open(os.path.join(ROOT, "README.md")).read()
-    r = run_cli(["report.py", "--help"])
-    assert r.returncode == 0 and "--rerun" in r.stdout
-    assert run_cli(["report.py", "--rerum"]).returncode == 2  # a mistyped flag: usage, not a regenerated README
+    with pytest.raises(SystemExit) as e:
+        report.main(["--help"])
+    assert e.value.code == 0 and "--rerun" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        report.main(["--rerum"])  # a mistyped flag: usage, not a regenerated README
+    assert e.value.code == 2
     assert open(os.path.join(ROOT, "README.md")).read() == readme
     bad = tmp_path / "wsd_quick.json"
     bad.write_text('{"WSD exp 10.0%": {"config": {')  # cut off mid-write

@@ -23,17 +23,6 @@ import train
 from conftest import ROOT, cfg, cli_args, one_line_error, read_only, rows, run_cli
 
 
-@pytest.fixture
-def cli(capsys):
-    """cli(main, argv, *needles): an entry point's main(argv) run in this process (no interpreter start-up), as
-    one_line_error checks a subprocess."""
-    def run(main, argv, *needles):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-        return one_line_error(subprocess.CompletedProcess(argv, e.value.code, "", capsys.readouterr().err), *needles)
-    return run
-
-
 def finite(state):
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
@@ -159,28 +148,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_file(tm
     assert sorted(os.listdir(tmp_path)) == [".lock", "ckpt.pt", "metrics.jsonl"]
 
 
-def test_a_real_full_disk_while_saving_ckpt_pt_is_one_line(tmp_path, tmpfs):
+def test_a_real_full_disk_while_saving_ckpt_pt_is_one_line(tmp_path, tmpfs, cli):
     # a 4 MB tmpfs, a checkpoint (~1.2 MB with AdamW) every step, each kept: the disk fills at the fourth. torch's zip
     # writer turns the OSError into a RuntimeError when it closes the file: one line all the same, no .tmp left
     disk = tmpfs("4m")
     out = disk / "run"
-    r = run_cli(["train.py", *cli_args(cfg(out, ckpt_interval=1, keep_ckpts=True, max_steps=12))])
-    one_line_error(r, "could not write", "ckpt.pt", "the previous checkpoint is kept", "MiB free")
+    cli(train.main, cli_args(cfg(out, ckpt_interval=1, keep_ckpts=True, max_steps=12)), "could not write", "ckpt.pt",
+        "the previous checkpoint is kept", "MiB free")
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     step = checkpoint.load_checkpoint(str(out / "ckpt.pt"))["step"]
     assert 1 <= step < 12
 
 
-def test_a_real_full_disk_in_export_and_corpus_leaves_no_partial_file(tmp_path, tmpfs):
+def test_a_real_full_disk_in_export_and_corpus_leaves_no_partial_file(tmp_path, tmpfs, cli):
     train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
     disk = tmpfs("100k")  # the weights (~0.4 MB) do not fit
-    one_line_error(run_cli(["train.py", "export", str(tmp_path / "run"), str(disk / "official")]),
-                   "could not write", "free space")
+    cli(train.main, ["export", tmp_path / "run", disk / "official"], "could not write", "free space")
     assert not [f for f in os.listdir(disk / "official") if f.endswith(".tmp")]
     text = tmp_path / "big.txt"
     text.write_text("some text to tokenize. " * 20000)  # 460 KB of bytes: train.bin does not fit
-    one_line_error(run_cli(["corpus.py", "--input", str(text), "--out", str(disk / "data")]), "could not write",
-                   "train.bin", "free space")
+    cli(corpus.main, ["--input", text, "--out", disk / "data"], "could not write", "train.bin", "free space")
     assert not os.path.exists(disk / "data" / "train.bin.tmp") and not os.path.exists(disk / "data" / "meta.json")
 
 
@@ -202,36 +189,34 @@ def test_a_full_disk_at_the_end_of_a_run_still_writes_the_summary_first(tmp_path
     assert not os.path.exists(out / "loss.png.tmp")
 
 
-def test_read_only_mounts_and_an_immutable_lock_are_one_line(tmp_path, tmpfs):
+def test_read_only_mounts_and_an_immutable_lock_are_one_line(tmp_path, tmpfs, cli):
     disk = tmpfs("8m")
     c = cfg(disk / "run", max_steps=2, warmup_steps=0, decay_steps=0)
     train.train(c, quiet=True)
     read_only(disk)
-    one_line_error(run_cli(["train.py", *cli_args({**c, "resume": True, "max_steps": 4})]), "read-only file system")
-    one_line_error(run_cli(["train.py", *cli_args(cfg(disk / "fresh"))]), "read-only file system")
-    one_line_error(run_cli(["train.py", "export", str(disk / "run"), str(disk / "official")]),
-                   "read-only file system")
+    cli(train.main, cli_args({**c, "resume": True, "max_steps": 4}), "read-only file system")
+    cli(train.main, cli_args(cfg(disk / "fresh")), "read-only file system")
+    cli(train.main, ["export", disk / "run", disk / "official"], "read-only file system")
     lock = tmp_path / "run" / ".lock"
     lock.parent.mkdir()
     lock.write_text("")
     if subprocess.run(["chattr", "+i", str(lock)], capture_output=True).returncode:
         pytest.skip("chattr +i is refused on this file system: the immutable-lock case needs it")
     try:
-        one_line_error(run_cli(["train.py", *cli_args(cfg(tmp_path / "run"))]), ".lock", "no permission")
+        cli(train.main, cli_args(cfg(tmp_path / "run")), ".lock", "no permission")
     finally:
         subprocess.run(["chattr", "-i", str(lock)], capture_output=True)
 
 
-def test_export_into_a_directory_holding_a_model_is_refused(tmp_path):
+def test_export_into_a_directory_holding_a_model_is_refused(tmp_path, cli):
     train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
-    assert run_cli(["train.py", "export", str(tmp_path / "run"), str(tmp_path / "official")]).returncode == 0
+    checkpoint.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "official"))
     before = {f: (tmp_path / "official" / f).read_bytes() for f in os.listdir(tmp_path / "official")}
-    one_line_error(run_cli(["train.py", "export", str(tmp_path / "run"), str(tmp_path / "official")]),
-                   "already holds a model", "config.json")
+    cli(train.main, ["export", tmp_path / "run", tmp_path / "official"], "already holds a model", "config.json")
     assert {f: (tmp_path / "official" / f).read_bytes() for f in os.listdir(tmp_path / "official")} == before
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_again_without_overwrite(tmp_path):
+def test_a_run_killed_before_its_first_checkpoint_starts_again_without_overwrite(tmp_path, capsys):
     # SIGKILL (no handler can run) after a few steps and before any checkpoint: metrics.jsonl alone is no run to
     # resume, so a plain rerun starts (saying so), and an --overwrite run that dies never sits beside the old files
     c = cfg(tmp_path, max_steps=400, ckpt_interval=1000, eval_interval=1000)
@@ -244,9 +229,10 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_without_overwrite
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=60)
     assert not (tmp_path / "ckpt.pt").exists() and (tmp_path / "metrics.jsonl").exists()
-    one_line_error(run_cli(["train.py", *cli_args({**c, "resume": True})]), "drop --resume=True")
-    r = run_cli(["train.py", *cli_args({**c, "max_steps": 6})])
-    assert r.returncode == 0 and "starting over" in r.stdout, r.stderr[-2000:]
+    with pytest.raises(checkpoint.CheckpointError, match="drop --resume=True"):
+        train.train({**c, "resume": True}, quiet=True)
+    train.train({**c, "max_steps": 6})
+    assert "starting over" in capsys.readouterr().out
     assert [x["step"] for x in rows(tmp_path) if "train_loss" in x] == [1, 2, 3, 4, 5, 6]
     # an --overwrite run killed early removes the finished run's checkpoint and summary first
     assert (tmp_path / "summary.json").exists() and (tmp_path / "ckpt.pt").exists()
@@ -413,3 +399,40 @@ def test_a_checkpoint_from_before_a_config_key_existed_resumes(tmp_path, kept_ch
     torch.save(ck, tmp_path / "ckpt.pt")
     res = train.train({**c, "resume": True}, quiet=True)
     assert res["train_loss"] == full[3:]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_experts=2.5), "num_experts=2.5: must be an integer >= 0"),
+    (dict(rms_norm_eps=float("inf")), "rms_norm_eps=inf: must be a positive number <= 0.1"),
+    (dict(scale_emb=1e308), "scale_emb=1e+308: must be a positive number <= 10000"),
+    (dict(tie_word_embeddings="false"), "tie_word_embeddings='false': must be true or false"),
+    (dict(num_hidden_layers=1e7), "num_hidden_layers=10000000.0: must be a positive integer"),
+    (dict(vocab_size=2_000_000_000), "config.json implies (2000000000, 64)")])
+def test_an_official_config_json_that_cannot_be_a_model_is_one_line(tmp_path, cli, change, message):
+    # written to disk as a released directory would be, read as sample.py reads it: never built, never allocated
+    official = tmp_path / "official"
+    train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
+    checkpoint.export_checkpoint(str(tmp_path / "run"), str(official))
+    config = json.loads((official / "config.json").read_text())
+    (official / "config.json").write_text(json.dumps({**config, **change}))
+    cli(sample.main, [f"--model_dir={official}"], message)
+
+
+def test_a_config_json_list_and_a_checkpoint_whose_weights_do_not_fit(tmp_path, cli):
+    train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
+    checkpoint.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "official"))
+    (tmp_path / "official" / "config.json").write_text("[1, 2]")
+    cli(sample.main, [f"--model_dir={tmp_path / 'official'}"], "holds a list, not a config")
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    ck["config"]["hidden_size"] = 128  # the weights are width 64
+    torch.save(ck, tmp_path / "run" / "ckpt.pt")
+    cli(sample.main, [f"--out_dir={tmp_path / 'run'}"], "its weights do not fit its config")
+    cli(train.main, ["export", tmp_path / "run", tmp_path / "again"], "its weights do not fit its config")
+    cli(dpo.main, [f"--init_from={tmp_path / 'run'}", "--data=x.jsonl"], "its weights do not fit its config")
+    ck["config"] = "a string"
+    torch.save(ck, tmp_path / "run" / "ckpt.pt")
+    cli(sample.main, [f"--out_dir={tmp_path / 'run'}"], "has a config that cannot be built")
+
+
+def test_a_model_larger_than_the_machine_is_refused_before_any_allocation(tmp_path, cli):
+    cli(train.main, ["--vocab_size=2000000000", f"--out_dir={tmp_path}"], "more than this machine's", "GiB of memory")

@@ -77,12 +77,12 @@ def test_bad_sampling_flags_are_one_line(tmp_path, capsys, flag, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_top_k_0_a_long_prompt_and_a_stray_byte(tmp_path):
+def test_top_k_0_a_long_prompt_and_a_stray_byte(tmp_path, capsys, cli):
     train.train(cfg(tmp_path, max_steps=2, decay_steps=0, warmup_steps=0, max_position_embeddings=64), quiet=True)
-    r = run([f"--out_dir={tmp_path}", "--top_k=0", "--max_new_tokens=5", "--num_samples=1"])  # 0: every token
-    assert r.returncode == 0 and r.stdout.startswith("The "), r.stderr
-    one_line_error(run([f"--out_dir={tmp_path}", "--prompt=" + "x" * 64]), "the prompt is 64 tokens and the model "
-                   "supports 64")
+    sample.main([f"--out_dir={tmp_path}", "--top_k=0", "--max_new_tokens=5", "--num_samples=1"])  # 0: every token
+    assert capsys.readouterr().out.startswith("The ")
+    cli(sample.main, [f"--out_dir={tmp_path}", "--prompt=" + "x" * 64], "the prompt is 64 tokens and the model "
+        "supports 64")
     r = subprocess.run([sys.executable, "sample.py", f"--out_dir={tmp_path}".encode(), b"--prompt=a\xffb"], cwd=ROOT,
                        capture_output=True, text=True)
     one_line_error(r, "--prompt is not valid UTF-8")
