@@ -23,6 +23,7 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
 
 import argparse
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -41,6 +42,11 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
 _PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
+def known_tokenizers():
+    """The tokenizer names get_encoding builds: our byte level one and tiktoken's BPEs."""
+    return ["bytes", *tiktoken.list_encoding_names()]
+
+
 @functools.lru_cache(maxsize=None)
 def get_encoding(name="bytes"):
     """A tiktoken Encoding: "bytes" (offline, vocab 256 + specials) or a tiktoken BPE name (gpt2, cl100k_base).
@@ -48,9 +54,8 @@ def get_encoding(name="bytes"):
     if name == "bytes":
         return tiktoken.Encoding(name="bytes", pat_str=_PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
                                  special_tokens={t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)})
-    if name not in tiktoken.list_encoding_names():
-        names = ", ".join(tiktoken.list_encoding_names())
-        raise ValueError(f"unknown tokenizer {name!r}: use 'bytes' or one of {names}")
+    if name not in known_tokenizers():
+        raise ValueError(f"unknown tokenizer {name!r}: use one of {', '.join(known_tokenizers())}")
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network and nothing cached: tiktoken raises a requests/urllib error
@@ -118,19 +123,31 @@ def read_documents(paths):
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input file {path} not found")
-        with open(path, encoding="utf-8") as f:
-            if path.endswith(".jsonl"):
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                        docs.append(row["text"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise ValueError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
-            else:
-                docs.append(f.read())
+        try:
+            docs += read_document_file(path)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): give "
+                             f"text files, or convert this one to UTF-8") from None
     return docs
+
+
+def read_document_file(path):
+    """The documents of one input file: the file itself (.txt), or the "text" string of each line (.jsonl)."""
+    with open(path, encoding="utf-8") as f:
+        if not path.endswith(".jsonl"):
+            return [f.read()]
+        docs = []
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{i}: the \"text\" field is {type(text).__name__}, not a string")
+            docs.append(text)
+        return docs
 
 
 def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
@@ -203,6 +220,35 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
     return meta
 
 
+META_FIELDS = dict(tokenizer=str, vocab_size=int, dtype=str, train_tokens=int, val_tokens=int, bytes_per_token=float)
+
+
+def check_meta(meta, meta_file):
+    """A prepared directory's meta.json, checked field by field before anything trains on it (a missing
+    bytes_per_token would otherwise fail at the first evaluation, the work lost): one line naming the field."""
+    fix = f"prepare the data again (python corpus.py --input FILES --out {os.path.dirname(meta_file) or '.'})"
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file} holds a {type(meta).__name__}, not an object of fields: {fix}")
+    for key, kind in META_FIELDS.items():
+        v = meta.get(key)
+        ok = isinstance(v, (int, float) if kind is float else kind) and not isinstance(v, bool)
+        if not ok or (kind in (int, float) and not (v > 0 or (key == "val_tokens" and v == 0))):
+            raise ValueError(f"{meta_file}: field {key}={v!r} must be a{' positive' if kind is not str else ''} "
+                             f"{'number' if kind is float else kind.__name__}: {fix}")
+    if meta["tokenizer"] not in known_tokenizers():
+        raise ValueError(f"{meta_file}: tokenizer {meta['tokenizer']!r} is not one of {', '.join(known_tokenizers())}: "
+                         f"{fix}")
+    return meta
+
+
+def digest(*parts):
+    """A short content hash of byte strings (what a run checks its data against on resume)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
 class TokenData:
     """Memory-mapped train/val tokens of a prepared directory (or a BUILTIN corpus, prepared on first use)."""
 
@@ -216,9 +262,10 @@ class TokenData:
                                     f"--out {path}` first, or use data='embedded'")
         try:
             with open(meta_file) as f:
-                self.meta = json.load(f)
+                meta = json.load(f)
         except ValueError as e:
             raise ValueError(f"{meta_file} is not valid JSON ({e}): prepare the data again") from None
+        self.meta = check_meta(meta, meta_file)
         self.path, self.vocab_size = path, self.meta["vocab_size"]
         files = self.meta.get("shards", {s: [f"{s}.bin"] for s in ("train", "val")})
         self.shards = {s: [self._open(os.path.join(path, f)) for f in files[s]] for s in ("train", "val")}
@@ -235,6 +282,12 @@ class TokenData:
                              f"{self.meta['tokenizer']}): the files or meta.json are corrupt; prepare the data again")
         # one array per split when the data is a single file (longctx reads it directly)
         self.split = {s: v[0] if len(v) == 1 else None for s, v in self.shards.items()}
+
+    def fingerprint(self):
+        """What the tokens are, cheaply: meta.json's fields and the first and last 64k tokens of each split (the same
+        text prepared again gives the same fingerprint, other text another)."""
+        ends = [bytes(a[:65536]) + bytes(a[-65536:]) for s in ("train", "val") for a in self.shards[s][:1]]
+        return digest(json.dumps(self.meta, sort_keys=True).encode(), *ends)
 
     def _open(self, file):
         dtype = self.meta.get("dtype")
@@ -377,6 +430,8 @@ class SFTData:
     def __init__(self, path, tokenizer="bytes"):
         self.path, self.enc = path, get_encoding(tokenizer)
         self.vocab_size = self.enc.n_vocab
+        with open(path, "rb") as f:
+            self._digest = digest(f.read(), tokenizer.encode())
         rows = read_jsonl_rows(path, "chat")
         ex = [chat_ids(self.enc, r["turns"]) for r in rows]
         self.split = {"train": [e for i, e in enumerate(ex) if i % 10],
@@ -389,6 +444,10 @@ class SFTData:
         n_tokens = sum(sum(label != -100 for label in e[1]) for e in ex)
         self.meta = dict(tokenizer=tokenizer, bytes_per_token=n_bytes / max(1, n_tokens))
         self.longest = max(len(e[0]) for e in ex)
+
+    def fingerprint(self):
+        """The file's bytes and the tokenizer its rows are encoded with."""
+        return self._digest
 
     def encoding(self):
         return self.enc
@@ -457,6 +516,10 @@ class MixtureData:
 
     def encoding(self):
         return self.main.encoding()
+
+    def fingerprint(self):
+        """Every source's fingerprint and the weights."""
+        return digest(*(s.fingerprint().encode() for s in self.sources), self.weights.tobytes())
 
     def check_length(self, length):
         for s in self.sources:

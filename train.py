@@ -203,9 +203,10 @@ def load_run_data(cfg, mcfg):
     return data, decay_data, eval_sets
 
 
-def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
+def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None):
     """The one model and its one optimizer, then their state: `resume` (this out_dir's checkpoint), `init_from`
-    (another run's: a WSD branch, a context extension, sparse upcycling) or a fresh muP init. Returns
+    (another run's: a WSD branch, a context extension, sparse upcycling) or a fresh muP init; `fingerprints`, the
+    content of this run's data (data_fingerprints), is what a resumed checkpoint must have trained on. Returns
     (model, optimizer, step)."""
     check_fits_in_memory(mcfg)
     torch.manual_seed(cfg["seed"])
@@ -216,7 +217,7 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
     step, S = 0, cfg["max_steps"]
     if cfg["resume"]:
-        step = resume_from(cfg, model, optimizer, fsdp, global_batch, device)
+        step = resume_from(cfg, model, optimizer, fsdp, global_batch, device, fingerprints or {})
         if step >= S:
             raise ConfigError(f"{cfg['out_dir']} finished at step {step} = max_steps: nothing to resume; to train "
                               f"further, start a new stage: --init_from={cfg['out_dir']} --max_steps=<more than "
@@ -232,7 +233,7 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log):
     return model, optimizer, step
 
 
-def resume_from(cfg, model, optimizer, fsdp, global_batch, device):
+def resume_from(cfg, model, optimizer, fsdp, global_batch, device, fingerprints):
     """Load this out_dir's checkpoint after checking that it belongs to this run; returns its step."""
     if not cfg["out_dir"]:
         raise ConfigError("resume=True needs an out_dir")
@@ -255,8 +256,11 @@ def resume_from(cfg, model, optimizer, fsdp, global_batch, device):
         raise CheckpointError(f"checkpoint {path} was written by train.py version {ckpt.get('trainer', 1)} (its "
                               f"schedule trains each step at another lr than version {TRAINER_VERSION}'s): resuming "
                               f"would change the run's numbers midway; start a new stage from it with --init_from")
-    # keys added to train.py since the checkpoint was written count as their defaults (as in sweep)
-    diff = config_diff({**default_config(), **ckpt["config"]}, cfg, ignore=RESUMABLE_CHANGES | SPLIT_KEYS)
+    check_same_data(path, ckpt, cfg, fingerprints)
+    # keys added to train.py since the checkpoint was written count as their defaults (as in sweep); the data is
+    # compared by content (check_same_data), not by how its path is spelled
+    diff = config_diff({**default_config(), **ckpt["config"]}, cfg,
+                       ignore=RESUMABLE_CHANGES | SPLIT_KEYS | {"data", "decay_data"})
     if diff:
         raise CheckpointError(f"checkpoint {path} was written with another config; differing keys: " +
                               ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
@@ -271,6 +275,35 @@ def resume_from(cfg, model, optimizer, fsdp, global_batch, device):
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
     return step
+
+
+def data_fingerprints(data, decay_data):
+    """{"fingerprint": the run's data, "decay_fingerprint": its decay data's}: their content (corpus.py), which a
+    resumed checkpoint must have trained on."""
+    return dict(fingerprint=data.fingerprint(), **({"decay_fingerprint": decay_data.fingerprint()} if decay_data
+                                                   else {}))
+
+
+def check_same_data(path, ckpt, cfg, fingerprints):
+    """A checkpoint resumes only on the data it trained on: the same content (the same directory spelled dir/ or
+    ./dir is the same data; a directory prepared again from other text is not); a checkpoint from before the
+    fingerprints compares the data's paths, normalized."""
+    for key, spec in (("fingerprint", "data"), ("decay_fingerprint", "decay_data")):
+        had, has = ckpt["data"].get(key), fingerprints.get(key)
+        old, new = ckpt["config"].get(spec, ""), cfg[spec]
+        if had is None:
+            same = normalized(old) == normalized(new)
+        else:
+            same = had == has
+        if not same:
+            raise CheckpointError(f"checkpoint {path} trained on other data: {spec}={new!r} now holds other tokens "
+                                  f"than the {old!r} it was trained on (prepared again from other text?): resume it "
+                                  f"on that data, or start a new stage with --init_from")
+
+
+def normalized(spec):
+    """A data spec with each path normalized (dir/ and ./dir are dir)."""
+    return ",".join(os.path.normpath(p) if p else p for p in spec.split(",")) if spec else spec
 
 
 def start_from(cfg, mcfg, model, optimizer, log):
@@ -447,7 +480,8 @@ def start(cfg, quiet):
     if cfg["overwrite"] and cfg["init_from"]:
         refuse_overwriting_source(cfg["init_from"], out_dir)
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
-    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log)
+    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log,
+                                       data_fingerprints(data, decay_data))
     rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
     model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
@@ -552,7 +586,8 @@ def save_run(r):
     """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
     cfg, step, path = r.cfg, r.step, r.ckpt_path
     train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION,
-                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch))
+                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch,
+                                 **data_fingerprints(r.data, r.decay_data)))
     if cfg["fsdp"] and path:
         keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
         save_dcp(path, r.raw_model, r.optimizer, train_state, keep)

@@ -436,3 +436,49 @@ def test_a_config_json_list_and_a_checkpoint_whose_weights_do_not_fit(tmp_path, 
 
 def test_a_model_larger_than_the_machine_is_refused_before_any_allocation(tmp_path, cli):
     cli(train.main, ["--vocab_size=2000000000", f"--out_dir={tmp_path}"], "more than this machine's", "GiB of memory")
+
+
+# ------------------------------------------------------------------------------------------ data by content
+
+
+def test_a_run_resumes_only_on_the_data_it_trained_on_however_its_path_is_spelled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    corpus.prepare(str(data), ["hello world, " * 300, "another document. " * 200])
+    c = cfg(tmp_path / "run", data="./data/", max_steps=8, warmup_steps=0, decay_steps=0)
+    train.train(c, quiet=True)
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    ck["step"], ck["data"]["next_step"] = 4, 4  # the state of a run stopped at step 4 of 8
+    torch.save(ck, tmp_path / "run" / "ckpt.pt")
+    # the same directory spelled another way is the same data
+    assert train.train({**c, "data": str(data), "resume": True}, quiet=True)["step"] == 8
+    torch.save(ck, tmp_path / "run" / "ckpt.pt")
+    corpus.prepare(str(data), ["quite different text. " * 400])  # prepared again, from other text
+    with pytest.raises(checkpoint.CheckpointError, match="trained on other data: data=.* now holds other tokens"):
+        train.train({**c, "resume": True}, quiet=True)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("bytes_per_token"), "field bytes_per_token=None must be a positive number"),
+    (lambda m: m.update(bytes_per_token=0), "field bytes_per_token=0 must be a positive number"),
+    (lambda m: m.pop("vocab_size"), "field vocab_size=None must be a positive int"),
+    (lambda m: m.pop("train_tokens"), "field train_tokens=None must be a positive int"),
+    (lambda m: m.update(vocab_size="320"), "field vocab_size='320' must be a positive int"),
+    (lambda m: m.update(tokenizer="gtp2"), "tokenizer 'gtp2' is not one of bytes, gpt2"),
+    (None, "holds a list, not an object of fields")])
+def test_a_bad_meta_json_is_one_line_before_any_step(prepared, cli, edit, message):
+    meta = json.loads((prepared / "meta.json").read_text())
+    if edit:
+        edit(meta)
+    (prepared / "meta.json").write_text(json.dumps(meta if edit else [meta]))
+    cli(train.main, [f"--data={prepared}", "--out_dir="], message)
+
+
+def test_corpus_input_that_is_not_text_is_one_line(tmp_path, cli):
+    for content, message in (('{"text": 123}\n', "bad.jsonl:1: the \"text\" field is int, not a string"),
+                             ('{"text": null}\n', "bad.jsonl:1: the \"text\" field is NoneType, not a string")):
+        (tmp_path / "bad.jsonl").write_text(content)
+        cli(corpus.main, ["--input", tmp_path / "bad.jsonl", "--out", tmp_path / "d"], message)
+    (tmp_path / "binary.txt").write_bytes(b"text \xff\xfe then bytes")
+    cli(corpus.main, ["--input", tmp_path / "binary.txt", "--out", tmp_path / "d"], "binary.txt is not UTF-8 text",
+        "offset 5")

@@ -173,6 +173,7 @@ def test_data_names_a_prepared_corpus_or_fails_in_one_line(tmp_path, monkeypatch
     big = tiktoken.Encoding(name="big", pat_str=corpus._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
                             special_tokens={"<|endoftext|>": 1000})
     monkeypatch.setattr(corpus, "get_encoding", lambda name: big)
+    monkeypatch.setattr(corpus, "known_tokenizers", lambda: ["bytes", "big"])
     corpus.prepare(str(tmp_path / "big"), ["some text"] * 50, tokenizer="big")
     # a larger vocabulary than the models' 320: the runs get a vocab_size that holds it, padded to 64
     assert corpus.corpus_keys(str(tmp_path / "big")) == dict(data=str(tmp_path / "big"), vocab_size=1024)
