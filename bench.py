@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -27,10 +28,13 @@ import torch.nn as nn
 
 from model import MLP, MiniCPM, MiniCPMConfig, MoE
 from mup import configure_optimizer
+from files import write_json
 from official import export_llama
 from system import flops_per_token, hardware, peak_flops
 from tasks import write_task_data
 from train import train
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def timeit(fn, warmup, reps, sync=lambda: None):
@@ -87,7 +91,7 @@ def bench_cpu(a):
         tok = a.batch_size * a.seq_len
         for k, t in times.items():
             med = statistics.median(t)
-            results[k] = med
+            results[f"train {k}"] = dict(ms=med * 1e3, tok_per_s=tok / med, all_ms=[x * 1e3 for x in t])
             print(f"train step {k:14s}: {med * 1e3:8.1f} ms  {tok / med:9.0f} tok/s  "
                   f"speed vs reference {times['reference'] and statistics.median(times['reference']) / med:.2f}x")
     if "generate" in a.modes:
@@ -110,7 +114,10 @@ def bench_cpu(a):
         mo, mr = statistics.median(to), statistics.median(tr)
         print(f"greedy generate {a.prompt_len}+{a.new_tokens} tokens: ours {a.new_tokens / mo:7.1f} tok/s, "
               f"reference {a.new_tokens / mr:7.1f} tok/s, speedup {mr / mo:.2f}x, identical tokens: {same}")
-        results["generate_speedup"] = mr / mo
+        results["generate"] = dict(ours_tok_per_s=a.new_tokens / mo, reference_tok_per_s=a.new_tokens / mr,
+                                   speedup=mr / mo, identical_tokens=same, prompt=a.prompt_len, new=a.new_tokens)
+    record(f"cpu_{a.preset}", a, dict(results, params=ours.num_params(), batch=[a.batch_size, a.seq_len],
+                                      threads=torch.get_num_threads(), transformers=transformers.__version__))
     return results
 
 
@@ -148,7 +155,10 @@ def bench_mfu(a):
     print(f"{a.preset} batch {a.batch_size} x {a.seq_len} on {torch.cuda.get_device_name(device) if peak else device} "
           f"{dtype} compile={a.compile} activation_checkpointing={a.activation_checkpointing}: {t * 1e3:.1f} ms/step, "
           f"{tok_s:,.0f} tok/s, {mfu_text}{mem}", flush=True)
-    return dict(tok_s=tok_s, mfu=mfu)
+    out = dict(ms_per_step=t * 1e3, tok_s=tok_s, mfu=mfu if peak else None, batch=[a.batch_size, a.seq_len],
+               peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None)
+    record(f"mfu_{a.preset}_{a.batch_size}x{a.seq_len}", a, out)
+    return out
 
 
 def bench_memory(a):
@@ -156,7 +166,7 @@ def bench_memory(a):
     the peak memory of each length: how activation memory grows with context (longctx.py, README)."""
     device = torch.device(a.device)
     total = torch.cuda.get_device_properties(device).total_memory
-    T, fits = a.seq_len, None
+    T, fits, rows = a.seq_len, None, []
     while T <= a.max_seq_len:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -166,6 +176,7 @@ def bench_memory(a):
             peak = torch.cuda.max_memory_allocated(device)
             print(f"{a.preset} seq {T:7d}: peak {peak / 2**30:6.1f} GiB of {total / 2**30:.0f} GiB, "
                   f"{t:.2f} s/step, {T / t:,.0f} tok/s", flush=True)
+            rows.append(dict(seq_len=T, peak_gib=peak / 2 ** 30, s_per_step=t))
             fits = T
         except torch.OutOfMemoryError:
             print(f"{a.preset} seq {T:7d}: out of memory", flush=True)
@@ -175,6 +186,16 @@ def bench_memory(a):
         T *= 2
     print(f"longest training context for {a.preset} (batch 1, activation_checkpointing="
           f"{a.activation_checkpointing}, compile={a.compile}): {fits} tokens")
+    record(f"memory_{a.preset}{'_ac' if a.activation_checkpointing else ''}", a,
+           dict(rows=rows, longest=fits, total_gib=total / 2 ** 30))
+
+
+def record(name, a, results):
+    """results/bench_<name>.json: what a benchmark measured, with its command, the machine, the versions and the
+    date (the README quotes these files, never a number measured elsewhere)."""
+    write_json(os.path.join(RESULTS, f"bench_{name}.json"), dict(
+        command=" ".join(["python", *sys.argv]), hardware=hardware(torch.device(a.device)), torch=torch.__version__,
+        date=time.strftime("%Y-%m-%d %H:%M:%S"), args=vars(a), results=results))
 
 
 def bench_split(a):
@@ -228,6 +249,9 @@ def bench_moe(a, d=512, f=1280, tokens=4096, E=8, k=2, reps=10):
     td2 = timed(lambda: mlp(xg).sum().backward())
     tm2 = timed(lambda: moe(xg)[0].sum().backward())
     results["forward+backward"] = tm2 / td2
+    results.update(moe_us_per_token=tm / tokens * 1e6, dense_us_per_token=td / tokens * 1e6,
+                   shape=dict(d=d, ffn=f, tokens=tokens, experts=E, top_k=k))
+    record("moe", a, results)
     print(f"MoE layer ({E} experts, top-{k}, d={d}, ffn={f}, {tokens} tokens, {device}): forward "
           f"{tm / tokens * 1e6:.2f} us/token vs dense {td / tokens * 1e6:.2f} us/token = {tm / td:.2f}x; "
           f"forward+backward {tm2 / td2:.2f}x (the experts do {k}x the dense FLOPs)")

@@ -88,9 +88,35 @@ def findings_table():
         f"tokens): " + ", ".join(reps) + ".")
 
 
+def speed_table():
+    """The CPU speed of our model against transformers' Llama (python bench.py, results/bench_cpu_*.json) and of
+    one MoE layer against the dense MLP (python bench.py --modes moe, results/bench_moe.json)."""
+    rows = ["| shape (command) | train step, eager: ours vs reference | `torch.compile` | greedy generation: ours vs "
+            "reference | machine |", "|---|---|---|---|---|"]
+    for preset in ("tiny", "wt-9m"):
+        b = read_results(f"bench_cpu_{preset}")
+        r, g = b["results"], b["results"]["generate"]
+        ref, eager = r["train reference"]["ms"], r["train ours eager"]["ms"]
+        compiled = r.get("train ours compiled", {}).get("ms")
+        rows.append(f"| `{preset}` ({r['params'] / 1e6:.2f}M, batch {r['batch'][0]} x {r['batch'][1]}: "
+                    f"`{b['command']}`) | {ref / eager:.2f}x ({eager:.0f} vs {ref:.0f} ms) | "
+                    f"{ref / compiled:.2f}x ({compiled:.0f} ms) | **{g['speedup']:.2f}x** "
+                    f"({g['ours_tok_per_s']:.0f} vs {g['reference_tok_per_s']:.0f} tok/s, {g['prompt']} + {g['new']} "
+                    f"tokens), "
+                    f"{'identical' if g['identical_tokens'] else 'different'} tokens | {b['hardware']}, "
+                    f"transformers {r['transformers']}, {b['date'][:10]} |")
+    m = read_results("bench_moe")
+    s = m["results"]["shape"]
+    rows.append(f"\nOne MoE layer ({s['experts']} experts, top-{s['top_k']}, width {s['d']}, ffn {s['ffn']}, "
+                f"{s['tokens']} tokens; `{m['command']}`, {m['hardware']}): {m['results']['forward']:.2f}x the dense "
+                f"MLP's time forward and {m['results']['forward+backward']:.2f}x forward+backward, for "
+                f"{s['top_k']}x the expert FLOPs.")
+    return "\n".join(rows)
+
+
 def blocks():
-    """{README block name: the function that generates it}: the ledger, then every experiment's tables."""
-    out = {"findings": findings_table}
+    """{README block name: the function that generates it}: the ledger, every experiment's tables, the speed."""
+    out = {"findings": findings_table, "speed": speed_table}
     for e in registry():
         out.update(e.tables)
     return out

@@ -72,8 +72,8 @@ def check_fits_in_memory(config):
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
         raise ConfigError(f"the model of this config has {from_shapes:,} parameters ({need / 2 ** 30:,.1f} "
-                         f"GiB in fp32), more than this machine's {have / 2 ** 30:,.1f} GiB of memory: check "
-                         f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
+                          f"GiB in fp32), more than this machine's {have / 2 ** 30:,.1f} GiB of memory: check "
+                          f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
 
 
 def process_device(dev, local_rank):

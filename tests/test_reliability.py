@@ -206,6 +206,19 @@ def test_read_only_mounts_and_an_immutable_lock_are_one_line(tmp_path, tmpfs, cl
         cli(train.main, cli_args(cfg(tmp_path / "run")), ".lock", "no permission")
     finally:
         subprocess.run(["chattr", "-i", str(lock)], capture_output=True)
+    # an immutable ckpt.pt: not "needs N MiB free", but what it is
+    c = cfg(tmp_path / "imm", max_steps=4, warmup_steps=0, decay_steps=0)
+    train.train(c, quiet=True)
+    ck = torch.load(tmp_path / "imm" / "ckpt.pt", weights_only=True)
+    ck["step"], ck["data"]["next_step"] = 2, 2  # a run stopped at step 2 of 4
+    torch.save(ck, tmp_path / "imm" / "ckpt.pt")
+    subprocess.run(["chattr", "+i", str(tmp_path / "imm" / "ckpt.pt")], check=True)
+    try:
+        err = cli(train.main, cli_args({**c, "resume": True}), "ckpt.pt", "no permission",
+                  "immutable", "the previous checkpoint is kept")
+        assert "MiB free" not in err
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "imm" / "ckpt.pt")], capture_output=True)
 
 
 def test_export_into_a_directory_holding_a_model_is_refused(tmp_path, cli):
