@@ -101,26 +101,47 @@ def this_machine():
 def sweep(results_file, runs, desc="runs", fresh=False):
     """Train every {name: config} in `runs` in this process, saving each run's metrics into results_file (JSON) as
     it finishes. Runs already there with the same config are not redone, so an interrupted sweep resumes (the
-    default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again."""
+    default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again. A run
+    that starts from another run's checkpoint (init_from inside its out_dir: a WSD branch, an upcycled MoE) is
+    redone whenever that run is, so that a run never rests on a source trained on another machine or by other code;
+    every run records the machine it trained on."""
     done = {}
     if os.path.isfile(results_file) and not fresh:
         done = {k: v for k, v in read_json(results_file).items() if k in runs}  # drop runs the sweep no longer has
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = train.validate_config({**train.default_config(), **cfg})
-        # done: the same config (new keys at their defaults) trained by this train.py version, and its out_dir, if
-        # any, still there (for branches)
-        if name in done and {**train.default_config(), **done[name]["config"]} == cfg and \
-                done[name].get("trainer", 1) == train.TRAINER_VERSION and \
-                not (cfg["out_dir"] and not run_files(cfg["out_dir"])):
+        source = source_of(cfg, done)
+        if name in done and reusable(done[name], cfg, done.get(source)):
             continue
         t0 = time.perf_counter()
         res = train.train({**cfg, "overwrite": True}, quiet=True)  # a run redone replaces what an older one left
         res.pop("model")
         if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
             raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
-        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0, trainer=train.TRAINER_VERSION)
+        done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0, trainer=train.TRAINER_VERSION,
+                          hardware=this_machine(), run_id=time.time_ns(),
+                          from_run=done[source].get("run_id") if source else None)
         write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
+
+
+def source_of(cfg, done):
+    """The run of the sweep whose out_dir holds cfg's init_from checkpoint, or None."""
+    if not cfg["init_from"]:
+        return None
+    src = os.path.abspath(cfg["init_from"])
+    return next((k for k, v in done.items() if v["config"].get("out_dir") and
+                 os.path.commonpath([src, os.path.abspath(v["config"]["out_dir"])]) ==
+                 os.path.abspath(v["config"]["out_dir"])), None)
+
+
+def reusable(entry, cfg, source_entry):
+    """Whether a recorded run stands for `cfg` now: the same config (new keys at their defaults) trained by this
+    train.py version, its out_dir (if any) still there for the runs that branch from it, and trained from the
+    source run as it is recorded now (not from an earlier training of it)."""
+    return ({**train.default_config(), **entry["config"]} == cfg and entry.get("trainer", 1) == train.TRAINER_VERSION
+            and not (cfg["out_dir"] and not run_files(cfg["out_dir"]))
+            and (source_entry is None or entry.get("from_run") == source_entry.get("run_id")))
 
 
 def write_summary(out, name, summary):

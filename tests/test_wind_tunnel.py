@@ -117,6 +117,28 @@ def test_a_finished_run_whose_checkpoints_are_gone_is_trained_again(tmp_path, mo
     assert os.path.isfile(tmp_path / "stable" / "ckpt.pt")
 
 
+def test_a_run_branched_off_a_retrained_run_is_retrained_too(tmp_path, monkeypatch):
+    # a fresh clone lacks the stable run's out_dir: the stable run trains again on this machine, and its branch must
+    # not stay the one computed elsewhere from the other training (issue: the branched-decays finding moved and
+    # flipped when its dedicated runs and branches came from two machines)
+    stable = cfg(tmp_path / "stable", max_steps=6, eval_interval=6, decay_steps=0, keep_ckpts=True, ckpt_interval=3)
+    branch = cfg("", init_from=str(tmp_path / "stable" / "ckpt_000003.pt"), max_steps=5, decay_steps=2,
+                 warmup_steps=0, eval_interval=5)
+    other = cfg("", max_steps=4, eval_interval=4, warmup_steps=0, decay_steps=1)
+    runs, file = {"stable": stable, "branch": branch, "other": other}, str(tmp_path / "r.json")
+    calls, real = [], train.train
+    monkeypatch.setattr(train, "train", lambda c_, quiet=False: calls.append(c_["max_steps"]) or real(c_, quiet))
+    runner.sweep(file, runs)
+    runner.sweep(file, runs)
+    assert calls == [6, 5, 4]  # the second sweep reused all three
+    recorded = json.loads(open(file).read())
+    assert recorded["branch"]["from_run"] == recorded["stable"]["run_id"] and recorded["stable"]["hardware"]
+    for f in os.listdir(tmp_path / "stable"):
+        os.remove(tmp_path / "stable" / f)
+    runner.sweep(file, runs)
+    assert calls == [6, 5, 4, 6, 5]  # the stable run and its branch again; the independent run is reused
+
+
 def test_log2_vertex_is_the_parabola_through_the_minimum():
     xs = [1, 2, 4, 8]
     ys = [(math.log2(x) - 1.3) ** 2 for x in xs]  # an exact parabola in log2 x: the vertex is 2^1.3
