@@ -37,8 +37,10 @@ from checkpoint import (CheckpointError, append_jsonl, load_checkpoint, load_sta
                         open_metrics, refuse_overwriting_source, run_files, save_checkpoint)
 from configurator import ConfigError, check_numbers, exit_on_user_error
 from corpus import chat_ids, load_data, read_jsonl_rows
+from files import write_json
 from mup import configure_optimizer, set_lr
-from system import StopFlag, all_mean, process_device, resolve_system, setup_distributed
+from plots import plot_metrics
+from system import StopFlag, all_mean, hardware, process_device, resolve_system, setup_distributed
 from tasks import write_task_data
 from wsd import lr_at, schedule_defaults
 
@@ -135,7 +137,7 @@ def run_dpo(cfg, quiet):
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
     device, master = process_device(dev, local_rank), rank == 0
     log = (lambda *a: None) if quiet or not master else print
-    out_dir, S = cfg["out_dir"], cfg["max_steps"]
+    out_dir, S, t_start = cfg["out_dir"], cfg["max_steps"], time.time()
     held = run_files(out_dir) if master and not cfg["resume"] and not cfg["overwrite"] else []
     if held:
         raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
@@ -176,8 +178,21 @@ def run_dpo(cfg, quiet):
         log(f"DPO: loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}, reward accuracy "
             f"{history[-1]['rewards/accuracies']:.2f}, margin {history[-1]['rewards/margins']:.3f}; "
             f"saved {out_dir}/ckpt.pt")
+        if master:
+            write_dpo_outputs(cfg, history, device, t_start)
     raw.eval()
     return dict(history=history, model=raw, step=step, stopped=stopped, exit_code=stop.exit_code if stopped else 0)
+
+
+def write_dpo_outputs(cfg, history, device, t_start):
+    """summary.json (the command, machine, time, first and last metrics) and loss.png of a finished DPO run, as
+    train.py writes them."""
+    keys = ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+    write_json(os.path.join(cfg["out_dir"], "summary.json"), dict(
+        command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("dpo.py") else None,
+        hardware=hardware(device), wall_s=round(time.time() - t_start, 1), step=history[-1]["step"],
+        first={k: history[0][k] for k in keys}, last={k: history[-1][k] for k in keys}))
+    plot_metrics(history, os.path.join(cfg["out_dir"], "loss.png"))
 
 
 def load_policy_and_pairs(cfg, dev):

@@ -7,6 +7,7 @@ back), and the training curve of a run.
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -29,13 +30,21 @@ def save(fig, file, dpi=110):
 
 
 def plot_metrics(rows, file):
-    """Train and validation loss against step, with the learning rate on a second axis, from metrics.jsonl rows."""
-    tr = [r for r in rows if "train_loss" in r]
-    va = [r for r in rows if "val_loss" in r]
+    """Train and validation loss against step, with the learning rate on a second axis, from metrics.jsonl rows; a
+    DPO run's rows (dpo.py: loss, rewards/accuracies) as the DPO loss and the reward accuracy."""
+    dpo = not any("train_loss" in r for r in rows) and any("rewards/accuracies" in r for r in rows)
+    tr = [r for r in rows if ("loss" if dpo else "train_loss") in r]
     fig, ax = subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8, label="train")
-    ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
-    ax.set(xlabel="step", ylabel="loss (nats/token)")
+    if dpo:
+        ax.plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.8, label="DPO loss")
+        ax.plot([r["step"] for r in tr], [r["rewards/accuracies"] for r in tr], lw=0.8, label="reward accuracy")
+        ax.axhline(math.log(2), color="gray", ls=":", lw=1, label="log 2 (the first step)")
+        ax.set(xlabel="step", ylabel="DPO loss / reward accuracy")
+    else:
+        va = [r for r in rows if "val_loss" in r]
+        ax.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8, label="train")
+        ax.plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val")
+        ax.set(xlabel="step", ylabel="loss (nats/token)")
     ax2 = ax.twinx()
     ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], "k:", lw=1, label="lr")
     ax2.set_ylabel("lr")

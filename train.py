@@ -613,8 +613,11 @@ def finish(r, stopped):
                                                       r.autocast)[1] for name, d in r.eval_sets.items()}
         r.log("held-out sets (bits/byte): " + ", ".join(f"{k} {v:.4f}" for k, v in r.history["val_bpb_by_set"].items()))
     text = None
-    if r.master and not r.quiet and not stopped and cfg["sample_tokens"] > 0 and not cfg["fsdp"]:
-        torch.manual_seed(cfg["seed"])  # (sharded: export first, then sample.py)
+    if cfg["fsdp"] and cfg["sample_tokens"] > 0 and not stopped:
+        r.log(f"no end-of-run sample under FSDP (the weights are sharded): python train.py export {r.ckpt_path} "
+              f"DIR, then python sample.py --model_dir=DIR")
+    elif r.master and not r.quiet and not stopped and cfg["sample_tokens"] > 0:
+        torch.manual_seed(cfg["seed"])
         with r.autocast:
             text = generate_text(r.raw_model, r.data.encoding(), "The ", cfg["sample_tokens"])
         print("-" * 40 + " sample " + "-" * 40 + "\n" + text + "\n" + "-" * 88)
@@ -630,13 +633,24 @@ def finish(r, stopped):
     return dict(result, model=r.raw_model)
 
 
+def launch_command():
+    """The command that started this run, as a user would type it again: python train.py ..., or torchrun with its
+    node and process counts (from torchrun's environment); None inside another program (an experiment)."""
+    if not sys.argv[0].endswith("train.py"):
+        return None
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return " ".join([f"torchrun --nnodes={os.environ.get('GROUP_WORLD_SIZE', 1)} --nproc_per_node="
+                         f"{os.environ['LOCAL_WORLD_SIZE']}", os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
+
+
 def write_run_outputs(r, result, text):
     """summary.json (what the run did, where, how fast: the numbers a README may quote), then loss.png; a full disk
     here is one line that says the run itself is complete."""
     out_dir, h = r.cfg["out_dir"], r.history
     try:
         write_json(os.path.join(out_dir, "summary.json"), dict(
-            command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("train.py") else None,
+            command=launch_command(),
             hardware=hardware(r.device), wall_s=round(time.time() - r.t_start, 1), sample=text,
             **{k: v for k, v in result.items() if k not in h},
             first_train_loss=h["train_loss"][0] if h["train_loss"] else None))

@@ -176,6 +176,10 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
     assert h[-1]["loss"] < h[0]["loss"] - 0.05 and h[-1]["rewards/margins"] > 0
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
             "logps/rejected"} <= set(rows(tmp_path / "d")[0])
+    # like a train.py run: summary.json and loss.png (the DPO loss and reward accuracy, not an empty figure)
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["step"] == 12 and summary["last"]["loss"] == h[-1]["loss"] and summary["hardware"]
+    assert os.path.getsize(tmp_path / "d" / "loss.png") > 25_000  # (an empty figure is ~18 KB)
     m, _ = checkpoint.model_from_checkpoint(str(tmp_path / "d"))
     x = torch.randint(0, 259, (1, 8))
     assert torch.equal(m(x)[0], res["model"](x)[0])

@@ -27,7 +27,8 @@ def test_fsdp_equals_ddp_resumes_dcp_at_world_sizes_1_and_2_and_exports(tmp_path
     # FSDP2 over 2 processes, 2 rows x 2 micro-steps each, activation checkpointing: the same 10 losses
     fs = cfg(tmp_path / "fsdp", **steps, fsdp=True, batch_size=2, grad_accum=2, keep_ckpts=True,
              activation_checkpointing=True)
-    torchrun(2, fs)
+    r = torchrun(2, {**fs, "sample_tokens": 20})  # (the sample is not part of the losses)
+    assert "no end-of-run sample under FSDP" in r.stdout and "python sample.py --model_dir=DIR" in r.stdout
     assert_same_losses([v for _, v in losses(tmp_path / "fsdp")], ref["train_loss"])
     dcp_dir = tmp_path / "fsdp" / checkpoint.DCP_DIR
     assert sorted(os.listdir(dcp_dir)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json"]

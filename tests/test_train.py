@@ -140,6 +140,8 @@ def test_batch_split_invariance_1x8_1x4x2_torchrun_2x4(tmp_path):
     r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *cli_args(c)],
                 timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())  # the command as a user would type it again
+    assert summary["command"].startswith("torchrun --nnodes=1 --nproc_per_node=2 train.py --preset=tiny")
     ddp = [v for _, v in losses(tmp_path / "c")]
     assert_same_losses(ddp, a["train_loss"])
     val = [x["val_loss"] for x in rows(tmp_path / "c") if "val_loss" in x]
