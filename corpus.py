@@ -71,28 +71,43 @@ def byte_level_chars():
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-def save_tokenizer(name, out_dir):
-    """Write what a tokenizer needs beside exported weights: for "bytes" an exact HF tokenizer.json (BPE with no
-    merges over the 256 byte tokens, our special tokens at 256...), which sample.py, transformers and vLLM read; for a
-    tiktoken BPE, tiktoken.json naming the encoding (sample.py reads it; it needs the tiktoken package)."""
-    make_dirs(out_dir)
+def tokenizer_files(name):
+    """(file name, content) of what a tokenizer needs beside exported weights: for "bytes" an exact HF
+    tokenizer.json (BPE with no merges over the 256 byte tokens, our special tokens at 256...), which sample.py,
+    transformers and vLLM read; for a tiktoken BPE, tiktoken.json naming the encoding (sample.py reads it)."""
     if name != "bytes":
-        file, spec = "tiktoken.json", {"tiktoken_encoding": name}
-    else:
-        chars = byte_level_chars()
-        specials = [dict(id=256 + i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
-                         special=True) for i, t in enumerate(SPECIAL_TOKENS)]
-        file, spec = "tokenizer.json", {
-            "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                              "use_regex": False},
-            "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": {c: i for i, c in enumerate(chars)}, "merges": []}}
+        return "tiktoken.json", {"tiktoken_encoding": name}
+    chars = byte_level_chars()
+    specials = [dict(id=256 + i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                     special=True) for i, t in enumerate(SPECIAL_TOKENS)]
+    return "tokenizer.json", {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {c: i for i, c in enumerate(chars)}, "merges": []}}
+
+
+def save_tokenizer(name, out_dir):
+    """Write tokenizer_files(name) into out_dir (beside exported weights); returns its path."""
+    make_dirs(out_dir)
+    file, spec = tokenizer_files(name)
     replace_atomically(os.path.join(out_dir, file), lambda f: json.dump(spec, f, ensure_ascii=False, indent=1), "w")
     return os.path.join(out_dir, file)
+
+
+def tokenizer_of(model_dir):
+    """The name of our tokenizer an exported directory carries ("bytes" or a tiktoken BPE), or None for another
+    one (an official checkpoint's own tokenizer)."""
+    for name_file, read in (("tiktoken.json", lambda s: s.get("tiktoken_encoding")),
+                            ("tokenizer.json", lambda s: "bytes" if s == tokenizer_files("bytes")[1] else None)):
+        path = os.path.join(model_dir, name_file)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return read(json.load(f))
+    return None
 
 
 def embedded_documents():
