@@ -2,7 +2,7 @@
 The wind tunnel's report: every table the README shows for the experiments is generated here from results/*.json
 (mean +- std over the seeds each experiment ran), and a test fails when the README disagrees with it.
 
-    python report.py                    # regenerate every generated block of README.md from results/
+    python report.py                    # regenerate every generated block of README.md and experiments/README.md
     python report.py --rerun [--fresh]  # first rerun every experiment that records findings, in turn (~2 h on a
                                         # 2-core CPU; each resumes where it stopped; --fresh trains all again)
     python report.py --record           # record every finding again from results/ under the ledger's rule
@@ -33,6 +33,8 @@ from experiments.runner import RESULTS, ROOT, read_results, this_machine
 from files import write_json
 
 README = os.path.join(ROOT, "README.md")
+EXPERIMENTS_README = os.path.join(ROOT, "experiments", "README.md")
+DOCS = (README, EXPERIMENTS_README)  # the documents whose generated blocks report.py writes
 
 
 def registry():
@@ -114,9 +116,25 @@ def speed_table():
     return "\n".join(rows)
 
 
+def verdicts_table():
+    """The README's short summary of the ledger: the tally, and the verdicts by paper section."""
+    allf = [f for f in findings.load().values() if not f.get("sanity")]
+    by = {}
+    for f in allf:
+        by.setdefault(f["section"], []).append(f["verdict"])
+    rows = ["| paper | findings | reproduced | not reproduced | inconclusive |", "|---|---|---|---|---|"]
+    for sec in sorted(by, key=lambda s: [int(x) for x in s.strip("§").split(".")]):
+        v = by[sec]
+        rows.append(f"| {sec} | {len(v)} | " + " | ".join(str(v.count(w)) for w in findings.VERDICTS) + " |")
+    tally = ", ".join(f"{sum(f['verdict'] == w for f in allf)} {w}" for w in findings.VERDICTS)
+    return f"{len(allf)} findings: {tally} (plus {len(findings.load()) - len(allf)} sanity checks).\n\n" + \
+        "\n".join(rows)
+
+
 def blocks():
-    """{README block name: the function that generates it}: the ledger, every experiment's tables, the speed."""
-    out = {"findings": findings_table, "speed": speed_table}
+    """{block name: the function that generates it}: the ledger, every experiment's tables, the speed, the
+    README's summary of the verdicts."""
+    out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table}
     for e in registry():
         out.update(e.tables)
     return out
@@ -136,16 +154,20 @@ def blocks_in(text):
     return out
 
 
-def update_readme(readme=README):
-    text = open(readme).read()
+def update_readme(docs=DOCS):
+    """Rewrite every generated block of the documents from results/; each block sits in exactly one of them."""
+    texts = {doc: open(doc).read() for doc in docs}
     for name, fn in blocks().items():
         begin, end = markers(name)
-        if begin not in text or end not in text:
-            raise ValueError(f"{readme} has no block {name} ({begin} ... {end})")
-        head, rest = text.split(begin, 1)
-        text = head + begin + "\n" + fn() + "\n" + end + rest.split(end, 1)[1]
-    with open(readme, "w") as f:
-        f.write(text)
+        where = [d for d, t in texts.items() if begin in t and end in t]
+        if len(where) != 1:
+            raise ValueError(f"block {name} ({begin} ... {end}) must be in exactly one of {', '.join(docs)}: "
+                             f"found in {len(where)}")
+        head, rest = texts[where[0]].split(begin, 1)
+        texts[where[0]] = head + begin + "\n" + fn() + "\n" + end + rest.split(end, 1)[1]
+    for doc, text in texts.items():
+        with open(doc, "w") as f:
+            f.write(text)
 
 
 def explain():
@@ -199,7 +221,8 @@ def main(argv=None):
             explain()
         update_readme()
         names = list(blocks())
-        print(f"README.md: {len(names)} generated blocks rewritten from results/ ({', '.join(names)})")
+        print(f"README.md, experiments/README.md: {len(names)} generated blocks rewritten from results/ "
+              f"({', '.join(names)})")
     exit_on_user_error(work)
 
 

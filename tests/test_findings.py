@@ -92,8 +92,11 @@ def test_every_per_seed_value_comes_from_a_results_file(tmp_path, monkeypatch):
 def test_the_readme_shows_what_results_hold():
     # every generated block of the README (the findings ledger and each experiment's table) is what report.py
     # builds from results/ now
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    shown = report.blocks_in(readme)
+    shown = {}  # the README's blocks and experiments/README.md's (the wind tunnel's own document), each in one
+    for doc in report.DOCS:
+        found = report.blocks_in(open(doc).read())
+        assert not set(found) & set(shown), f"blocks {set(found) & set(shown)} in two documents"
+        shown.update(found)
     blocks = report.blocks()
     assert set(shown) == set(blocks), f"README lacks the blocks {set(blocks) - set(shown)}"
     for name, fn in blocks.items():
@@ -108,14 +111,14 @@ def test_the_readme_shows_what_results_hold():
 
 
 def test_report_help_and_a_truncated_results_file(tmp_path, capsys):
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    docs = {doc: open(doc).read() for doc in report.DOCS}
     with pytest.raises(SystemExit) as e:
         report.main(["--help"])
     assert e.value.code == 0 and "--rerun" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         report.main(["--rerum"])  # a mistyped flag: usage, not a regenerated README
     assert e.value.code == 2
-    assert open(os.path.join(ROOT, "README.md")).read() == readme
+    assert {doc: open(doc).read() for doc in report.DOCS} == docs
     bad = tmp_path / "wsd_quick.json"
     bad.write_text('{"WSD exp 10.0%": {"config": {')  # cut off mid-write
     with pytest.raises(runner.ConfigError, match=r"wsd_quick.json is not valid JSON .*: restore it"):

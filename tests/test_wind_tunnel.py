@@ -152,8 +152,8 @@ def test_one_command_reruns_every_finding():
     assert ids <= rerun, f"findings recorded by commands that --rerun does not run: {ids - rerun}"
     for c in report.rerun_commands():  # python -m experiments.NAME ...: a file of experiments/
         assert c.split()[1] == "-m" and os.path.isfile(os.path.join(ROOT, *c.split()[2].split(".")) + ".py")
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    assert "python report.py --rerun" in readme
+    assert "python report.py --rerun" in open(os.path.join(ROOT, "README.md")).read()
+    assert "python report.py --rerun" in open(os.path.join(ROOT, "experiments", "README.md")).read()
 
 
 class _Captured(Exception):
