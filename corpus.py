@@ -91,10 +91,14 @@ def tokenizer_files(name):
 
 
 def save_tokenizer(name, out_dir):
-    """Write tokenizer_files(name) into out_dir (beside exported weights); returns its path."""
+    """Write tokenizer_files(name) into out_dir (beside exported weights), and for "bytes" a tokenizer_config.json
+    naming its end-of-text token, so that transformers' AutoTokenizer reads the directory; returns its path."""
     make_dirs(out_dir)
     file, spec = tokenizer_files(name)
     replace_atomically(os.path.join(out_dir, file), lambda f: json.dump(spec, f, ensure_ascii=False, indent=1), "w")
+    if name == "bytes":
+        write_json(os.path.join(out_dir, "tokenizer_config.json"),
+                   {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS[0]})
     return os.path.join(out_dir, file)
 
 

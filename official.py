@@ -18,6 +18,7 @@ from dataclasses import asdict, fields
 
 import torch
 
+from corpus import save_tokenizer
 from files import make_dirs, replace_atomically, write_error, write_json
 from model import MiniCPM, MiniCPMConfig
 from rope import rope_base, rope_scaling_type
@@ -232,8 +233,14 @@ def llama_state_dict(model):
     return out
 
 
-def export_llama(model, path):
-    """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits."""
+def export_llama(model, path, tokenizer=None):
+    """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits, and the
+    tokenizer `tokenizer` names ("bytes" or a tiktoken BPE: corpus.save_tokenizer) beside it. A MiniCPM-MoE model
+    has no Llama equivalent (its MLPs are experts) and is refused: save_pretrained writes the official MoE format."""
+    if model.config.num_experts:
+        raise ValueError(f"export_llama: a MiniCPM-MoE model ({model.config.num_experts} experts) has no "
+                         f"LlamaForCausalLM equivalent (Llama's MLP is dense): save it in the official MiniCPM-MoE "
+                         f"format with save_pretrained instead")
     c = model.config
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
@@ -247,3 +254,5 @@ def export_llama(model, path):
            "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
            "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
     write_weights(path, llama_state_dict(model), cfg)
+    if tokenizer:
+        save_tokenizer(tokenizer, path)

@@ -266,3 +266,16 @@ def test_export_llama_loads_in_transformers(tmp_path, shape):
         theirs = hf.generate(idx[:, :5], attention_mask=torch.ones_like(idx[:, :5]), max_new_tokens=10,
                              do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
+
+
+def test_export_llama_carries_its_tokenizer_and_refuses_moe(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="optional: transformers is not installed")
+    official.export_llama(MiniCPM(small(vocab_size=320)), tmp_path / "llama", tokenizer="bytes")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "llama")  # failed before: no tokenizer was written
+    ids = tok("héllo, world")["input_ids"]
+    assert ids == list("héllo, world".encode("utf-8")) and tok.decode(ids) == "héllo, world"
+    assert tok.eos_token == "<|endoftext|>" and tok.convert_tokens_to_ids("<|endoftext|>") == 256
+    moe = MiniCPM(small(num_experts=4, top_k=2))
+    with pytest.raises(ValueError, match="MiniCPM-MoE model .* has no LlamaForCausalLM equivalent"):
+        official.export_llama(moe, tmp_path / "moe")
+    assert not (tmp_path / "moe").exists()  # refused before anything is written

@@ -155,7 +155,8 @@ def test_an_export_carries_its_tokenizer_and_samples(tmp_path, capsys):
     pytest.importorskip("tokenizers", reason="optional: reads tokenizer.json")
     train.train(cfg(tmp_path / "run", max_steps=2, decay_steps=0, warmup_steps=0), quiet=True)
     train.main(["export", str(tmp_path / "run"), str(tmp_path / "exp")])
-    assert sorted(os.listdir(tmp_path / "exp")) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(tmp_path / "exp")) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                    "tokenizer_config.json"]
     model, encode, decode, eos = sample.load(model_dir=str(tmp_path / "exp"))
     enc = corpus.get_encoding("bytes")
     text = "héllo — the <b>end</b>\n\t!"
