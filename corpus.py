@@ -614,10 +614,24 @@ def load_data(spec):
     return TokenData(spec)
 
 
+def hub_documents(rows, field, max_docs, name="the dataset"):
+    """The texts of the first max_docs rows of a (streamed) hub dataset, read from `field`; a row without it, or
+    whose field is not a string, is one line naming the row and the fields it has."""
+    for i, row in zip(range(max_docs), rows):
+        text = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            fields = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"{name} row {i}: no string field {field!r} (its fields: {fields}): set --hf_text_field")
+        yield text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tokenize a corpus into memory-mapped train.bin / val.bin")
     p.add_argument("--input", nargs="*", default=[], help=".txt files (one document each) or .jsonl ({'text': ...})")
-    p.add_argument("--hf_dataset", default=None, help="a hub dataset name (needs `pip install datasets` and network)")
+    p.add_argument("--hf_dataset", default=None, help="a hub dataset name (needs `pip install datasets` and network), "
+                   "e.g. HuggingFaceFW/fineweb-edu")
+    p.add_argument("--hf_config", default=None, help="its subset / config name, e.g. sample-10BT")
+    p.add_argument("--hf_text_field", default="text", help="the field of a row that holds its text")
     p.add_argument("--hf_split", default="train")
     p.add_argument("--hf_max_docs", type=int, default=100_000, help="with --shard_tokens, streamed: set it high")
     p.add_argument("--tokenizer", default="bytes", help="bytes | gpt2 | cl100k_base ...")
@@ -634,8 +648,8 @@ def main(argv=None):
                 import datasets  # optional: only for hub datasets
             except ImportError:
                 raise ConfigError("--hf_dataset needs the optional package: pip install datasets") from None
-            ds = datasets.load_dataset(a.hf_dataset, split=a.hf_split, streaming=True)
-            hub = (row["text"] for row, _ in zip(ds, range(a.hf_max_docs)))
+            ds = datasets.load_dataset(a.hf_dataset, a.hf_config, split=a.hf_split, streaming=True)
+            hub = hub_documents(ds, a.hf_text_field, a.hf_max_docs, a.hf_dataset)
             docs = itertools.chain(docs, hub) if a.shard_tokens else docs + list(hub)  # shards: streamed
         elif not docs:
             raise ConfigError("no documents: give --input files or --hf_dataset")

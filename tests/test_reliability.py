@@ -495,3 +495,12 @@ def test_corpus_input_that_is_not_text_is_one_line(tmp_path, cli):
     (tmp_path / "binary.txt").write_bytes(b"text \xff\xfe then bytes")
     cli(corpus.main, ["--input", tmp_path / "binary.txt", "--out", tmp_path / "d"], "binary.txt is not UTF-8 text",
         "offset 5")
+
+
+def test_hub_rows_are_read_from_the_named_text_field():
+    rows = [{"text": "a", "url": "u"}, {"text": "b", "url": "v"}, {"text": "c", "url": "w"}]
+    assert list(corpus.hub_documents(iter(rows), "text", 2)) == ["a", "b"]  # --hf_max_docs rows, streamed
+    assert list(corpus.hub_documents(iter([{"content": "x"}]), "content", 5)) == ["x"]
+    with pytest.raises(ValueError, match=r"fineweb row 1: no string field 'text' \(its fields: content, id\): set "
+                                         r"--hf_text_field"):
+        list(corpus.hub_documents(iter([{"text": "a"}, {"content": "x", "id": 1}]), "text", 5, "fineweb"))
