@@ -496,8 +496,11 @@ def start(cfg, quiet):
         f"{cfg['seq_len']} tokens = {r.tokens_per_step:,} tokens/step on {device} "
         f"({str(ptdtype).replace('torch.', '')}, compile={use_compile}{', FSDP2' if fsdp else ''})")
     S = cfg["max_steps"]
-    if run_epochs := epochs(data, S * r.tokens_per_step, cfg["passkey_ratio"]):  # never repeats its corpus silently
-        log(f"{S:,} steps x {r.tokens_per_step:,} tokens = {run_epochs:.2f} epochs of {cfg['data']}")
+    # never repeats its corpus silently: the epochs of the steps this run (or stage) trains, at its own batch (an
+    # earlier stage trained on its own data at its own batch, unknown here)
+    if run_epochs := epochs(data, (S - step) * r.tokens_per_step, cfg["passkey_ratio"]):
+        log(f"{S - step:,} steps x {r.tokens_per_step:,} tokens = {run_epochs:.2f} epochs of {cfg['data']}"
+            + (f" (this stage: steps {step + 1}-{S})" if step else ""))
     r.bar = tqdm(total=S, initial=step, disable=not master or quiet, dynamic_ncols=True)
     if cfg["update_stats"]:  # paper §4.4
         r.decay_stats = DecayStats(raw_model)

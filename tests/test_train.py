@@ -241,3 +241,12 @@ def test_the_schedule_trains_every_warmup_and_every_decay_step(tmp_path, W, d, S
     decay = lrs[S - d - 1:]  # the last stable step, then the decay
     assert decay[0] == pytest.approx(0.01) and all(b < a for a, b in zip(decay, decay[1:]))
     assert lrs[-1] == pytest.approx(0.01 * 0.1) and res["step"] == S
+
+
+def test_a_continued_stage_counts_the_epochs_of_its_own_steps(tmp_path, capsys):
+    train.train(cfg(tmp_path / "a", max_steps=8, decay_steps=0), quiet=True)
+    train.train(cfg(tmp_path / "b", init_from=str(tmp_path / "a"), max_steps=12, decay_steps=2, batch_size=4))
+    out = capsys.readouterr().out
+    # 4 steps of 4 x 32 tokens (not 12 steps at this stage's batch): the epochs of what this stage reads
+    tokens = corpus.TokenData("embedded").meta["train_tokens"]
+    assert f"4 steps x 128 tokens = {4 * 128 / tokens:.2f} epochs of embedded (this stage: steps 9-12)" in out
