@@ -229,36 +229,43 @@ def test_export_into_a_directory_holding_a_model_is_refused(tmp_path, cli):
     assert {f: (tmp_path / "official" / f).read_bytes() for f in os.listdir(tmp_path / "official")} == before
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_again_without_overwrite(tmp_path, capsys):
-    # SIGKILL (no handler can run) after a few steps and before any checkpoint: metrics.jsonl alone is no run to
-    # resume, so a plain rerun starts (saying so), and an --overwrite run that dies never sits beside the old files
-    c = cfg(tmp_path, max_steps=400, ckpt_interval=1000, eval_interval=1000)
-    p = subprocess.Popen([sys.executable, "train.py", *cli_args(c)], cwd=ROOT, stdout=subprocess.PIPE,
+def start_and_kill(argv, started):
+    """Start `python train.py argv`, wait until started() is true (the run is in its loop), SIGKILL it."""
+    p = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and (not (tmp_path / "metrics.jsonl").exists() or
-                                      len((tmp_path / "metrics.jsonl").read_text().splitlines()) < 3):
-        time.sleep(0.05)
+    while time.time() < deadline and not started():
+        time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=60)
-    assert not (tmp_path / "ckpt.pt").exists() and (tmp_path / "metrics.jsonl").exists()
+
+
+def metrics_lines(path):
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_without_overwrite(tmp_path, capsys):
+    # SIGKILL (no handler can run) after a few steps and before any checkpoint (a run far too long to finish first):
+    # metrics.jsonl alone is no run to resume, so a plain rerun starts (saying so), and an --overwrite run that dies
+    # never sits beside the old run's files
+    c = cfg(tmp_path, max_steps=10 ** 6, ckpt_interval=10 ** 7, eval_interval=10 ** 7, warmup_steps=0,
+            decay_steps=0)
+    metrics = tmp_path / "metrics.jsonl"
+    start_and_kill(cli_args(c), lambda: len(metrics_lines(metrics)) >= 3)
+    assert not (tmp_path / "ckpt.pt").exists() and metrics.exists()
     with pytest.raises(checkpoint.CheckpointError, match="drop --resume=True"):
         train.train({**c, "resume": True}, quiet=True)
     train.train({**c, "max_steps": 6})
     assert "starting over" in capsys.readouterr().out
     assert [x["step"] for x in rows(tmp_path) if "train_loss" in x] == [1, 2, 3, 4, 5, 6]
-    # an --overwrite run killed early removes the finished run's checkpoint and summary first
+    # an --overwrite run killed early: the finished run's checkpoint and summary went before it trained
     assert (tmp_path / "summary.json").exists() and (tmp_path / "ckpt.pt").exists()
-    p = subprocess.Popen([sys.executable, "train.py", *cli_args({**c, "overwrite": True})], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline and (tmp_path / "summary.json").exists():  # until the new run has started
-        time.sleep(0.05)
-    while time.time() < deadline and (not (tmp_path / "metrics.jsonl").exists() or
-                                      len((tmp_path / "metrics.jsonl").read_text().splitlines()) < 2):
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=60)
+    metrics.write_text('{"marker": "the earlier run"}\n' + metrics.read_text())  # (start_over removes it last)
+    start_and_kill(cli_args({**c, "overwrite": True}), lambda: len(metrics_lines(metrics)) >= 2 and
+                   "marker" not in metrics_lines(metrics)[0])
     assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "summary.json").exists()
     assert not (tmp_path / "loss.png").exists()
 
