@@ -26,9 +26,10 @@ import time
 import torch
 import torch.nn as nn
 
+from configurator import cli_bool
+from files import write_json
 from model import MLP, MiniCPM, MiniCPMConfig, MoE
 from mup import configure_optimizer
-from files import write_json
 from official import export_llama
 from system import flops_per_token, hardware, peak_flops
 from tasks import write_task_data
@@ -265,9 +266,9 @@ def main():
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=["train", "generate"],
                    help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU) | moe")
-    p.add_argument("--activation_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
+    p.add_argument("--activation_checkpointing", type=cli_bool, default=False)
     p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
-    p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--compile", type=cli_bool, default=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)

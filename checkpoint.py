@@ -41,8 +41,9 @@ from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from configurator import ConfigError
 from corpus import load_data, save_tokenizer
-from files import fix_for, make_dirs, replace_atomically, write_error
+from files import fix_for, fsync_dir, make_dirs, one_line, replace_atomically, write_error
 from model import MiniCPM, model_config
 from mup import load_named_optimizer_state
 from official import WEIGHT_FILES, save_pretrained
@@ -56,19 +57,10 @@ class CheckpointError(RuntimeError):
 
 
 def first_line(e):
-    """An exception as one short line (some have an empty message)."""
-    if isinstance(e, CheckpointException) and e.failures:  # a DCP error: the first rank's own exception
+    """An exception as one short line (files.one_line), a DCP error as its first rank's own exception."""
+    if isinstance(e, CheckpointException) and e.failures:
         e = next(iter(e.failures.values()))[0]
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}".rstrip(": ")
-
-
-def fsync_dir(path):
-    """Make a rename in `path` durable: a power loss after it cannot bring the old name back."""
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return one_line(e)
 
 
 def nbytes(obj):
@@ -106,18 +98,8 @@ def save_checkpoint(path, state):
     non-finite weights; on a write error (a full disk) removes path.tmp, keeps the old checkpoint, one-line error."""
     if not all_finite(state["model"].values()):
         raise CheckpointError(f"refusing to save non-finite weights into {path}; the previous checkpoint is kept")
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(os.path.dirname(path))
-    except (OSError, RuntimeError) as e:  # a real full disk: torch's zip writer raises RuntimeError when it closes
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise disk_full_error(path, e, nbytes(state)) from None
+    # (a real full disk: an OSError, or torch's zip writer's RuntimeError when it closes the file)
+    replace_atomically(path, lambda f: torch.save(state, f), need=nbytes(state), durable=True, error=disk_full_error)
 
 
 def load_checkpoint(path):
@@ -394,11 +376,16 @@ def run_files(out_dir):
 RUN_OUTPUTS = ("ckpt.pt", DCP_DIR, DCP_DIR + ".old", DCP_DIR + ".tmp", "ckpt.pt.tmp", "summary.json", "loss.png")
 
 
-def refuse_overwriting_source(src, out_dir):
-    """--overwrite empties out_dir (start_over): a source checkpoint inside it would go with it."""
+def claim_out_dir(out_dir, resume, overwrite, init_from=""):
+    """Whether a run (train.py's or dpo.py's) may write into out_dir: one that holds a run's checkpoints needs
+    --resume or --overwrite, and --overwrite, which empties it (start_over), must not hold the run's source."""
+    held = run_files(out_dir) if not resume and not overwrite else []
+    if held:
+        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
+                          f"start over with --overwrite=True (its checkpoint and metrics go)")
     out = os.path.abspath(out_dir)
-    if src and out_dir and os.path.commonpath([os.path.abspath(src), out]) == out:
-        raise CheckpointError(f"init_from {src} lies inside out_dir {out_dir}, which --overwrite=True empties: "
+    if overwrite and init_from and os.path.commonpath([os.path.abspath(init_from), out]) == out:
+        raise CheckpointError(f"init_from {init_from} lies inside out_dir {out_dir}, which --overwrite=True empties: "
                               f"write this run into another --out_dir")
 
 

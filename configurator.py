@@ -7,6 +7,7 @@ A config file is a Python file assigning keys; a --key=value is a Python literal
 exist in the defaults and keep its type, so a typo or a wrong type stops the run at once with one line.
 """
 
+import argparse
 import ast
 import difflib
 import math
@@ -52,6 +53,16 @@ def check_numbers(cfg, lower_bounds, positive=()):
         if v is not None and not (v > lo if strict else v >= lo):
             raise ConfigError(f"config key {k}={v} must be {'>' if strict else '>='} {lo}"
                               + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))
+
+
+def cli_bool(text):
+    """An argparse type for a boolean flag (--resume=True / false / 1 / no ...): bool("False") would be True, so an
+    unknown word is argparse's one-line error."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use True or False")
 
 
 def check_value(key, value, want):

@@ -42,6 +42,12 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
 _PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
+def decode_ids(enc, ids):
+    """Text of token ids under a tiktoken Encoding, the ids past the tokenizer (a model's vocabulary padding)
+    dropped."""
+    return enc.decode([i for i in ids if i < enc.n_vocab])
+
+
 def known_tokenizers():
     """The tokenizer names get_encoding builds: our byte level one and tiktoken's BPEs."""
     return ["bytes", *tiktoken.list_encoding_names()]

@@ -34,13 +34,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import (CheckpointError, append_jsonl, load_checkpoint, load_state, locked, model_from_checkpoint,
-                        open_metrics, refuse_overwriting_source, run_files, save_checkpoint)
-from configurator import ConfigError, check_numbers, exit_on_user_error
+                        claim_out_dir, open_metrics, save_checkpoint)
+from configurator import ConfigError, check_numbers, cli_bool, exit_on_user_error
 from corpus import chat_ids, load_data, read_jsonl_rows
 from files import write_json
 from mup import configure_optimizer, set_lr
 from plots import plot_metrics
-from system import StopFlag, all_mean, hardware, process_device, resolve_system, setup_distributed
+from system import StopFlag, all_mean, hardware, launch_command, process_device, resolve_system, setup_distributed
 from tasks import write_task_data
 from wsd import lr_at, schedule_defaults
 
@@ -138,12 +138,8 @@ def run_dpo(cfg, quiet):
     device, master = process_device(dev, local_rank), rank == 0
     log = (lambda *a: None) if quiet or not master else print
     out_dir, S, t_start = cfg["out_dir"], cfg["max_steps"], time.time()
-    held = run_files(out_dir) if master and not cfg["resume"] and not cfg["overwrite"] else []
-    if held:
-        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
-                          f"start over with --overwrite=True (its checkpoint and metrics go)")
-    if cfg["overwrite"]:
-        refuse_overwriting_source(cfg["init_from"], out_dir)
+    if master:
+        claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
     model, src_cfg, pairs = load_policy_and_pairs(cfg, dev)
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
     # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
@@ -189,7 +185,7 @@ def write_dpo_outputs(cfg, history, device, t_start):
     train.py writes them."""
     keys = ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
     write_json(os.path.join(cfg["out_dir"], "summary.json"), dict(
-        command=" ".join(["python", *sys.argv]) if sys.argv[0].endswith("dpo.py") else None,
+        command=launch_command("dpo.py"),
         hardware=hardware(device), wall_s=round(time.time() - t_start, 1), step=history[-1]["step"],
         first={k: history[0][k] for k in keys}, last={k: history[-1][k] for k in keys}))
     plot_metrics(history, os.path.join(cfg["out_dir"], "loss.png"))
@@ -297,15 +293,6 @@ def resume_dpo(cfg, model, optimizer, global_batch):
     if ckpt["step"] >= cfg["max_steps"]:
         raise ConfigError(f"{cfg['out_dir']} finished at step {ckpt['step']} = max_steps: nothing to resume")
     return load_state(model, optimizer, ckpt, path)
-
-
-def cli_bool(text):
-    """--resume=True / false / 1 / no ...: a bool, or argparse's one-line error (bool('False') would be True)."""
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use True or False")
 
 
 def main(argv=None):

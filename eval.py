@@ -13,6 +13,7 @@ test only.
 """
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ import torch
 
 from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
-from corpus import TokenData, get_encoding, load_data, tokenizer_of
+from corpus import TokenData, decode_ids, get_encoding, load_data, tokenizer_of
 from files import write_json
 from longctx import passkey_accuracy
 from official import from_pretrained
@@ -88,7 +89,7 @@ def evaluate(a):
                               f"data prepared with the model's tokenizer")
         result["loss"][s], result["bits_per_byte"][s] = bits_per_byte(model, data, seq_len, a.windows)
     if enc:
-        encode, decode = enc.encode_ordinary, (lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))
+        encode, decode = enc.encode_ordinary, functools.partial(decode_ids, enc)
     else:
         tok = HFTokenizer(a.model_dir)
         encode, decode = tok.encode, tok.decode

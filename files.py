@@ -26,30 +26,50 @@ def fix_for(e, path):
     return f"free space in {where}"
 
 
+def one_line(e):
+    """An exception as one short line (some have an empty message)."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}".rstrip(": ")
+
+
 def write_error(path, e, need=None):
     """The WriteError of a failed write of `path` (need: the bytes the file takes, to say how much space to free)."""
-    text = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
     fix = fix_for(e, path)
     if need and fix.startswith("free space"):
         fix += f" (it needs about {need / 2 ** 20:,.1f} MiB)"
-    return WriteError(f"could not write {path} ({text}): {fix}")
+    return WriteError(f"could not write {path} ({one_line(e)}): {fix}")
 
 
-def replace_atomically(path, write, mode="wb", need=None, durable=False):
-    """write(f) into path.tmp, then rename it over path (fsynced first with durable=True); on any failure the
-    partial file goes and a WriteError says why."""
+def fsync_dir(path):
+    """Make a rename in `path` durable: a power loss after it cannot bring the old name back."""
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(path, write, mode="wb", need=None, durable=False, error=write_error,
+                       errors=(OSError, RuntimeError)):
+    """write(f) into path.tmp opened with `mode` (mode=None: write(tmp_path), for writers that take a path), then
+    rename it over path; durable=True fsyncs the file, then the directory after the rename. On a failure among
+    `errors` the partial file goes and error(path, e, need) is raised (a WriteError line by default)."""
     tmp = path + ".tmp"
     try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
+        if mode is None:
+            write(tmp)
+        else:
+            with open(tmp, mode) as f:
+                write(f)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
+        if durable:
+            fsync_dir(os.path.dirname(path))
+    except errors as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise write_error(path, e, need) from None
+        raise error(path, e, need) from None
 
 
 def write_json(path, obj, indent=1):

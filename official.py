@@ -10,7 +10,6 @@ architecture; this file is the only one that knows the official file layout.
 Nothing loaded runs code: safetensors, or pytorch_model.bin through torch.load(weights_only=True).
 """
 
-import contextlib
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from dataclasses import asdict, fields
 import torch
 
 from corpus import save_tokenizer
-from files import make_dirs, replace_atomically, write_error, write_json
+from files import make_dirs, replace_atomically, write_json
 from model import MiniCPM, MiniCPMConfig
 from rope import rope_base, rope_scaling_type
 
@@ -172,14 +171,10 @@ def write_weights(path, state, config_json):
     except ImportError:
         replace_atomically(os.path.join(path, "pytorch_model.bin"), lambda f: torch.save(state, f), need=need)
     else:
-        file = os.path.join(path, "model.safetensors")
-        try:
-            save_file(state, file + ".tmp", metadata={"format": "pt"})
-            os.replace(file + ".tmp", file)
-        except Exception as e:  # a full disk: OSError, or safetensors' own SafetensorError ("I/O error: ...")
-            with contextlib.suppress(OSError):
-                os.remove(file + ".tmp")
-            raise write_error(file, e, need) from None
+        # (save_file takes a path; a full disk there is an OSError or safetensors' own SafetensorError)
+        replace_atomically(os.path.join(path, "model.safetensors"),
+                           lambda tmp: save_file(state, tmp, metadata={"format": "pt"}), mode=None, need=need,
+                           errors=(Exception,))
     write_json(os.path.join(path, "config.json"), config_json, indent=2)
 
 

@@ -9,6 +9,7 @@ An official directory's tokenizer is read from tokenizer.json (optional package 
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import torch
 
 from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
-from corpus import get_encoding, load_data
+from corpus import decode_ids, get_encoding, load_data
 from official import from_pretrained
 from system import resolve_system
 
@@ -52,7 +53,7 @@ class HFTokenizer:
             with open(tt) as f:
                 enc = get_encoding(json.load(f)["tiktoken_encoding"])
             self.encode, self.eos = enc.encode_ordinary, enc.eot_token
-            self.decode = lambda ids: enc.decode([i for i in ids if i < enc.n_vocab])
+            self.decode = functools.partial(decode_ids, enc)
         else:
             raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {path}")
 
@@ -65,8 +66,7 @@ def load(out_dir=None, model_dir=None, device="cpu"):
         return model, tok.encode, tok.decode, tok.eos
     model, cfg = model_from_checkpoint(out_dir, device)  # ckpt.pt or an FSDP run's ckpt_dcp
     enc = load_data(cfg["data"]).encoding()
-    # ids past the tokenizer (the model's vocabulary padding) are dropped
-    return model, enc.encode_ordinary, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]), enc.eot_token
+    return model, enc.encode_ordinary, functools.partial(decode_ids, enc), enc.eot_token
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def generate_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=40)
     x = torch.tensor([enc.encode_ordinary(prompt)], device=next(model.parameters()).device)
     out = model.generate(x, min(max_new_tokens, model.config.max_length - x.size(1)), temperature=temperature,
                          top_k=top_k)
-    return enc.decode([i for i in out[0].tolist() if i < enc.n_vocab])
+    return decode_ids(enc, out[0].tolist())
 
 
 def check_sampling(a):

@@ -6,6 +6,7 @@ over them), and the signals that stop a run. Shared by train.py and dpo.py.
 import os
 import platform
 import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -74,6 +75,17 @@ def check_fits_in_memory(config):
         raise ConfigError(f"the model of this config has {from_shapes:,} parameters ({need / 2 ** 30:,.1f} "
                           f"GiB in fp32), more than this machine's {have / 2 ** 30:,.1f} GiB of memory: check "
                           f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
+
+
+def launch_command(script):
+    """The command that started this process, as a user would type it again: python SCRIPT ..., or torchrun with its
+    node and process counts (from torchrun's environment); None when SCRIPT runs inside another program."""
+    if not sys.argv[0].endswith(script):
+        return None
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return " ".join([f"torchrun --nnodes={os.environ.get('GROUP_WORLD_SIZE', 1)} --nproc_per_node="
+                         f"{os.environ['LOCAL_WORLD_SIZE']}", os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
 
 
 def process_device(dev, local_rank):

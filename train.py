@@ -35,7 +35,7 @@ from tqdm import tqdm
 import configurator
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
                         keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
-                        read_checkpoint, refuse_overwriting_source, run_files, save_checkpoint, save_dcp)
+                        read_checkpoint, claim_out_dir, save_checkpoint, save_dcp)
 from configurator import ConfigError
 from corpus import MixtureData, epochs, load_data, load_eval_sets
 from files import WriteError, write_json
@@ -46,8 +46,8 @@ from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
 from sample import generate_text
-from system import (StopFlag, all_mean, check_fits_in_memory, flops_per_token, hardware, peak_flops, process_device,
-                    resolve_system, setup_distributed, shard_model)
+from system import (StopFlag, all_mean, check_fits_in_memory, flops_per_token, hardware, launch_command, peak_flops,
+                    process_device, resolve_system, setup_distributed, shard_model)
 from wsd import DecayStats, lr_at, schedule_defaults
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -397,6 +397,7 @@ class Run:
     log: object  # print, or nothing (quiet runs, ranks > 0)
     quiet: bool
     peak: float  # the device's peak FLOP/s (MFU), None on a CPU
+    fingerprints: dict  # the content of the data (data_fingerprints), saved with every checkpoint
     rows_log: list = field(default_factory=list)  # every metrics.jsonl row of the run
     history: dict = field(default_factory=lambda: dict(train_loss=[], val_loss=[], val_bpb=[]))
     decay_stats: object = None  # wsd.DecayStats under update_stats=True (paper §4.4)
@@ -473,15 +474,11 @@ def start(cfg, quiet):
     mcfg = model_config(cfg)
     data, decay_data, eval_sets = load_run_data(cfg, mcfg)
     out_dir = cfg["out_dir"]
-    held = run_files(out_dir) if master and out_dir and not cfg["resume"] and not cfg["overwrite"] else []
-    if held:
-        raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
-                          f"start over with --overwrite=True (its checkpoint and metrics go)")
-    if cfg["overwrite"] and cfg["init_from"]:
-        refuse_overwriting_source(cfg["init_from"], out_dir)
+    if master and out_dir:
+        claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
-    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log,
-                                       data_fingerprints(data, decay_data))
+    fingerprints = data_fingerprints(data, decay_data)
+    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints)
     rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
     model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
@@ -491,7 +488,8 @@ def start(cfg, quiet):
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
     r = Run(cfg=cfg, mcfg=mcfg, data=data, decay_data=decay_data, eval_sets=eval_sets, device=device,
             autocast=autocast, rank=rank, world=world, model=model, raw_model=raw_model, optimizer=optimizer,
-            step=step, log=log, quiet=quiet, peak=peak_flops(device), rows_log=rows_log, t_start=t_start)
+            step=step, log=log, quiet=quiet, peak=peak_flops(device), fingerprints=fingerprints, rows_log=rows_log,
+            t_start=t_start)
     log(f"{raw_model.describe()}; {world} process(es) x {cfg['grad_accum']} micro-steps x {cfg['batch_size']} rows x "
         f"{cfg['seq_len']} tokens = {r.tokens_per_step:,} tokens/step on {device} "
         f"({str(ptdtype).replace('torch.', '')}, compile={use_compile}{', FSDP2' if fsdp else ''})")
@@ -589,8 +587,7 @@ def save_run(r):
     """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
     cfg, step, path = r.cfg, r.step, r.ckpt_path
     train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION,
-                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch,
-                                 **data_fingerprints(r.data, r.decay_data)))
+                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch, **r.fingerprints))
     if cfg["fsdp"] and path:
         keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
         save_dcp(path, r.raw_model, r.optimizer, train_state, keep)
@@ -636,24 +633,13 @@ def finish(r, stopped):
     return dict(result, model=r.raw_model)
 
 
-def launch_command():
-    """The command that started this run, as a user would type it again: python train.py ..., or torchrun with its
-    node and process counts (from torchrun's environment); None inside another program (an experiment)."""
-    if not sys.argv[0].endswith("train.py"):
-        return None
-    if "LOCAL_WORLD_SIZE" in os.environ:
-        return " ".join([f"torchrun --nnodes={os.environ.get('GROUP_WORLD_SIZE', 1)} --nproc_per_node="
-                         f"{os.environ['LOCAL_WORLD_SIZE']}", os.path.basename(sys.argv[0]), *sys.argv[1:]])
-    return " ".join(["python", *sys.argv])
-
-
 def write_run_outputs(r, result, text):
     """summary.json (what the run did, where, how fast: the numbers a README may quote), then loss.png; a full disk
     here is one line that says the run itself is complete."""
     out_dir, h = r.cfg["out_dir"], r.history
     try:
         write_json(os.path.join(out_dir, "summary.json"), dict(
-            command=launch_command(),
+            command=launch_command("train.py"),
             hardware=hardware(r.device), wall_s=round(time.time() - r.t_start, 1), sample=text,
             **{k: v for k, v in result.items() if k not in h},
             first_train_loss=h["train_loss"][0] if h["train_loss"] else None))

@@ -99,7 +99,7 @@ def moe_findings(res, seeds, ratio, command, hardware, wall_s):
 def record_from_results():
     """This file's findings again from results/moe_quick.json, training nothing."""
     old = findings.load()["moe_equal_tokens"]
-    res = {k: v["metrics"] for k, v in read_results("moe_quick").items()}
+    res = runner.metrics_of(read_results("moe_quick"))
     seeds = len([k for k in res if k.startswith("MoE 8x top-2")])
     moe_findings(res, seeds, read_results("moe_summary_quick")["active_ratio"], old["command"], old["hardware"],
                  runner.wall_s(os.path.join(runner.RESULTS, "moe_quick.json")))

@@ -257,7 +257,7 @@ def record_from_results():
     coord_findings(coord)
     old = findings.load()["mup_width_transfer"]
     sweep = read_results("lr_transfer_quick")
-    res = {k: v["metrics"] for k, v in sweep.items()}
+    res = runner.metrics_of(sweep)
     summ = read_results("lr_transfer_summary_quick")
     seeds = len(seeds_of(sweep, f"muP_w{summ['widths'][0]}_lr{summ['lrs'][0]}"))
     lr_transfer_findings(res, summ, seeds, old["command"], old["hardware"],

@@ -188,6 +188,11 @@ def read_results(name):
     return read_json(file)
 
 
+def metrics_of(sweep_results):
+    """{run: its metrics} of a sweep's results (what sweep returns, read back from its file)."""
+    return {k: v["metrics"] for k, v in sweep_results.items()}
+
+
 def seeds_of(sweep_results, name, key="final_val_loss"):
     """[metric of the run `name`, seed 1, 2, ...] for every seed a sweep's results file holds."""
     out, s = [], 1

@@ -10,7 +10,6 @@ against a larger one trained short; every compared run over seeds, the verdicts 
     python -m experiments.wsd --plot_only                       # only draw the schedules (assets/wsd_schedules.png)
 """
 
-import json
 import os
 
 import numpy as np
@@ -236,7 +235,7 @@ def record_from_results():
     command and hardware stay those the runs were recorded with."""
     old = findings.load()
     file = os.path.join(runner.RESULTS, "wsd_quick.json")
-    res = {k: v["metrics"] for k, v in read_results("wsd_quick").items()}
+    res = runner.metrics_of(read_results("wsd_quick"))
     S = read_results("wsd_summary_quick")["S"]
     record_wsd_findings(res, S, count_seeds(res, f"Cosine(T={S})"), old["wsd_vs_cosine"]["command"], file,
                         old["wsd_vs_cosine"]["hardware"])
@@ -267,8 +266,7 @@ def decay_length_at(S, seeds=3, out=runner.ROOT, fresh=False):
 def decay_length_findings(S, hardware=None, out=runner.ROOT):
     """The finding of the decay-length control at S, from its results file."""
     file = os.path.join(out, "results", f"wsd_decay_length_S{S}_quick.json")
-    with open(file) as f:
-        res = {k: v["metrics"] for k, v in json.load(f).items()}
+    res = runner.metrics_of(runner.read_json(file))
     seeds = len([k for k in res if k.startswith("WSD exp 10.0% seed")])  # (its runs all carry their seed)
     per = {f: [res[f"WSD exp {f:.1%} seed{s}"]["final_val_loss"] for s in range(1, seeds + 1)] for f in (0.1, 0.2)}
     fid = f"wsd_decay_10_percent_S{S}"
@@ -311,8 +309,7 @@ def small_long_vs_large_short(seeds=3, out=runner.ROOT, fresh=False):
 def small_long_findings(hardware=None, out=runner.ROOT):
     """The finding of the small-long vs large-short comparison, from its results file."""
     file = os.path.join(out, "results", "wsd_small_long_quick.json")
-    with open(file) as f:
-        res = {k: v["metrics"] for k, v in json.load(f).items()}
+    res = runner.metrics_of(runner.read_json(file))
     n, large_steps, small_steps = small_long_shapes()
     large, small = f"width 48, {large_steps} steps", f"width 24, {small_steps} steps"
     seeds = count_seeds(res, large)
