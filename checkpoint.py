@@ -30,6 +30,8 @@ import os
 import pickle
 import shutil
 import socket
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -42,12 +44,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from configurator import ConfigError
-from corpus import load_data, save_tokenizer
+from corpus import load_data
 from files import fix_for, fsync_dir, make_dirs, one_line, replace_atomically, write_error
-from model import MiniCPM, model_config
+from model import MiniCPM, MiniCPMConfig, model_config
 from mup import load_named_optimizer_state
-from official import WEIGHT_FILES, save_pretrained
+from official import WEIGHT_FILES, from_pretrained, is_official_dir, save_pretrained
 from system import check_fits_in_memory
+from tokenizer import known_tokenizers, save_tokenizer, tokenizer_id, tokenizer_of
 
 DCP_DIR = "ckpt_dcp"  # FSDP runs: a torch.distributed.checkpoint directory, one file per rank + train_state.json
 
@@ -331,8 +334,77 @@ def load_full_state(model, optimizer, model_state, named_optimizer_state):
             optimizer.state.pop(p, None)
 
 
+def checkpoint_tokenizer(ckpt, path):
+    """The tokenizer a run trained with, as get_encoding names it (a name, or a checkpoint directory): recorded in
+    its checkpoint; a checkpoint from before that: its data's (a .jsonl alone: the byte tokenizer)."""
+    if ckpt.get("tokenizer"):
+        return ckpt["tokenizer"]
+    try:
+        return load_data(ckpt["config"]["data"]).meta["tokenizer"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} records no tokenizer, and the data it trained on cannot be read "
+                              f"to find it ({first_line(e)}): put its data back") from None
+
+
+class Loaded(NamedTuple):
+    """A run's model and what goes with it: its train.py config, its tokenizer, the official directory it was
+    trained on from (None for a run of its own)."""
+    model: MiniCPM
+    config: dict
+    tokenizer: str
+    origin: str
+
+
+@dataclass
+class StartPoint:
+    """What a new stage starts from (train.py / dpo.py --init_from): a run's checkpoint, or a released checkpoint
+    in the official format (its weights; no optimizer state and step 0: AdamW starts fresh, the schedule from its
+    warmup)."""
+    path: str
+    config: MiniCPMConfig
+    model: dict  # the state dict
+    optimizer: dict  # a train.py run's optimizer state dict, None for an official directory
+    step: int
+    tokenizer: str  # as get_encoding names it; None for an official directory without tokenizer files
+    tokenizer_id: str
+    origin: str  # the official directory at the root of the run's lineage, or None
+    run_config: dict  # the train.py config of a run (None for an official directory)
+    checkpoint: dict = None  # the whole checkpoint dict, where train.py resumes it
+
+
+def read_start_point(path):
+    """The StartPoint of an out_dir, ckpt.pt, DCP directory or official-format directory."""
+    if os.path.isdir(path) and is_official_dir(path):
+        try:
+            model = from_pretrained(path)  # fp32 master weights, whatever the files' dtype
+            tokenizer = tokenizer_of(path)
+            tid = tokenizer_id(tokenizer) if tokenizer else None
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"official checkpoint {path}: {first_line(e)}") from None
+        return StartPoint(path, model.config, model.state_dict(), None, 0, tokenizer, tid, os.path.abspath(path),
+                          None)
+    ckpt = read_checkpoint(path)
+    try:
+        config = model_config(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has a config that cannot be built ({first_line(e)})") from None
+    tokenizer = checkpoint_tokenizer(ckpt, path)
+    return StartPoint(path, config, ckpt["model"], ckpt["optimizer"], ckpt["step"], tokenizer,
+                      ckpt.get("tokenizer_id", tokenizer), ckpt.get("origin"), ckpt["config"])
+
+
 def model_from_checkpoint(path, device="cpu"):
-    """(model, config dict) from a train.py checkpoint (ckpt.pt, an out_dir, or a DCP directory)."""
+    """Loaded(model, config dict, tokenizer, origin) from a train.py or dpo.py checkpoint (ckpt.pt, an out_dir, or
+    a DCP directory), or from a released checkpoint (an official directory: its config as model keys, its own
+    tokenizer, itself as the origin)."""
+    if os.path.isdir(path) and is_official_dir(path):
+        source = read_start_point(path)
+        if source.tokenizer is None:
+            raise CheckpointError(f"{path} holds no tokenizer (tokenizer.json or tokenizer.model): copy the released "
+                                  f"checkpoint's tokenizer files into it")
+        model = MiniCPM(source.config)
+        model.load_state_dict(source.model)
+        return Loaded(model.to(device).eval(), asdict(source.config), source.tokenizer, source.origin)
     ckpt = read_checkpoint(path)
     try:
         config = model_config(ckpt["config"])
@@ -345,21 +417,28 @@ def model_from_checkpoint(path, device="cpu"):
     except (RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}: its weights do not fit its config ({first_line(e)}); it was "
                               f"written by another program or altered") from None
-    return model.to(device).eval(), ckpt["config"]
+    return Loaded(model.to(device).eval(), ckpt["config"], checkpoint_tokenizer(ckpt, path), ckpt.get("origin"))
 
 
 def export_checkpoint(src, dst):
     """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
     (config.json + model.safetensors, or pytorch_model.bin without safetensors), which official.from_pretrained
-    reads, and the run's tokenizer beside it (corpus.save_tokenizer), so that sample.py --model_dir=dst works."""
+    reads, and the run's tokenizer beside it (tokenizer.save_tokenizer: a checkpoint directory's tokenizer files
+    as they are), so that sample.py --model_dir=dst, transformers' AutoTokenizer and `tokenizers` read it. A run
+    trained on from a released checkpoint also gets that directory's other config fields and files (its modeling
+    code ...), as the released directory has them."""
     held = [f for f in ("config.json", "tokenizer.json", "tiktoken.json") + WEIGHT_FILES
             if os.path.exists(os.path.join(dst, f))]
     if held:
         raise CheckpointError(f"{dst} already holds a model ({', '.join(held)}): export into a new directory (its "
                               f"files would be mixed with the new ones), or remove it first")
-    model, cfg = model_from_checkpoint(src)
-    save_pretrained(model, dst)
-    save_tokenizer(load_data(cfg["data"]).meta["tokenizer"], dst)
+    loaded = model_from_checkpoint(src)
+    for need in (loaded.origin, loaded.tokenizer if loaded.tokenizer not in known_tokenizers() else None):
+        if need and not os.path.isdir(need):
+            raise CheckpointError(f"{src} was trained on from {need}, which is not there any more: put it back (its "
+                                  f"tokenizer and files go with the export)")
+    save_pretrained(loaded.model, dst, source=loaded.origin)
+    save_tokenizer(loaded.tokenizer, dst)
     return dst
 
 

@@ -1,9 +1,7 @@
 """
-Data: tokenizers, the embedded offline corpus, the prepare step for real corpora, and deterministic batches.
+Data: the embedded offline corpus, the prepare step for real corpora, and deterministic batches (the tokenizers
+themselves, ours and a released checkpoint's, are tokenizer.py).
 
-- Tokenizer: `get_encoding("bytes")` is a real `tiktoken.Encoding` over the 256 bytes plus a few special
-  tokens: it needs no download, so `python train.py` works offline. `gpt2` / `cl100k_base` are tiktoken's BPEs
-  (downloaded once by tiktoken, or read from TIKTOKEN_CACHE_DIR).
 - Embedded corpus: the English documentation that ships inside Python itself (`pydoc_data.topics`, ~465 KB),
   tokenized once and cached under `data/embedded/`. A larger offline corpus, `python_source`: the source of
   Python's own standard library (~30 MB of .py files for Python 3.11, tests included; the exact text depends on
@@ -11,10 +9,12 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
   the embedded corpus several times use it (each run reports its `epochs`).
 - Real corpora: `python corpus.py --input a.txt b.jsonl --tokenizer gpt2 --out data/web` (or `--hf_dataset`
   with the optional `datasets` package) writes memory-mapped `train.bin` / `val.bin` token files (uint16, or
-  uint32 when the vocabulary exceeds 65535) and a `meta.json`.
+  uint32 when the vocabulary exceeds 65535) and a `meta.json` naming the tokenizer. `--tokenizer DIR` tokenizes
+  with a released checkpoint's own tokenizer (MiniCPM-2.4B: 122,753 ids, uint32).
 - Web scale: `--shard_tokens N` streams the documents (local files or a hub dataset) into shards of ~N tokens;
   windows never cross a shard and each process reads only its rows.
-- Instruction data: `{"prompt", "response"}` / chat `{"messages"}` jsonl under a plain chat template (`chat_ids`),
+- Instruction data: `{"prompt", "response"}` / chat `{"messages"}` jsonl under the tokenizer's chat format
+  (tokenizer.chat_ids: ours, a checkpoint's template, or the MiniCPM SFT format),
   as SFT rows (`SFTData`, loss on the responses only) or mixed with pre-training data (`MixtureData`, the decay
   phase of two-stage pre-training).
 - Batches: the global batch of step s is a function of (seed, s) only, so runs with any split into processes
@@ -22,7 +22,6 @@ Data: tokenizers, the embedded offline corpus, the prepare step for real corpora
 """
 
 import argparse
-import functools
 import hashlib
 import itertools
 import json
@@ -30,94 +29,13 @@ import os
 import sysconfig
 
 import numpy as np
-import tiktoken
 import torch
 
 from configurator import ConfigError, exit_on_user_error
 from files import make_dirs, replace_atomically, write_json
+from tokenizer import chat_ids, chat_pieces, data_tokenizer_id, get_encoding, known_tokenizers, tokenizer_id, with_bos
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
-# GPT-2's pre-tokenization regex; with byte-level ranks it only decides where BPE could merge, so any split works
-_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def decode_ids(enc, ids):
-    """Text of token ids under a tiktoken Encoding, the ids past the tokenizer (a model's vocabulary padding)
-    dropped."""
-    return enc.decode([i for i in ids if i < enc.n_vocab])
-
-
-def known_tokenizers():
-    """The tokenizer names get_encoding builds: our byte level one and tiktoken's BPEs."""
-    return ["bytes", *tiktoken.list_encoding_names()]
-
-
-@functools.lru_cache(maxsize=None)
-def get_encoding(name="bytes"):
-    """A tiktoken Encoding: "bytes" (offline, vocab 256 + specials) or a tiktoken BPE name (gpt2, cl100k_base).
-    Built once per name: batch builders (longctx.mixed_batch) ask for it every step."""
-    if name == "bytes":
-        return tiktoken.Encoding(name="bytes", pat_str=_PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
-                                 special_tokens={t: 256 + i for i, t in enumerate(SPECIAL_TOKENS)})
-    if name not in known_tokenizers():
-        raise ValueError(f"unknown tokenizer {name!r}: use one of {', '.join(known_tokenizers())}")
-    try:
-        return tiktoken.get_encoding(name)
-    except Exception as e:  # no network and nothing cached: tiktoken raises a requests/urllib error
-        raise RuntimeError(f"tiktoken BPE {name!r} is not cached and could not be downloaded ({type(e).__name__}): "
-                           f"go online once, or point TIKTOKEN_CACHE_DIR at a cache holding it, "
-                           f"or use tokenizer='bytes'") from None
-
-
-def byte_level_chars():
-    """GPT-2's printable stand-in for each byte (the ByteLevel alphabet of HF tokenizers), by byte value."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
-def tokenizer_files(name):
-    """(file name, content) of what a tokenizer needs beside exported weights: for "bytes" an exact HF
-    tokenizer.json (BPE with no merges over the 256 byte tokens, our special tokens at 256...), which sample.py,
-    transformers and vLLM read; for a tiktoken BPE, tiktoken.json naming the encoding (sample.py reads it)."""
-    if name != "bytes":
-        return "tiktoken.json", {"tiktoken_encoding": name}
-    chars = byte_level_chars()
-    specials = [dict(id=256 + i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
-                     special=True) for i, t in enumerate(SPECIAL_TOKENS)]
-    return "tokenizer.json", {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {c: i for i, c in enumerate(chars)}, "merges": []}}
-
-
-def save_tokenizer(name, out_dir):
-    """Write tokenizer_files(name) into out_dir (beside exported weights), and for "bytes" a tokenizer_config.json
-    naming its end-of-text token, so that transformers' AutoTokenizer reads the directory; returns its path."""
-    make_dirs(out_dir)
-    file, spec = tokenizer_files(name)
-    replace_atomically(os.path.join(out_dir, file), lambda f: json.dump(spec, f, ensure_ascii=False, indent=1), "w")
-    if name == "bytes":
-        write_json(os.path.join(out_dir, "tokenizer_config.json"),
-                   {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS[0]})
-    return os.path.join(out_dir, file)
-
-
-def tokenizer_of(model_dir):
-    """The name of our tokenizer an exported directory carries ("bytes" or a tiktoken BPE), or None for another
-    one (an official checkpoint's own tokenizer)."""
-    for name_file, read in (("tiktoken.json", lambda s: s.get("tiktoken_encoding")),
-                            ("tokenizer.json", lambda s: "bytes" if s == tokenizer_files("bytes")[1] else None)):
-        path = os.path.join(model_dir, name_file)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return read(json.load(f))
-    return None
 
 
 def embedded_documents():
@@ -183,10 +101,9 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
     if shard_tokens:
         return prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens)
     enc = get_encoding(tokenizer)
-    eot = enc.eot_token
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     docs = list(docs)
-    parts = [np.asarray(toks + [eot], dtype=dtype) for toks in enc.encode_ordinary_batch(docs)]
+    parts = [np.asarray(document(enc, toks), dtype=dtype) for toks in enc.encode_ordinary_batch(docs)]
     arr = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     if len(arr) < 2 or not any(d.strip() for d in docs):
         raise ValueError("the documents are empty: no tokens to train on (check the --input files)")
@@ -194,11 +111,30 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
     make_dirs(out_dir)
     for split, part in (("train", arr[:-n_val]), ("val", arr[-n_val:])):
         replace_atomically(os.path.join(out_dir, f"{split}.bin"), part.tofile, need=part.nbytes)
-    meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
+    meta = dict(**tokenizer_meta(enc, tokenizer), vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
                 train_tokens=len(arr) - n_val, val_tokens=n_val, max_token_id=int(arr.max()),
-                bytes_per_token=sum(len(d.encode("utf-8")) + 1 for d in docs) / len(arr))
+                bytes_per_token=sum(document_bytes(enc, d) for d in docs) / len(arr))
     _write_meta(out_dir, meta)
     return meta
+
+
+def document(enc, toks):
+    """A document's ids in the token files: <s> first where the tokenizer starts texts with one, <|endoftext|> (its
+    end-of-text token) last."""
+    return with_bos(enc, toks) + [enc.eot_token]
+
+
+def document_bytes(enc, text):
+    """The bytes a document stands for in bits per byte: its UTF-8 text, and one for each special token around it."""
+    return len(text.encode("utf-8")) + 1 + (getattr(enc, "bos_token", None) is not None)
+
+
+def tokenizer_meta(enc, tokenizer):
+    """meta.json's tokenizer fields: its name, and for a directory's tokenizer its absolute path and its id
+    (tokenizer.tokenizer_id: the hash of its tokenizer file; a name is its own id)."""
+    if not hasattr(enc, "id"):  # one of ours
+        return dict(tokenizer=tokenizer)
+    return dict(tokenizer=enc.path, tokenizer_id=enc.id)
 
 
 def _write_meta(out_dir, meta):
@@ -227,10 +163,9 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
     while batch := list(itertools.islice(it, batch_docs)):
         for doc, toks in zip(batch, enc.encode_ordinary_batch(batch)):
             split = "val" if every and n_docs % every == 0 else "train"
-            buf[split].extend(toks)
-            buf[split].append(enc.eot_token)
+            buf[split].extend(document(enc, toks))
             n_docs += 1
-            n_bytes += len(doc.encode("utf-8")) + 1
+            n_bytes += document_bytes(enc, doc)
             if len(buf[split]) >= shard_tokens:
                 flush(split)
     if not n_docs or not n_bytes - n_docs:
@@ -238,7 +173,7 @@ def prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens, batch_d
     for split in ("train", "val"):
         if buf[split] or not shards[split]:
             flush(split)
-    meta = dict(tokenizer=tokenizer, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, shards=shards,
+    meta = dict(**tokenizer_meta(enc, tokenizer), vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, shards=shards,
                 train_tokens=count["train"], val_tokens=count["val"], max_token_id=max_id,
                 bytes_per_token=n_bytes / max(1, count["train"] + count["val"]))
     _write_meta(out_dir, meta)
@@ -260,9 +195,9 @@ def check_meta(meta, meta_file):
         if not ok or (kind in (int, float) and not (v > 0 or (key == "val_tokens" and v == 0))):
             raise ValueError(f"{meta_file}: field {key}={v!r} must be a{' positive' if kind is not str else ''} "
                              f"{'number' if kind is float else kind.__name__}: {fix}")
-    if meta["tokenizer"] not in known_tokenizers():
-        raise ValueError(f"{meta_file}: tokenizer {meta['tokenizer']!r} is not one of {', '.join(known_tokenizers())}: "
-                         f"{fix}")
+    if meta["tokenizer"] not in known_tokenizers() and not isinstance(meta.get("tokenizer_id"), str):
+        raise ValueError(f"{meta_file}: tokenizer {meta['tokenizer']!r} is not one of {', '.join(known_tokenizers())} "
+                         f"and has no tokenizer_id (a checkpoint's tokenizer records one): {fix}")
     return meta
 
 
@@ -356,7 +291,15 @@ class TokenData:
         return np.stack([self.shards[split][s][o:o + length].astype(np.int64) for s, o in zip(shard, offset)])
 
     def encoding(self):
-        return get_encoding(self.meta["tokenizer"])
+        """The tokenizer the tokens were made with; a directory's must still be there, and unchanged."""
+        name = self.meta["tokenizer"]
+        if name not in known_tokenizers() and not os.path.isdir(name):
+            raise ValueError(f"{self.path} was tokenized with the tokenizer in {name}, which is not there any more: "
+                             f"put the directory back (the token files need nothing else)")
+        if tokenizer_id(name) != data_tokenizer_id(self.meta):
+            raise ValueError(f"the tokenizer in {name} is {tokenizer_id(name)}, but {self.path} was tokenized with "
+                             f"{data_tokenizer_id(self.meta)}: prepare the data again with it")
+        return get_encoding(name)
 
     def batch(self, split, seed, step, global_batch, seq_len, rows=None):
         """Rows `rows` (a slice) of the global batch of `step`: (x, y) int64 tensors of shape (rows, seq_len).
@@ -371,26 +314,6 @@ class TokenData:
 
 # ------------------------------------------------------------------------------------------------------------
 # instruction data (SFT, DPO) and data mixtures (the decay phase of two-stage pre-training, paper §5)
-
-# The chat template: plain text, so that it works with every tokenizer; the loss covers the response and the
-# <|endoftext|> that ends it, never the prompt. Multi-turn: the turns concatenated, every assistant turn trained.
-USER, ASSISTANT = "User: ", "\nAssistant:"
-
-
-def chat_ids(enc, turns):
-    """Token ids and labels (-100 on prompt tokens) of [(role, text), ...] under the chat template."""
-    ids, labels = [], []
-    for role, text in turns:
-        if role == "user":
-            part = enc.encode_ordinary(USER + text + ASSISTANT)
-            ids += part
-            labels += [-100] * len(part)
-        else:
-            part = enc.encode_ordinary(" " + text) + [enc.eot_token]
-            ids += part
-            labels += part
-    return ids, labels
-
 
 def read_jsonl_rows(path, fields):
     """Rows of a jsonl file as dicts; a malformed row stops with its line number and what is wrong with it.
@@ -449,25 +372,28 @@ def _require_text(row, fields, where, needs):
 
 
 class SFTData:
-    """Prompt/response examples of a jsonl file as training rows: one example per row, padded with <|endoftext|>,
-    labels -100 on the prompt and the padding. Every 10th example is validation."""
+    """Prompt/response examples of a jsonl file as training rows under the tokenizer's chat format (tokenizer.py):
+    one example per row, padded with the end-of-text token, labels -100 on the prompt and the padding. Every 10th
+    example is validation."""
 
     def __init__(self, path, tokenizer="bytes"):
         self.path, self.enc = path, get_encoding(tokenizer)
         self.vocab_size = self.enc.n_vocab
+        template = getattr(self.enc, "chat_template", None) or ""
         with open(path, "rb") as f:
-            self._digest = digest(f.read(), tokenizer.encode())
+            self._digest = digest(f.read(), tokenizer_id(tokenizer).encode(), template.encode())
         rows = read_jsonl_rows(path, "chat")
+        pieces = [chat_pieces(self.enc, r["turns"]) for r in rows]
         ex = [chat_ids(self.enc, r["turns"]) for r in rows]
         self.split = {"train": [e for i, e in enumerate(ex) if i % 10],
                       "val": [e for i, e in enumerate(ex) if not i % 10]}
         if not self.split["train"]:
             self.split["train"] = self.split["val"]
-        # val_bpb: the loss covers the response tokens only (" " + response + <|endoftext|>, counted as one byte as
-        # in prepare()), so bytes per token is over those; exactly 1 for the byte tokenizer
-        n_bytes = sum(len((" " + t).encode("utf-8")) + 1 for r in rows for role, t in r["turns"] if role == "assistant")
-        n_tokens = sum(sum(label != -100 for label in e[1]) for e in ex)
-        self.meta = dict(tokenizer=tokenizer, bytes_per_token=n_bytes / max(1, n_tokens))
+        # val_bpb: the loss covers the response tokens only (each with its end-of-text token, counted as one byte
+        # as in prepare()), so bytes per token is over those; exactly 1 for the byte tokenizer
+        n_bytes = sum(n for p in pieces for _, trained, n in p if trained)
+        n_tokens = sum(len(ids) for p in pieces for ids, trained, _ in p if trained)
+        self.meta = dict(**tokenizer_meta(self.enc, tokenizer), bytes_per_token=n_bytes / max(1, n_tokens))
         self.longest = max(len(e[0]) for e in ex)
 
     def fingerprint(self):
@@ -525,13 +451,20 @@ def parse_mixture(spec):
 class MixtureData:
     """Rows drawn from several sources with the given weights (each row's source and content a function of
     (seed, step) only): pre-training token data and SFT-formatted examples, as in the paper's decay phase.
-    Validation, bytes per token and the tokenizer are those of the first token source (else the first source)."""
+    Validation, bytes per token and the tokenizer are those of the first token source (else the first source).
+    The .jsonl rows are tokenized with `tokenizer` (a run's model's) when given, else with the token sources'
+    tokenizer, else with the byte tokenizer; token sources under two tokenizers are one line of error."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, tokenizer=None):
         self.spec = spec
         self.parts = parse_mixture(spec)
         tok = [TokenData(s) for s, _ in self.parts if not s.endswith(".jsonl")]
-        tokenizer = tok[0].meta["tokenizer"] if tok else "bytes"
+        for d in tok[1:]:
+            if data_tokenizer_id(d.meta) != data_tokenizer_id(tok[0].meta):
+                raise ValueError(f"data mixture {spec!r}: {tok[0].path} is tokenized with "
+                                 f"{data_tokenizer_id(tok[0].meta)} and {d.path} with {data_tokenizer_id(d.meta)}: "
+                                 f"prepare every part with one tokenizer")
+        tokenizer = tokenizer or (tok[0].meta["tokenizer"] if tok else "bytes")
         it = iter(tok)
         self.sources = [SFTData(s, tokenizer) if s.endswith(".jsonl") else next(it) for s, _ in self.parts]
         self.weights = np.array([w for _, w in self.parts]) / sum(w for _, w in self.parts)
@@ -613,10 +546,11 @@ def corpus_keys(spec, bytes_only=""):
     return dict(data=spec) if d.vocab_size <= 320 else dict(data=spec, vocab_size=-(-d.vocab_size // 64) * 64)
 
 
-def load_data(spec):
-    """TokenData for one token source (as before), MixtureData for a mixture or any .jsonl source."""
+def load_data(spec, tokenizer=None):
+    """TokenData for one token source (as before), MixtureData for a mixture or any .jsonl source (its rows
+    tokenized with `tokenizer` when given: MixtureData)."""
     if "," in spec or spec.endswith(".jsonl") or ":" in spec.split("/")[-1]:
-        return MixtureData(spec)
+        return MixtureData(spec, tokenizer)
     return TokenData(spec)
 
 
@@ -640,7 +574,8 @@ def main(argv=None):
     p.add_argument("--hf_text_field", default="text", help="the field of a row that holds its text")
     p.add_argument("--hf_split", default="train")
     p.add_argument("--hf_max_docs", type=int, default=100_000, help="with --shard_tokens, streamed: set it high")
-    p.add_argument("--tokenizer", default="bytes", help="bytes | gpt2 | cl100k_base ...")
+    p.add_argument("--tokenizer", default="bytes", help="bytes | gpt2 | cl100k_base ... | a checkpoint directory "
+                   "holding tokenizer.json (optional package tokenizers) or tokenizer.model (sentencepiece)")
     p.add_argument("--out", required=True)
     p.add_argument("--val_fraction", type=float, default=0.1)
     p.add_argument("--shard_tokens", type=int, default=0,

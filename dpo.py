@@ -13,6 +13,7 @@ y_w the chosen and y_l the rejected response, log-probabilities summed over the 
 rewards are beta * (log pi - log ref); at the first step pi = ref and the loss is log 2. The paper: lr ~1e-5.
 
     python dpo.py --init_from=out-sft --data=data/tasks/pref_train.jsonl --out_dir=out-dpo   # train (torchrun too)
+    python dpo.py --init_from=MiniCPM-1B-sft-bf16 --data=pref.jsonl --out_dir=out-dpo   # a released checkpoint
     python dpo.py --write_data=data/tasks        # the offline instruction / preference sets (tasks.py)
 
 `python -m experiments.two_stage` reruns decay mixing (A-1 vs A-2) and SFT vs SFT + DPO small.
@@ -36,7 +37,8 @@ from tqdm import tqdm
 from checkpoint import (CheckpointError, append_jsonl, load_checkpoint, load_state, locked, model_from_checkpoint,
                         claim_out_dir, open_metrics, save_checkpoint)
 from configurator import ConfigError, check_numbers, cli_bool, exit_on_user_error
-from corpus import chat_ids, load_data, read_jsonl_rows
+from corpus import read_jsonl_rows
+from tokenizer import chat_ids, get_encoding, tokenizer_id
 from files import write_json
 from mup import configure_optimizer, set_lr
 from plots import plot_metrics
@@ -140,7 +142,7 @@ def run_dpo(cfg, quiet):
     out_dir, S, t_start = cfg["out_dir"], cfg["max_steps"], time.time()
     if master:
         claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
-    model, src_cfg, pairs = load_policy_and_pairs(cfg, dev)
+    model, source, pairs = load_policy_and_pairs(cfg, dev)
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
     # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
     orders = [torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(pairs[0]), global_batch))
@@ -165,7 +167,7 @@ def run_dpo(cfg, quiet):
             bar.update(1)
             stopped = stop.anywhere(device, world)
             if master and (stopped or step % cfg["ckpt_interval"] == 0 or step == S):
-                save_dpo(cfg, src_cfg, raw, optimizer, step, global_batch)
+                save_dpo(cfg, source, raw, optimizer, step, global_batch)
             if stopped:
                 break
     if stopped:
@@ -192,10 +194,11 @@ def write_dpo_outputs(cfg, history, device, t_start):
 
 
 def load_policy_and_pairs(cfg, dev):
-    """(the SFT model, its train.py config, the encoded preference pairs (chosen ids, labels, rejected ids,
-    labels)), the rows tokenized by the SFT run's tokenizer."""
+    """(the SFT model (a train.py run's or a released checkpoint's), what it was loaded as (checkpoint.Loaded), the
+    encoded preference pairs (chosen ids, labels, rejected ids, labels)), the rows tokenized by the model's
+    tokenizer under its chat format."""
     try:
-        model, src_cfg = model_from_checkpoint(cfg["init_from"], dev)
+        loaded = model_from_checkpoint(cfg["init_from"], dev)
         rows = read_jsonl_rows(cfg["data"], ("prompt", "chosen", "rejected"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -204,12 +207,11 @@ def load_policy_and_pairs(cfg, dev):
         where = f"line {same[0]['_line']}" if "_line" in same[0] else "a row"
         raise ConfigError(f"{cfg['data']} {where}: chosen equals rejected ({len(same)} such pair(s)): a pair without "
                           f"a preference carries no signal; drop those rows")
-    enc = load_data(src_cfg["data"]).encoding()
     try:
-        pairs = encode_pairs(enc, rows, cfg["seq_len"])
+        pairs = encode_pairs(get_encoding(loaded.tokenizer), rows, cfg["seq_len"])
     except ValueError as e:
         raise ConfigError(f"{cfg['data']}: {e}") from None
-    return model, src_cfg, pairs
+    return loaded.model, loaded, pairs
 
 
 def pair_logps(model, pairs, idx, device):
@@ -262,12 +264,13 @@ def dpo_step(cfg, model, raw, optimizer, pairs, ref, order, step, rank, world, d
             "pairs_per_s": cfg["batch_size"] * A * world / (time.perf_counter() - t0)}
 
 
-def save_dpo(cfg, src_cfg, model, optimizer, step, global_batch):
+def save_dpo(cfg, source, model, optimizer, step, global_batch):
     """The policy in train.py's checkpoint format (sample.py, model_from_checkpoint and export read it), with the
-    DPO config and step it continues from."""
+    DPO config and step it continues from, and the tokenizer and origin of the model it started from (`source`)."""
     save_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"), dict(
         model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-        config={**src_cfg, "out_dir": cfg["out_dir"]}, dpo=cfg, dpo_version=DPO_VERSION,
+        config={**source.config, "out_dir": cfg["out_dir"]}, dpo=cfg, dpo_version=DPO_VERSION,
+        tokenizer=source.tokenizer, tokenizer_id=tokenizer_id(source.tokenizer), origin=source.origin,
         data=dict(seed=cfg["seed"], next_step=step, global_batch=global_batch)))
 
 

@@ -7,9 +7,9 @@ context length and depth (§7.2), and the exact-match score of the offline instr
     python eval.py --out_dir=out --data=embedded,python_source --passkey_lengths=64,128,256 --tasks=150
 
 Every number is printed and written as JSON (OUT/eval.json for a run, DIR/eval.json for a directory, or --json
-FILE). Bits per byte needs data prepared with the model's own tokenizer (a run's, or the one an export carries);
-the offline tasks need nanoCPM's chat template, so an official checkpoint with its own tokenizer gets the passkey
-test only.
+FILE). Bits per byte needs data prepared with the model's own tokenizer (a run's, the one an export carries, or a
+released checkpoint's: python corpus.py --tokenizer DIR); the offline tasks are asked in the tokenizer's chat format
+(tokenizer.py: ours, the checkpoint's template, or the MiniCPM SFT format).
 """
 
 import argparse
@@ -23,23 +23,24 @@ import torch
 
 from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
-from corpus import TokenData, decode_ids, get_encoding, load_data, tokenizer_of
+from corpus import TokenData
 from files import write_json
 from longctx import passkey_accuracy
 from official import from_pretrained
-from sample import HFTokenizer
 from system import hardware, resolve_system
 from tasks import task_examples, task_score
+from tokenizer import data_tokenizer_id, decode_ids, get_encoding, tokenizer_id, tokenizer_of, with_bos
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def load_model(out_dir=None, model_dir=None, device="cpu"):
-    """(model, tokenizer name or None, the run's config or None) of a train.py out_dir or an official directory."""
+    """(model, tokenizer (as get_encoding names it) or None, the run's config or None) of a train.py out_dir or an
+    official directory."""
     if model_dir:
         return from_pretrained(model_dir, device=device).eval(), tokenizer_of(model_dir), None
-    model, cfg = model_from_checkpoint(out_dir, device)
-    return model, load_data(cfg["data"]).meta["tokenizer"], cfg
+    model, cfg, tokenizer, _ = model_from_checkpoint(out_dir, device)
+    return model, tokenizer, cfg
 
 
 @torch.no_grad()
@@ -73,30 +74,27 @@ def evaluate(a):
     t0 = time.time()
     device = resolve_system(a.device, "float32", False)[0]
     model, name, cfg = load_model(None if a.model_dir else a.out_dir, a.model_dir, device)
-    enc = get_encoding(name) if name else None
+    if not name:
+        raise ConfigError(f"{a.model_dir} carries no tokenizer (tokenizer.json, tokenizer.model or tiktoken.json): "
+                          f"copy the checkpoint's tokenizer files into it")
+    enc = get_encoding(name)
     seq_len = a.seq_len or min(cfg["seq_len"] if cfg else 256, model.config.max_length - 1)
-    result = dict(model=a.model_dir or a.out_dir, tokenizer=name or "the directory's own", seq_len=seq_len)
+    result = dict(model=a.model_dir or a.out_dir, tokenizer=tokenizer_id(name), seq_len=seq_len)
     default = cfg["data"] if cfg and "," not in cfg["data"] and not cfg["data"].endswith(".jsonl") else "embedded"
     sets = [s for s in (a.data if a.data is not None else default).split(",") if s]
-    if sets and not name:
-        raise ConfigError(f"{a.model_dir} carries its own tokenizer, not one of nanoCPM's: bits per byte needs data "
-                          f"prepared with it; evaluate with --data= (passkey only)")
     result["loss"], result["bits_per_byte"] = {}, {}
     for s in sets:
         data = TokenData(s)
-        if data.meta["tokenizer"] != name:
-            raise ConfigError(f"--data {s} is tokenized with {data.meta['tokenizer']}, the model with {name}: give "
-                              f"data prepared with the model's tokenizer")
+        if data_tokenizer_id(data.meta) != tokenizer_id(name):
+            raise ConfigError(f"--data {s} is tokenized with {data_tokenizer_id(data.meta)}, the model with "
+                              f"{tokenizer_id(name)}: give data prepared with the model's tokenizer (python corpus.py "
+                              f"--tokenizer {name} ...)")
         result["loss"][s], result["bits_per_byte"][s] = bits_per_byte(model, data, seq_len, a.windows)
-    if enc:
-        encode, decode = enc.encode_ordinary, functools.partial(decode_ids, enc)
-    else:
-        tok = HFTokenizer(a.model_dir)
-        encode, decode = tok.encode, tok.decode
+    encode, decode = (lambda s: with_bos(enc, enc.encode_ordinary(s))), functools.partial(decode_ids, enc)
     lengths = [int(x) for x in a.passkey_lengths.split(",") if x] if a.passkey_lengths else \
         [L for L in (128, 256, 512, 1024, 2048, 4096) if L <= model.config.max_length][-3:]
     result["passkey"] = passkey(model, encode, decode, lengths, a.passkey_trials)
-    if a.tasks and enc:  # the held-out prompts of the offline tasks (tasks.py), greedy answers
+    if a.tasks:  # the held-out prompts of the offline tasks (tasks.py), greedy answers
         result["tasks"] = task_score(model, enc, task_examples("val", 300)[:a.tasks])
     result.update(hardware=hardware(torch.device(device)), command=" ".join(["python", *sys.argv]),
                   wall_s=round(time.time() - t0, 1))

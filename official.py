@@ -5,6 +5,7 @@ architecture; this file is the only one that knows the official file layout.
 
     model = from_pretrained("MiniCPM-1B-sft-bf16")   # tied or untied, dense or MiniCPM-MoE in the released layout
     save_pretrained(model, "out_official")           # what the official modeling code (and vLLM) loads
+    save_pretrained(model, "out", source="MiniCPM-1B-sft-bf16")  # + the source's config fields and other files
     export_llama(model, "out_llama")                 # the same function as a LlamaForCausalLM (multipliers folded)
 
 Nothing loaded runs code: safetensors, or pytorch_model.bin through torch.load(weights_only=True).
@@ -17,7 +18,7 @@ from dataclasses import asdict, fields
 
 import torch
 
-from corpus import save_tokenizer
+from tokenizer import TOKENIZER_EXTRAS, TOKENIZER_FILES, copy_file, save_tokenizer
 from files import make_dirs, replace_atomically, write_json
 from model import MiniCPM, MiniCPMConfig
 from rope import rope_base, rope_scaling_type
@@ -35,11 +36,32 @@ def from_pretrained(path, dtype=torch.float32, device="cpu"):
     return model.to(device)
 
 
-def save_pretrained(model, path):
+def save_pretrained(model, path, source=None):
     """Write the official MiniCPM format, config.json + model.safetensors (or pytorch_model.bin), so that the
-    official modeling code (and vLLM) computes the same logits: see official_config."""
-    write_weights(path, to_official_layout({k: v.detach() for k, v in model.state_dict().items()}),
-                  official_config(model.config, model.head_weight().dtype))
+    official modeling code (and vLLM) computes the same logits: see official_config. `source`: the official
+    directory the model was trained on from: config.json keeps its other fields (auto_map, token ids ...) and its
+    other files (modeling code, generation_config.json ...) are copied beside (its tokenizer: save_tokenizer)."""
+    config = official_config(model.config, model.head_weight().dtype)
+    if source:
+        config = {**read_config_json(source), **config}
+        make_dirs(path)
+        for f in other_files(source):
+            copy_file(os.path.join(source, f), os.path.join(path, f))
+    write_weights(path, to_official_layout({k: v.detach() for k, v in model.state_dict().items()}), config)
+
+
+def is_official_dir(path):
+    """Whether path is an official-format directory (config.json and weights), not a train.py out_dir."""
+    return os.path.isfile(os.path.join(path, "config.json")) and \
+        any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES)
+
+
+def other_files(path):
+    """The files of an official directory that are neither its weights, its config.json nor its tokenizer: its
+    modeling code, generation_config.json, README ... (top level; hidden files left)."""
+    skip = {"config.json", *WEIGHT_FILES, *TOKENIZER_FILES, *TOKENIZER_EXTRAS}
+    return sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)) and f not in skip
+                  and not f.startswith(".") and not f.endswith((".safetensors", ".bin", ".pt", ".index.json")))
 
 
 def official_config(c, dtype=torch.float32):
@@ -96,7 +118,8 @@ def from_official_layout(state, config):
 _CONFIG_ALIASES = {"initializer_range": "init_std", "num_experts_per_tok": "top_k"}
 
 
-def config_from_json(path):
+def read_config_json(path):
+    """The dict of an official directory's config.json, or one line of error."""
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: from_pretrained needs a directory with config.json and weights")
@@ -107,6 +130,12 @@ def config_from_json(path):
         raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{file} holds a {type(raw).__name__}, not a config object: re-download or re-export it")
+    return raw
+
+
+def config_from_json(path):
+    """The MiniCPMConfig of an official directory's config.json."""
+    file, raw = os.path.join(path, "config.json"), read_config_json(path)
     names = {f.name for f in fields(MiniCPMConfig)}
     kw = {_CONFIG_ALIASES.get(k, k): v for k, v in raw.items() if _CONFIG_ALIASES.get(k, k) in names}
     kw.setdefault("tie_word_embeddings", True)  # the official MiniCPM config's defaults

@@ -5,76 +5,44 @@ Sample from a trained model (nanoGPT's sample.py habit), with model.generate's K
     python sample.py --model_dir=path/to/MiniCPM-1B-sft-bf16 --prompt="..."   # an official checkpoint directory
 
 An official directory's tokenizer is read from tokenizer.json (optional package `tokenizers`) or tokenizer.model
-(optional package `sentencepiece`).
+(optional package `sentencepiece`): tokenizer.get_encoding; a prompt starts with <s> where the tokenizer starts
+texts with one.
 """
 
 import argparse
 import functools
-import json
 import math
-import os
 
 import torch
 
 from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
-from corpus import decode_ids, get_encoding, load_data
 from official import from_pretrained
 from system import resolve_system
-
-
-class HFTokenizer:
-    """The tokenizer of a checkpoint directory, through whichever package reads it: tokenizer.json (optional
-    `tokenizers`, official checkpoints and nanoCPM byte-level exports), tokenizer.model (optional `sentencepiece`), or
-    tiktoken.json (a nanoCPM export trained with a tiktoken BPE)."""
-
-    def __init__(self, path):
-        tj, sp, tt = (os.path.join(path, f) for f in ("tokenizer.json", "tokenizer.model", "tiktoken.json"))
-        self.eos = None
-        if os.path.isfile(tj):
-            try:
-                from tokenizers import Tokenizer  # optional
-            except ImportError:
-                raise ImportError(f"{tj} needs the optional package: pip install tokenizers") from None
-            self.tok = Tokenizer.from_file(tj)
-            self.encode = lambda s: self.tok.encode(s).ids
-            self.decode = lambda ids: self.tok.decode(ids)
-            self.eos = next((i for i in map(self.tok.token_to_id, ("</s>", "<|endoftext|>")) if i is not None), None)
-        elif os.path.isfile(sp):
-            try:
-                import sentencepiece  # optional
-            except ImportError:
-                raise ImportError(f"{sp} needs the optional package: pip install sentencepiece") from None
-            self.tok = sentencepiece.SentencePieceProcessor(model_file=sp)
-            self.encode = lambda s: [self.tok.bos_id()] + self.tok.encode(s)
-            self.decode = lambda ids: self.tok.decode(ids)
-            self.eos = self.tok.eos_id()
-        elif os.path.isfile(tt):
-            with open(tt) as f:
-                enc = get_encoding(json.load(f)["tiktoken_encoding"])
-            self.encode, self.eos = enc.encode_ordinary, enc.eot_token
-            self.decode = functools.partial(decode_ids, enc)
-        else:
-            raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {path}")
+from tokenizer import decode_ids, get_encoding, tokenizer_of, with_bos
 
 
 def load(out_dir=None, model_dir=None, device="cpu"):
-    """(model, encode, decode, eos_token_id) from a train.py out_dir or an official checkpoint directory."""
+    """(model, encode, decode, eos_token_id) from a train.py out_dir or an official checkpoint directory, with the
+    tokenizer it carries (a run's, or the directory's own)."""
     if model_dir:
         model = from_pretrained(model_dir, device=device).eval()
-        tok = HFTokenizer(model_dir)
-        return model, tok.encode, tok.decode, tok.eos
-    model, cfg = model_from_checkpoint(out_dir, device)  # ckpt.pt or an FSDP run's ckpt_dcp
-    enc = load_data(cfg["data"]).encoding()
-    return model, enc.encode_ordinary, functools.partial(decode_ids, enc), enc.eot_token
+        name = tokenizer_of(model_dir)
+        if name is None:
+            raise FileNotFoundError(f"no tokenizer in {model_dir} (tokenizer.json, tokenizer.model or tiktoken.json): "
+                                    f"copy the checkpoint's tokenizer files into it")
+    else:
+        model, _, name, _ = model_from_checkpoint(out_dir, device)  # ckpt.pt or an FSDP run's ckpt_dcp
+    enc = get_encoding(name)
+    return model, lambda s: with_bos(enc, enc.encode_ordinary(s)), functools.partial(decode_ids, enc), enc.eot_token
 
 
 @torch.no_grad()
 def generate_text(model, enc, prompt, max_new_tokens, temperature=0.8, top_k=40):
-    """A sample from a model with a tiktoken Encoding (train.py's end-of-run sample), ids past the tokenizer (the
+    """A sample from a model with its tokenizer (train.py's end-of-run sample), ids past the tokenizer (the
     vocabulary padding) dropped."""
     model.eval()
-    x = torch.tensor([enc.encode_ordinary(prompt)], device=next(model.parameters()).device)
+    x = torch.tensor([with_bos(enc, enc.encode_ordinary(prompt))], device=next(model.parameters()).device)
     out = model.generate(x, min(max_new_tokens, model.config.max_length - x.size(1)), temperature=temperature,
                          top_k=top_k)
     return decode_ids(enc, out[0].tolist())

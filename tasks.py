@@ -17,7 +17,8 @@ import re
 import numpy as np
 import torch
 
-from corpus import chat_ids, embedded_documents
+from corpus import embedded_documents
+from tokenizer import prompt_ids
 
 
 def _words():
@@ -71,7 +72,7 @@ def task_score(model, enc, rows, max_new_tokens=12):
     model.eval()
     by_len = {}
     for r in rows:
-        ids, _ = chat_ids(enc, [("user", r["prompt"])])
+        ids = prompt_ids(enc, [("user", r["prompt"])])
         by_len.setdefault(len(ids), []).append((ids, r))
     hits = {}
     for n, group in by_len.items():

@@ -10,6 +10,8 @@ Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4), nanoGPT styl
     python train.py export out/ckpt_dcp official_dir  # a checkpoint -> the official format (from_pretrained)
     python train.py --init_from=out --data=sft.jsonl --decay_steps=0 --lr=1e-3 --max_steps=1000 --out_dir=out-sft
                                                       # SFT: steps 601-1000 after a 600-step run (paper §5; dpo.py: DPO)
+    python train.py --init_from=MiniCPM-1B-sft-bf16 --data=data/mine --max_steps=2000 --lr=1e-3 --out_dir=out-cpt
+                                                      # on from a released checkpoint: its model, weights, tokenizer
 
 The file reads top to bottom: the config (every key below can be set in a config file or as --key=value; model
 keys left at None come from `preset`), building the model and its optimizer (fresh, resumed, or from another run),
@@ -35,19 +37,21 @@ from tqdm import tqdm
 import configurator
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
                         keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
-                        read_checkpoint, claim_out_dir, save_checkpoint, save_dcp)
+                        read_start_point, StartPoint, claim_out_dir, save_checkpoint, save_dcp)
 from configurator import ConfigError
-from corpus import MixtureData, epochs, load_data, load_eval_sets
+from corpus import MixtureData, TokenData, epochs, load_data, load_eval_sets
 from files import WriteError, write_json
 from longctx import mixed_batch, passkey_document
 from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
 from model import model_config as _model_config
 from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
+from official import config_from_json, is_official_dir
 from plots import plot_metrics
 from sample import generate_text
 from system import (StopFlag, all_mean, check_fits_in_memory, flops_per_token, hardware, launch_command, peak_flops,
                     process_device, resolve_system, setup_distributed, shard_model)
+from tokenizer import data_tokenizer_id
 from wsd import DecayStats, lr_at, schedule_defaults
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -56,7 +60,9 @@ out_dir = "out"  # checkpoints, metrics.jsonl, loss.png; "" writes nothing (in-p
 resume = False  # continue out_dir/ckpt.pt exactly where it stopped
 overwrite = False  # start fresh in an out_dir that holds a run (its checkpoint and metrics are replaced)
 init_from = ""  # start from another run's checkpoint (file or out_dir): weights, optimizer and step, with this
-#                run's schedule; how WSD branches a decay off a stable run (paper §4.3)
+#                run's schedule; how WSD branches a decay off a stable run (paper §4.3). Or a released checkpoint
+#                (an official directory: config.json + weights): its model (the model keys not given), weights and
+#                tokenizer, a fresh AdamW and step 0: continued pre-training is a new WSD run
 keep_ckpts = False  # also keep every periodic checkpoint as ckpt_{step:06d}.pt (decay branch points)
 eval_interval = 100  # steps between validation evaluations (and at the last step)
 eval_steps = 10  # validation batches per evaluation
@@ -151,8 +157,22 @@ def validate_config(cfg):
         raise ConfigError("update_stats=True compares whole weights and gradients step to step: not with fsdp=True")
     if cfg["decay_data"] and not cfg["decay_steps"]:
         raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
+    cfg = official_model_keys(cfg)
     model_config(cfg)
     return cfg
+
+
+def official_model_keys(cfg):
+    """init_from a released checkpoint (an official directory): the model keys not given come from its
+    config.json (so the preset is not used); those given are the stage's transition (upcycling, a new RoPE)."""
+    src = cfg["init_from"]
+    if not src or not os.path.isdir(src) or not is_official_dir(src):
+        return cfg
+    try:
+        official = asdict(config_from_json(src))
+    except ValueError as e:
+        raise ConfigError(f"init_from {src}: {e}") from None
+    return {**cfg, **{k: v for k, v in official.items() if cfg[k] is None}}
 
 
 def model_config(cfg):
@@ -170,15 +190,19 @@ def config_diff(a, b, ignore=()):
 # ---------------------------------------------------------------------------------------------------- building
 
 
-def load_run_data(cfg, mcfg):
-    """(data, decay_data or None, {eval_data name: data}) of a run, checked against the model: vocabulary, longest
+def load_run_data(cfg, mcfg, source=None):
+    """(data, decay_data or None, {eval_data name: data}) of a run, checked against the model: its tokenizer (that
+    of the checkpoint it continues or starts from, `source`; .jsonl rows are tokenized with it), vocabulary, longest
     example, length."""
+    tokenizer = source.tokenizer if source else None
     try:
-        data = load_data(cfg["data"])
-        decay_data = load_data(cfg["decay_data"]) if cfg["decay_data"] else None
+        data = load_data(cfg["data"], tokenizer)
+        decay_data = load_data(cfg["decay_data"], tokenizer or data.meta["tokenizer"]) if cfg["decay_data"] else None
         eval_sets = load_eval_sets(cfg["eval_data"], data, cfg["seq_len"] + 1)
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
+    for d in (data, decay_data, *eval_sets.values()):
+        check_tokenizer(d, source)
     if (isinstance(data, MixtureData) or decay_data) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
         raise ConfigError("long_ratio / passkey_ratio build rows from one token source: drop them or the mixture")
     for d in (data, decay_data) if decay_data else (data,):
@@ -203,11 +227,24 @@ def load_run_data(cfg, mcfg):
     return data, decay_data, eval_sets
 
 
-def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None):
+def check_tokenizer(data, source):
+    """Token data under another tokenizer than the model's (that of `source`, the checkpoint the run continues or
+    starts from) is one line naming both, never a silent mismatch."""
+    if data is None or source is None or not source.tokenizer_id:
+        return
+    parts = data.sources if isinstance(data, MixtureData) else [data]
+    for d in (p for p in parts if isinstance(p, TokenData)):
+        if data_tokenizer_id(d.meta) != source.tokenizer_id:
+            raise ConfigError(f"data {d.path} is tokenized with {data_tokenizer_id(d.meta)}, but the model's tokenizer "
+                              f"is {source.tokenizer_id} (that of {source.path}): prepare the data with it: python "
+                              f"corpus.py --input FILES --tokenizer {source.tokenizer} --out DIR")
+
+
+def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None, source=None):
     """The one model and its one optimizer, then their state: `resume` (this out_dir's checkpoint), `init_from`
-    (another run's: a WSD branch, a context extension, sparse upcycling) or a fresh muP init; `fingerprints`, the
-    content of this run's data (data_fingerprints), is what a resumed checkpoint must have trained on. Returns
-    (model, optimizer, step)."""
+    (`source`, read_source: another run's checkpoint, a WSD branch, a context extension, sparse upcycling; or a
+    released checkpoint) or a fresh muP init; `fingerprints`, the content of this run's data (data_fingerprints), is
+    what a resumed checkpoint must have trained on. Returns (model, optimizer, step)."""
     check_fits_in_memory(mcfg)
     torch.manual_seed(cfg["seed"])
     model = MiniCPM(mcfg).to(device)
@@ -217,14 +254,15 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
     step, S = 0, cfg["max_steps"]
     if cfg["resume"]:
-        step = resume_from(cfg, model, optimizer, fsdp, global_batch, device, fingerprints or {})
+        source = source or read_source(cfg)
+        step = resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints or {})
         if step >= S:
             raise ConfigError(f"{cfg['out_dir']} finished at step {step} = max_steps: nothing to resume; to train "
                               f"further, start a new stage: --init_from={cfg['out_dir']} --max_steps=<more than "
                               f"{step}> --out_dir=<another directory>")
         log(f"resumed {cfg['out_dir']} at step {step}: steps {step + 1}-{S} to go")
     elif cfg["init_from"]:
-        step = start_from(cfg, mcfg, model, optimizer, log)
+        step = start_from(cfg, mcfg, source or read_start_point(cfg["init_from"]), model, optimizer, log)
         if step >= S:  # (the SFT command of old READMEs trained nothing and exited 0)
             raise ConfigError(f"init_from {cfg['init_from']} is at step {step}, and max_steps={S} counts from step 0 "
                               f"of the first stage: nothing to train; set --max_steps={step} + the steps of this "
@@ -233,12 +271,17 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None
     return model, optimizer, step
 
 
-def resume_from(cfg, model, optimizer, fsdp, global_batch, device, fingerprints):
-    """Load this out_dir's checkpoint after checking that it belongs to this run; returns its step."""
+def read_source(cfg):
+    """The checkpoint a run continues (resume=True: this out_dir's) or starts from (init_from), read once, before the
+    data (whose .jsonl rows take its tokenizer), as a StartPoint; None for a fresh run. Under fsdp=True a resumed
+    checkpoint is its train_state.json (the shards are checked against it, then loaded)."""
+    if not cfg["resume"]:
+        return read_start_point(cfg["init_from"]) if cfg["init_from"] else None
     if not cfg["out_dir"]:
         raise ConfigError("resume=True needs an out_dir")
+    fsdp = cfg["fsdp"]
     path = os.path.join(cfg["out_dir"], DCP_DIR if fsdp else "ckpt.pt")
-    if fsdp:  # train_state.json first: the shards are checked against it, then loaded
+    if fsdp:
         ckpt = dcp_train_state(path)[1]
     elif os.path.isdir(os.path.join(cfg["out_dir"], DCP_DIR)) and not os.path.exists(path):
         raise CheckpointError(f"{cfg['out_dir']} holds an FSDP checkpoint ({DCP_DIR}): resume it with --fsdp=True "
@@ -248,6 +291,14 @@ def resume_from(cfg, model, optimizer, fsdp, global_batch, device, fingerprints)
                               f"run there, drop --resume=True")
     else:
         ckpt = load_checkpoint(path)
+    return StartPoint(path, None, ckpt.get("model"), ckpt.get("optimizer"), ckpt.get("step"), ckpt.get("tokenizer"),
+                      ckpt.get("tokenizer_id"), ckpt.get("origin"), ckpt.get("config"), checkpoint=ckpt)
+
+
+def resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints):
+    """Load this out_dir's checkpoint (source, read_source) after checking that it belongs to this run; returns its
+    step."""
+    path, ckpt = source.path, source.checkpoint
     lacks = sorted({"data", "config", "step"} - set(ckpt) | ({"rng"} - set(ckpt) if not fsdp else set()))
     if lacks:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(lacks)}: it was not written by train.py's loop (a "
@@ -306,24 +357,26 @@ def normalized(spec):
     return ",".join(os.path.normpath(p) if p else p for p in spec.split(",")) if spec else spec
 
 
-def start_from(cfg, mcfg, model, optimizer, log):
+def start_from(cfg, mcfg, source, model, optimizer, log):
     """Another run's weights, AdamW moments and step, under this run's schedule: the same model (a WSD decay
     branch, paper §4.3), a context extension (a new RoPE base / scaling / length, untied if asked: paper §7.2), or
-    sparse upcycling to MoE (every expert a copy of the dense MLP, a new router: paper §7.3)."""
-    src = cfg["init_from"]
-    ckpt = read_checkpoint(src)
-    src_cfg = model_config(ckpt["config"])
+    sparse upcycling to MoE (every expert a copy of the dense MLP, a new router: paper §7.3). From a released
+    checkpoint (source.optimizer None): its weights alone, AdamW fresh, step 0 (a new WSD run from its warmup)."""
+    src, src_cfg = source.path, source.config
     a, b = asdict(src_cfg), asdict(mcfg)
     diff = config_diff(a, b)
-    state, opt_state = ckpt["model"], named_optimizer_state(src_cfg, ckpt["optimizer"])
+    state = source.model
+    opt_state = named_optimizer_state(src_cfg, source.optimizer) if source.optimizer is not None else {}
+    what = f"{src} (step {source.step})" if source.optimizer is not None else f"the released checkpoint {src} " \
+        f"(its weights; AdamW fresh; step 0)"
     if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
         state = upcycle_state_dict(state, mcfg, seed=cfg["seed"])
         opt_state = upcycle_optimizer_state(opt_state, mcfg.num_experts)
-        log(f"upcycled {src} (step {ckpt['step']}) to {mcfg.num_experts} experts, top-{mcfg.top_k}")
+        log(f"upcycled {what} to {mcfg.num_experts} experts, top-{mcfg.top_k}")
     elif set(diff) <= CONTEXT_KEYS and not (mcfg.tie_word_embeddings and not src_cfg.tie_word_embeddings):
         if src_cfg.tie_word_embeddings and not mcfg.tie_word_embeddings:
             state = untie_state_dict(state)  # the new head starts as the embedding, without AdamW moments
-        log(f"initialised from {src} at step {ckpt['step']}" + "".join(f", {k}={b[k]!r}" for k in diff))
+        log(f"initialised from {what}" + "".join(f", {k}={b[k]!r}" for k in diff))
     else:
         raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
                               ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
@@ -331,7 +384,7 @@ def start_from(cfg, mcfg, model, optimizer, log):
         load_full_state(model, optimizer, state, opt_state)
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {src} does not fit the model ({first_line(e)})") from None
-    return ckpt["step"]
+    return source.step
 
 
 # ---------------------------------------------------------------------------------------------------- the batch
@@ -398,6 +451,7 @@ class Run:
     quiet: bool
     peak: float  # the device's peak FLOP/s (MFU), None on a CPU
     fingerprints: dict  # the content of the data (data_fingerprints), saved with every checkpoint
+    lineage: dict  # the run's tokenizer (name, id) and the released checkpoint it trained on from (origin), saved too
     rows_log: list = field(default_factory=list)  # every metrics.jsonl row of the run
     history: dict = field(default_factory=lambda: dict(train_loss=[], val_loss=[], val_bpb=[]))
     decay_stats: object = None  # wsd.DecayStats under update_stats=True (paper §4.4)
@@ -472,13 +526,16 @@ def start(cfg, quiet):
     log = (lambda *a: None) if quiet or not master else print
     t_start = time.time()
     mcfg = model_config(cfg)
-    data, decay_data, eval_sets = load_run_data(cfg, mcfg)
+    source = read_source(cfg)
+    data, decay_data, eval_sets = load_run_data(cfg, mcfg, source)
     out_dir = cfg["out_dir"]
     if master and out_dir:
         claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
     fingerprints = data_fingerprints(data, decay_data)
-    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints)
+    raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source)
+    lineage = dict(tokenizer=data.meta["tokenizer"], tokenizer_id=data_tokenizer_id(data.meta),
+                   origin=source.origin if source else None)
     rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
     model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
@@ -488,8 +545,8 @@ def start(cfg, quiet):
     autocast = torch.autocast(device.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
     r = Run(cfg=cfg, mcfg=mcfg, data=data, decay_data=decay_data, eval_sets=eval_sets, device=device,
             autocast=autocast, rank=rank, world=world, model=model, raw_model=raw_model, optimizer=optimizer,
-            step=step, log=log, quiet=quiet, peak=peak_flops(device), fingerprints=fingerprints, rows_log=rows_log,
-            t_start=t_start)
+            step=step, log=log, quiet=quiet, peak=peak_flops(device), fingerprints=fingerprints, lineage=lineage,
+            rows_log=rows_log, t_start=t_start)
     log(f"{raw_model.describe()}; {world} process(es) x {cfg['grad_accum']} micro-steps x {cfg['batch_size']} rows x "
         f"{cfg['seq_len']} tokens = {r.tokens_per_step:,} tokens/step on {device} "
         f"({str(ptdtype).replace('torch.', '')}, compile={use_compile}{', FSDP2' if fsdp else ''})")
@@ -586,7 +643,7 @@ def evaluate_run(r):
 def save_run(r):
     """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
     cfg, step, path = r.cfg, r.step, r.ckpt_path
-    train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION,
+    train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION, **r.lineage,
                        data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch, **r.fingerprints))
     if cfg["fsdp"] and path:
         keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None

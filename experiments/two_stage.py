@@ -83,7 +83,7 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
         summary = {}
         for name, key in (("A-1 decay", "a1"), ("A-2 decay", "a2"), ("A-1 + SFT", "a1sft"), ("A-2 + SFT", "a2sft"),
                           ("A-1 + 2x SFT (B-2)", "b2sft")):
-            m, _ = model_from_checkpoint(os.path.join(d[key], "ckpt.pt"))
+            m = model_from_checkpoint(os.path.join(d[key], "ckpt.pt")).model
             summary[name] = dict(score=task_score(m, enc, held), task_loss=response_loss(m, enc, held),
                                  pretrain_val_loss=pretrain_val_loss(m, text))
         # (a linear decay over the last 20%: the schedule these runs were recorded with)

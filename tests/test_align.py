@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import corpus
+import tokenizer
 import dpo
 import tasks
 import train
@@ -49,14 +50,14 @@ def test_dpo_loss_is_log2_at_init_and_its_gradient_signs():
 def test_sequence_logps_sums_response_tokens_only():
     torch.manual_seed(0)
     m = MiniCPM(MiniCPMConfig.from_preset("tiny", hidden_size=64, num_hidden_layers=2)).eval()
-    enc = corpus.get_encoding("bytes")
+    enc = tokenizer.get_encoding("bytes")
     rows_ = [dict(prompt="What is 2 plus 2?", chosen="4", rejected="5"),
              dict(prompt="Write in capitals: cat", chosen="CAT", rejected="cat")]
     cw, cl, rw, rl = dpo.encode_pairs(enc, rows_, 48)
     got = dpo.sequence_logps(m, cw, cl)
     for i, r in enumerate(rows_):  # reference: the model on each growing prefix, token by token
-        ids, labels = corpus.chat_ids(enc, [("user", r["prompt"]), ("assistant", r["chosen"])])
-        assert labels.count(-100) == len(corpus.chat_ids(enc, [("user", r["prompt"])])[0])
+        ids, labels = tokenizer.chat_ids(enc, [("user", r["prompt"]), ("assistant", r["chosen"])])
+        assert labels.count(-100) == len(tokenizer.chat_ids(enc, [("user", r["prompt"])])[0])
         ref = 0.0
         for t in range(1, len(ids)):
             if labels[t] != -100:
@@ -82,16 +83,16 @@ def test_sft_rows_mask_the_prompt_and_padding(tmp_path):
     enc = d.encoding()
     for xi, yi in zip(x.tolist(), y.tolist()):
         text = enc.decode([t for t in xi if t != enc.eot_token])
-        prompt, resp = text.split(corpus.ASSISTANT)
+        prompt, resp = text.split(tokenizer.ASSISTANT)
         kept = [t for t in yi if t != -100]
         assert enc.decode(kept[:-1]) == resp and kept[-1] == enc.eot_token  # response + its end, nothing else
-        assert yi[:len(enc.encode_ordinary(prompt + corpus.ASSISTANT)) - 1] == [-100] * (
-            len(enc.encode_ordinary(prompt + corpus.ASSISTANT)) - 1)
+        assert yi[:len(enc.encode_ordinary(prompt + tokenizer.ASSISTANT)) - 1] == [-100] * (
+            len(enc.encode_ordinary(prompt + tokenizer.ASSISTANT)) - 1)
     assert len(d.split["val"]) == 2 and len(d.split["train"]) == 18  # every 10th example is validation
     msgs = write(tmp_path / "m.jsonl", [json.dumps(dict(messages=[
         dict(role="user", content="hi"), dict(role="assistant", content="yo"), dict(role="user", content="again"),
         dict(role="assistant", content="ok")])) + "\n"])
-    ids, labels = corpus.chat_ids(enc, corpus.read_jsonl_rows(msgs, "chat")[0]["turns"])
+    ids, labels = tokenizer.chat_ids(enc, corpus.read_jsonl_rows(msgs, "chat")[0]["turns"])
     assert enc.decode([t for t in labels if t not in (-100, enc.eot_token)]) == " yo ok"
 
 
@@ -180,7 +181,7 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["step"] == 12 and summary["last"]["loss"] == h[-1]["loss"] and summary["hardware"]
     assert os.path.getsize(tmp_path / "d" / "loss.png") > 25_000  # (an empty figure is ~18 KB)
-    m, _ = checkpoint.model_from_checkpoint(str(tmp_path / "d"))
+    m = checkpoint.model_from_checkpoint(str(tmp_path / "d")).model
     x = torch.randint(0, 259, (1, 8))
     assert torch.equal(m(x)[0], res["model"](x)[0])
     # under torchrun: 2 processes x 4 pairs log the losses of one process x 8

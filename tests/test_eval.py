@@ -24,7 +24,7 @@ def test_eval_scores_a_run_and_its_export_alike(tmp_path, capsys):
     evaluation.main([f"--out_dir={tmp_path / 'run'}", "--data=embedded", *ARGS])
     got = json.loads((tmp_path / "run" / "eval.json").read_text())
     # independent: the same 8 validation windows through the model and cross-entropy by hand
-    model, _ = checkpoint.model_from_checkpoint(str(tmp_path / "run"))
+    model = checkpoint.model_from_checkpoint(str(tmp_path / "run")).model
     data = corpus.TokenData("embedded")
     x, y = data.batch("val", 0, 0, 8, 32)
     with torch.no_grad():
@@ -44,8 +44,8 @@ def test_eval_scores_a_run_and_its_export_alike(tmp_path, capsys):
 
 
 def test_eval_refuses_data_of_another_tokenizer_in_one_line(tmp_path, cli):
-    save_pretrained(MiniCPM(MiniCPMConfig(vocab_size=320)), tmp_path / "foreign")  # no tokenizer of ours
-    cli(evaluation.main, [f"--model_dir={tmp_path / 'foreign'}"], "carries its own tokenizer", "--data=")
+    save_pretrained(MiniCPM(MiniCPMConfig(vocab_size=320)), tmp_path / "foreign")  # no tokenizer at all
+    cli(evaluation.main, [f"--model_dir={tmp_path / 'foreign'}"], "carries no tokenizer", "tokenizer files")
     train.train(cfg(tmp_path / "run", max_steps=2, warmup_steps=0, decay_steps=0), quiet=True)
     cli(evaluation.main, [f"--out_dir={tmp_path / 'run'}", "--windows=0"], "--windows=0 must be >= 1")
     cli(evaluation.main, [f"--out_dir={tmp_path / 'missing'}"], "does not exist")

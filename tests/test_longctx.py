@@ -116,11 +116,12 @@ def test_with_config_shares_weights_and_leaves_the_model_alone():
 
 import numpy as np  # noqa: E402
 
-import corpus  # noqa: E402
+import corpus
+import tokenizer  # noqa: E402
 import train  # noqa: E402
 from conftest import cfg  # noqa: E402
 
-ENC = corpus.get_encoding()
+ENC = tokenizer.get_encoding()
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 1.0])

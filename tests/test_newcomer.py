@@ -10,6 +10,7 @@ import torch
 
 import checkpoint
 import corpus
+import tokenizer
 import dpo
 import model as M
 import plots
@@ -158,7 +159,7 @@ def test_an_export_carries_its_tokenizer_and_samples(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "exp")) == ["config.json", "model.safetensors", "tokenizer.json",
                                                     "tokenizer_config.json"]
     model, encode, decode, eos = sample.load(model_dir=str(tmp_path / "exp"))
-    enc = corpus.get_encoding("bytes")
+    enc = tokenizer.get_encoding("bytes")
     text = "héllo — the <b>end</b>\n\t!"
     assert encode(text) == enc.encode_ordinary(text) and decode(enc.encode_ordinary(text)) == text
     assert eos == enc.eot_token

@@ -17,6 +17,7 @@ import torch.distributed.checkpoint as dcp
 
 import checkpoint
 import corpus
+import tokenizer
 import dpo
 import sample
 import train
@@ -370,7 +371,7 @@ def test_bad_jsonl_bytes_and_long_dpo_rows_name_their_line(tmp_path):
     p = tmp_path / "pref.jsonl"
     p.write_text("\n".join(json.dumps(dict(prompt="q", chosen="a" * (80 if i == 2 else 2), rejected="b"))
                            for i in range(4)) + "\n")
-    enc = corpus.get_encoding("bytes")
+    enc = tokenizer.get_encoding("bytes")
     with pytest.raises(ValueError, match=r"line 3: prompt \+ chosen is \d+ tokens > seq_len=64"):
         dpo.encode_pairs(enc, corpus.read_jsonl_rows(str(p), ("prompt", "chosen", "rejected")), 64)
 

@@ -41,7 +41,8 @@ def test_sample_errors_are_one_line(tmp_path, capsys):
         assert e.value.code == 2
         return capsys.readouterr().err.strip()
     save_pretrained(MiniCPM(MiniCPMConfig()), tmp_path)
-    assert error([f"--model_dir={tmp_path}"]) == f"error: no tokenizer.json or tokenizer.model in {tmp_path}"
+    assert error([f"--model_dir={tmp_path}"]) == (f"error: no tokenizer in {tmp_path} (tokenizer.json, tokenizer.model "
+                                                  f"or tiktoken.json): copy the checkpoint's tokenizer files into it")
     (tmp_path / "tokenizer.model").write_bytes(b"")
     try:
         import sentencepiece  # noqa: F401

@@ -9,6 +9,7 @@ import torch
 
 import checkpoint
 import corpus
+import tokenizer
 import train
 from official import from_pretrained
 from conftest import assert_same_losses, cfg, cli_args, losses, run_cli
@@ -50,7 +51,7 @@ def test_fsdp_equals_ddp_resumes_dcp_at_world_sizes_1_and_2_and_exports(tmp_path
     train.main(["export", str(dcp_dir), str(tmp_path / "official")])  # in this process: no 5 s start-up
     m = from_pretrained(str(tmp_path / "official")).eval()
     x = torch.randint(0, 259, (2, 16))
-    dense, _ = checkpoint.model_from_checkpoint(str(dcp_dir))
+    dense = checkpoint.model_from_checkpoint(str(dcp_dir)).model
     assert torch.equal(m(x)[0], dense(x)[0])
     torch.testing.assert_close(m(x)[0], ref["model"].eval()(x)[0], rtol=0, atol=2e-3)
 
@@ -67,7 +68,7 @@ def test_shards_stream_and_read_the_same_batches_at_any_world_size(tmp_path):
     docs = corpus.embedded_documents()[:300]
     meta = corpus.prepare(str(tmp_path), iter(docs), shard_tokens=20_000, val_fraction=0.1)
     assert len(meta["shards"]["train"]) > 3 and len(meta["shards"]["val"]) >= 1
-    enc = corpus.get_encoding("bytes")
+    enc = tokenizer.get_encoding("bytes")
     val_docs = docs[::10]  # every 10th document is validation
     assert meta["val_tokens"] == sum(len(enc.encode_ordinary(d)) + 1 for d in val_docs)
     assert meta["train_tokens"] + meta["val_tokens"] == sum(len(enc.encode_ordinary(d)) + 1 for d in docs)

@@ -13,6 +13,7 @@ import torch
 
 import checkpoint
 import corpus
+import tokenizer
 import train
 from conftest import ROOT, assert_same_losses, cfg, cli_args, losses, rows, run_cli
 
@@ -87,7 +88,7 @@ def test_prepare_local_files_and_uint32(tmp_path, monkeypatch):
     d = corpus.TokenData(str(tmp_path / "small"))
     allt = np.concatenate([d.split["train"], d.split["val"]])
     assert d.encoding().decode(allt.tolist()).endswith("first doc<|endoftext|>second<|endoftext|>")
-    big = tiktoken.Encoding(name="big", pat_str=corpus._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
+    big = tiktoken.Encoding(name="big", pat_str=tokenizer._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
                             special_tokens={"<|endoftext|>": 70_000})
     monkeypatch.setattr(corpus, "get_encoding", lambda name: big)
     meta = corpus.prepare(str(tmp_path / "big"), docs, tokenizer="big")
@@ -104,11 +105,11 @@ def test_uncached_bpe_offline_is_one_clear_line(monkeypatch):
     def no_network(name):
         raise ConnectionError("Max retries exceeded with url: https://openaipublic.blob.core.windows.net/...")
     monkeypatch.setattr(tiktoken, "get_encoding", no_network)
-    corpus.get_encoding.cache_clear()  # an encoding built earlier in this process would be returned from the cache
+    tokenizer.get_encoding.cache_clear()  # an encoding built earlier in this process would be returned from the cache
     with pytest.raises(RuntimeError, match="tiktoken BPE 'gpt2' is not cached and could not be downloaded"):
-        corpus.get_encoding("gpt2")
+        tokenizer.get_encoding("gpt2")
     with pytest.raises(ValueError, match="unknown tokenizer 'gpt5'"):
-        corpus.get_encoding("gpt5")
+        tokenizer.get_encoding("gpt5")
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -15,6 +15,7 @@ import torch
 import batchsize
 import corpus
 import report
+import tokenizer
 import train
 import wsd
 from conftest import ROOT, TINY, cfg
@@ -192,7 +193,7 @@ def test_every_experiment_trains_on_the_corpus_given_with_data(tmp_path, monkeyp
 def test_data_names_a_prepared_corpus_or_fails_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(train.ConfigError, match=r"--data: .*meta.json not found: run `python corpus.py --input"):
         corpus.corpus_keys(str(tmp_path / "missing"))
-    big = tiktoken.Encoding(name="big", pat_str=corpus._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
+    big = tiktoken.Encoding(name="big", pat_str=tokenizer._PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
                             special_tokens={"<|endoftext|>": 1000})
     monkeypatch.setattr(corpus, "get_encoding", lambda name: big)
     monkeypatch.setattr(corpus, "known_tokenizers", lambda: ["bytes", "big"])
