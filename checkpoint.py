@@ -48,7 +48,7 @@ from corpus import load_data
 from files import fix_for, fsync_dir, make_dirs, one_line, replace_atomically, write_error
 from model import MiniCPM, MiniCPMConfig, model_config
 from mup import load_named_optimizer_state
-from official import WEIGHT_FILES, from_pretrained, is_official_dir, save_pretrained
+from official import WEIGHT_FILES, config_from_json, from_pretrained, is_official_dir, save_pretrained
 from system import check_fits_in_memory
 from tokenizer import known_tokenizers, save_tokenizer, tokenizer_id, tokenizer_of
 
@@ -290,8 +290,8 @@ def dcp_to_checkpoint(path):
 # reading a run
 
 
-def read_checkpoint(path):
-    """A checkpoint's dict from ckpt.pt, a DCP directory (ckpt_dcp*), or an out_dir holding either."""
+def checkpoint_path(path):
+    """The checkpoint an out_dir, ckpt.pt or DCP directory (ckpt_dcp*) names: ckpt.pt or a DCP directory."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path} does not exist: give a train.py out_dir, its ckpt.pt or a {DCP_DIR} directory")
     if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):  # an out_dir
@@ -300,7 +300,28 @@ def read_checkpoint(path):
             raise CheckpointError(f"{path} holds no checkpoint (ckpt.pt or {DCP_DIR}/): train into it first "
                                   f"(python train.py --out_dir={path})")
         path = held[0]
+    return path
+
+
+def read_checkpoint(path):
+    """A checkpoint's dict from ckpt.pt, a DCP directory (ckpt_dcp*), or an out_dir holding either."""
+    path = checkpoint_path(path)
     return dcp_to_checkpoint(path) if os.path.isdir(path) else load_checkpoint(path)
+
+
+def stored_config(path):
+    """The config a run's checkpoint was written with (for a released directory: its model keys, from config.json),
+    read without loading the weights (ckpt.pt memory-mapped, a DCP directory's train_state.json); None where there
+    is nothing readable (the error is then the one of reading it for real)."""
+    try:
+        if os.path.isdir(path) and is_official_dir(path):
+            return asdict(config_from_json(path))
+        path = checkpoint_path(path)
+        if os.path.isdir(path):
+            return dcp_train_state(path)[1]["config"]
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+    except Exception:  # (any unreadable file: reading it for real says what is wrong, in one line)
+        return None
 
 
 def load_state(model, optimizer, ckpt, path):

@@ -37,7 +37,8 @@ from tqdm import tqdm
 import configurator
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
                         keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
-                        read_start_point, StartPoint, claim_out_dir, save_checkpoint, save_dcp)
+                        read_start_point, StartPoint, claim_out_dir, save_checkpoint, save_dcp,
+                        stored_config)
 from configurator import ConfigError
 from corpus import MixtureData, TokenData, epochs, load_data, load_eval_sets
 from files import WriteError, write_json
@@ -46,7 +47,6 @@ from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_l
 from model import model_config as _model_config
 from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
-from official import config_from_json, is_official_dir
 from plots import plot_metrics
 from sample import generate_text
 from system import (StopFlag, all_mean, check_fits_in_memory, flops_per_token, hardware, launch_command, peak_flops,
@@ -84,7 +84,7 @@ preset = "tiny"
 for _f in fields(MiniCPMConfig):
     globals()[_f.name] = None
 # optimisation (paper §3: AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1.0, muP lr ~0.01)
-lr = 0.01  # the base lr eta; hidden matrices get lr / m (mup.py)
+lr = 0.01  # the base lr eta; hidden matrices get lr / m (mup.py); 0 keeps the weights (a round-trip check)
 weight_decay = 0.1
 grad_clip = 1.0  # 0: no clipping (the norm is still logged)
 batch_size = 16  # rows per process per micro-step
@@ -146,7 +146,7 @@ def validate_config(cfg):
     for k in cfg:
         if k not in CONFIG_KEYS:
             raise configurator.unknown_key(k, CONFIG_KEYS)
-    configurator.check_numbers(cfg, LOWER_BOUNDS, positive={"lr"})  # (before the defaults, which divide max_steps)
+    configurator.check_numbers(cfg, LOWER_BOUNDS)  # (before the defaults, which divide max_steps)
     cfg = schedule_defaults(cfg)  # (wsd.py) warmup / decay scaled to the run, the schedule checked
     for k in ("long_ratio", "passkey_ratio"):
         if not 0 <= cfg[k] <= 1:
@@ -157,22 +157,25 @@ def validate_config(cfg):
         raise ConfigError("update_stats=True compares whole weights and gradients step to step: not with fsdp=True")
     if cfg["decay_data"] and not cfg["decay_steps"]:
         raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
-    cfg = official_model_keys(cfg)
+    cfg = inherited_model_keys(cfg)
     model_config(cfg)
     return cfg
 
 
-def official_model_keys(cfg):
-    """init_from a released checkpoint (an official directory): the model keys not given come from its
-    config.json (so the preset is not used); those given are the stage's transition (upcycling, a new RoPE)."""
-    src = cfg["init_from"]
-    if not src or not os.path.isdir(src) or not is_official_dir(src):
+def inherited_model_keys(cfg):
+    """A run that continues a checkpoint (resume=True: its own) or starts from one (init_from: another run's, or a
+    released checkpoint's config.json) has its model: the model keys not given come from it (the preset is then
+    not used); those given are a new stage's transition (upcycling, a new RoPE) or are checked on resume."""
+    src = cfg["out_dir"] if cfg["resume"] else cfg["init_from"]
+    stored = stored_config(src) if src else None
+    if not isinstance(stored, dict):
         return cfg
-    try:
-        official = asdict(config_from_json(src))
-    except ValueError as e:
-        raise ConfigError(f"init_from {src}: {e}") from None
-    return {**cfg, **{k: v for k, v in official.items() if cfg[k] is None}}
+    if not cfg["resume"]:  # another model's keys, its preset resolved
+        try:
+            stored = asdict(model_config(stored))
+        except ConfigError:
+            return cfg  # (start_from says what is wrong with it)
+    return {**cfg, **{k: stored.get(k) for k in MODEL_KEYS if cfg[k] is None}}
 
 
 def model_config(cfg):

@@ -1,4 +1,5 @@
 """Helpers shared by several test files (imported as `from conftest import cfg, ...`) and fixtures."""
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 import train  # noqa: E402
@@ -50,6 +52,33 @@ def run_cli(args, env_extra=None, **kw):
 
 def cli_args(c):
     return [f"--{k}={v}" for k, v in c.items()]
+
+
+def official_dir(tmp_path, cfg, seed=1):
+    """An official-format directory written by hand (as the released checkpoints are laid out), random weights."""
+    g = torch.Generator().manual_seed(seed)
+    d, f, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * d // cfg["num_attention_heads"]
+    sd = {"model.embed_tokens.weight": torch.randn(V, d, generator=g) * 0.1,
+          "model.norm.weight": 1 + 0.1 * torch.randn(d, generator=g)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shapes = {"self_attn.q_proj": (d, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
+                  "self_attn.o_proj": (d, d)}
+        if cfg.get("num_experts"):
+            shapes["mlp.gate"] = (cfg["num_experts"], d)
+            for e in range(cfg["num_experts"]):
+                shapes.update({f"mlp.experts.{e}.w1": (f, d), f"mlp.experts.{e}.w3": (f, d),
+                               f"mlp.experts.{e}.w2": (d, f)})
+        else:
+            shapes.update({"mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f)})
+        for name, shape in shapes.items():
+            sd[f"{p}{name}.weight"] = torch.randn(*shape, generator=g) * 0.15
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            sd[f"{p}{n}.weight"] = 1 + 0.1 * torch.randn(d, generator=g)
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return sd
 
 
 @pytest.fixture

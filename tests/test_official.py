@@ -9,6 +9,7 @@ import torch
 
 from model import KVCache, MiniCPM, MiniCPMConfig
 from official import from_pretrained, read_weights, save_pretrained
+from conftest import official_dir
 from reference import official_forward, official_greedy
 
 # model.py computes RoPE tables and RMSNorm in fp32 even for a float64 model (as the official code does); the
@@ -55,33 +56,6 @@ def test_what_we_save_means_the_same_to_the_official_code_and_loads_back(tmp_pat
         assert cfg["dim_model_base"] == cfg["hidden_size"]  # the official 1/m is then 1, as in SP
     if kw.get("rope_scaling"):
         assert cfg["rope_scaling"] is None and cfg["rope_theta"] == pytest.approx(10000 * 4 ** (16 / 14))
-
-
-def official_dir(tmp_path, cfg, seed=1):
-    """An official-format directory written by hand (as the released checkpoints are laid out), random weights."""
-    g = torch.Generator().manual_seed(seed)
-    d, f, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
-    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * d // cfg["num_attention_heads"]
-    sd = {"model.embed_tokens.weight": torch.randn(V, d, generator=g) * 0.1,
-          "model.norm.weight": 1 + 0.1 * torch.randn(d, generator=g)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        shapes = {"self_attn.q_proj": (d, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
-                  "self_attn.o_proj": (d, d)}
-        if cfg.get("num_experts"):
-            shapes["mlp.gate"] = (cfg["num_experts"], d)
-            for e in range(cfg["num_experts"]):
-                shapes.update({f"mlp.experts.{e}.w1": (f, d), f"mlp.experts.{e}.w3": (f, d),
-                               f"mlp.experts.{e}.w2": (d, f)})
-        else:
-            shapes.update({"mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f)})
-        for name, shape in shapes.items():
-            sd[f"{p}{name}.weight"] = torch.randn(*shape, generator=g) * 0.15
-        for n in ("input_layernorm", "post_attention_layernorm"):
-            sd[f"{p}{n}.weight"] = 1 + 0.1 * torch.randn(d, generator=g)
-    torch.save(sd, tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return sd
 
 
 OFFICIAL = dict(architectures=["MiniCPMForCausalLM"], model_type="minicpm", vocab_size=97, hidden_size=64,
