@@ -9,9 +9,9 @@ written in.
 - `get_encoding(DIR)`: the tokenizer of a checkpoint directory (a released MiniCPM, or any HF-style directory),
   tokenizer.json through the optional `tokenizers` package, else tokenizer.model through the optional
   `sentencepiece`; its end-of-text token and whether it starts a text with <s> come from the tokenizer itself
-  (tokenizer_config.json, or what it adds when asked for its special tokens). Its `id` (the directory's name and a
-  hash of the tokenizer file) is what data prepared with it records, so that data and model are never paired
-  under two tokenizers.
+  (tokenizer_config.json, or what it adds when asked for its special tokens). Its `id` (a hash of the tokenizer
+  file: an exported copy has the same) is what data prepared with it records, so that data and model are never
+  paired under two tokenizers.
 - Chat rows ([(role, text)]) become token ids and labels (-100 on what is not trained: prompts, the template's
   markers) under the tokenizer's own format: the chat template of a directory's tokenizer_config.json when it has
   one (rendered in a sandbox: a template runs no code), else the released MiniCPM SFT format
@@ -94,7 +94,7 @@ class DirTokenizer:
                                     f"directory its tokenizer files, or use a tokenizer name "
                                     f"({', '.join(known_tokenizers())})")
         with open(file, "rb") as f:
-            self.id = f"{os.path.basename(os.path.normpath(self.path))}@{hashlib.sha256(f.read()).hexdigest()[:12]}"
+            self.id = f"{os.path.basename(file)}@{hashlib.sha256(f.read()).hexdigest()[:12]}"  # (a copy: the same)
         self.name = self.path
         config = self._read_config()
         self.chat_template = config.get("chat_template")
@@ -282,7 +282,8 @@ def template_pieces(enc, turns):
     """The pieces of a chat template (Jinja, as transformers renders it, in a sandbox): each turn is the text the
     template adds for it, found by rendering the conversation up to it; before an assistant turn, the generation
     prompt (untrained); the assistant's text is trained and ends with the end-of-text token (appended if the
-    template does not write it)."""
+    template does not write it). As transformers' apply_chat_template, nothing is added that the template does not
+    write (a <s> included)."""
     render = chat_renderer(enc)
     messages, done, pieces = [], "", []
 
@@ -302,8 +303,6 @@ def template_pieces(enc, turns):
         full = render(messages, False)
         add(_continued(done, full, enc), role == "assistant")
         done = full
-    if enc.bos_token is not None and not done.startswith(enc.bos_text):
-        pieces.insert(0, ([enc.bos_token], False, 0))
     return pieces
 
 

@@ -238,9 +238,10 @@ def check_tokenizer(data, source):
     parts = data.sources if isinstance(data, MixtureData) else [data]
     for d in (p for p in parts if isinstance(p, TokenData)):
         if data_tokenizer_id(d.meta) != source.tokenizer_id:
-            raise ConfigError(f"data {d.path} is tokenized with {data_tokenizer_id(d.meta)}, but the model's tokenizer "
-                              f"is {source.tokenizer_id} (that of {source.path}): prepare the data with it: python "
-                              f"corpus.py --input FILES --tokenizer {source.tokenizer} --out DIR")
+            raise ConfigError(f"data {d.path} is tokenized with {d.meta['tokenizer']} ({data_tokenizer_id(d.meta)}), "
+                              f"but the model's tokenizer is {source.tokenizer} ({source.tokenizer_id}, that of "
+                              f"{source.path}): prepare the data with it: python corpus.py --input FILES --tokenizer "
+                              f"{source.tokenizer} --out DIR")
 
 
 def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None, source=None):
