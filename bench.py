@@ -8,6 +8,8 @@ Benchmarks that print numbers (no timed tests).
     python bench.py --modes split   # how far one run's losses drift across batch splits (float summation order):
                                     # results/batch_split_drift.json, the tolerances of tests/conftest.py
     python bench.py --modes moe     # one MoE layer (8 experts, top-2) against the dense MLP of the same width
+    python bench.py --modes finetune_memory   # the memory of a full fine-tune of the released 1.2B and 2.4B with
+                                    # AdamW, from the shapes (meta device, seconds on a CPU): the batch per 24/40/80 GiB
 
 The reference is our model exported with `official.export_llama` (the multipliers folded into the weights), so both
 compute the same function; runs alternate in one process so that machine noise hits both alike. transformers is an
@@ -28,10 +30,10 @@ import torch.nn as nn
 
 from configurator import cli_bool
 from files import write_json
-from model import MLP, MiniCPM, MiniCPMConfig, MoE
+from model import MLP, MiniCPM, MiniCPMConfig, MoE, config_params
 from mup import configure_optimizer
 from official import export_llama
-from system import flops_per_token, hardware, peak_flops
+from system import flops_per_token, hardware, peak_flops, training_memory
 from tasks import write_task_data
 from train import train
 
@@ -191,6 +193,44 @@ def bench_memory(a):
            dict(rows=rows, longest=fits, total_gib=total / 2 ** 30))
 
 
+GPU_GIB = (24, 40, 80)  # the memory of the GPUs people fine-tune on: RTX 4090 / L4-class, A100-40GB, A100 / H100-80GB
+CUDA_SLACK_GIB = 2  # the CUDA context and the caching allocator's fragmentation, not in training_memory
+
+
+def largest_batch(config, seq_len, checkpointing, gib, shards=1):
+    """The most rows of seq_len tokens per GPU whose training step fits gib GiB (training_memory + CUDA_SLACK_GIB),
+    0 if not even one; the memory is linear in the rows, measured at 1 and 2 and checked at the answer."""
+    one, two = (training_memory(config, b, seq_len, checkpointing, shards)["total"] for b in (1, 2))
+    budget = (gib - CUDA_SLACK_GIB) * 2 ** 30
+    rows = max(0, int((budget - one) // (two - one)) + 1) if budget >= one else 0
+    if rows:
+        assert training_memory(config, rows, seq_len, checkpointing, shards)["total"] <= budget * (1 + 1e-9)
+    return rows
+
+
+def bench_finetune_memory(a):
+    """Full fine-tuning of the released MiniCPM-1.2B and 2.4B with AdamW at seq_len (default 4096, their context),
+    bf16 autocast: training_memory's parts at one row, and the rows per GPU that fit 24, 40 and 80 GiB, with and
+    without activation checkpointing, on one GPU and sharded by FSDP2 over 8."""
+    seq_len = a.seq_len if a.seq_len != 256 else 4096
+    out = dict(seq_len=seq_len, slack_gib=CUDA_SLACK_GIB, models={})
+    for preset in ("minicpm-1.2b", "minicpm-2.4b"):
+        c = MiniCPMConfig.from_preset(preset)
+        parts = {f"ac={ac}": {k: round(v / 2 ** 30, 2) for k, v in training_memory(c, 1, seq_len, ac).items()}
+                 for ac in (True, False)}
+        fits = {f"{gib} GiB, {shards} GPU{'s' if shards > 1 else ''}, ac={ac}": largest_batch(c, seq_len, ac, gib,
+                                                                                              shards)
+                for shards in (1, 8) for gib in GPU_GIB for ac in (True, False)}
+        out["models"][preset] = dict(params=config_params(c), gib_at_one_row=parts,
+                                     rows_that_fit=fits)
+        print(f"{preset} at {seq_len} tokens, one row: " + "; ".join(
+            f"{k}: {v['total']:.1f} GiB ({v['weights_grads_adamw']:.1f} weights+grads+AdamW, {v['activations']:.1f} "
+            f"activations)" for k, v in parts.items()))
+        print("  rows that fit: " + ", ".join(f"{k}: {v}" for k, v in fits.items()))
+    record("finetune_memory", a, out)
+    return out
+
+
 def record(name, a, results):
     """results/bench_<name>.json: what a benchmark measured, with its command, the machine, the versions and the
     date (the README quotes these files, never a number measured elsewhere)."""
@@ -265,7 +305,8 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=["train", "generate"],
-                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU) | moe")
+                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU) | moe | "
+                        "finetune_memory (shapes)")
     p.add_argument("--activation_checkpointing", type=cli_bool, default=False)
     p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
     p.add_argument("--compile", type=cli_bool, default=True)
@@ -279,6 +320,8 @@ def main():
         return bench_split(a)
     if "moe" in a.modes:
         return bench_moe(a)
+    if "finetune_memory" in a.modes:
+        return bench_finetune_memory(a)
     if "mfu" in a.modes or "memory" in a.modes:
         if "mfu" in a.modes:
             bench_mfu(a)

@@ -116,6 +116,26 @@ def speed_table():
     return "\n".join(rows)
 
 
+def memory_table():
+    """The memory of a full fine-tune of the released 1.2B and 2.4B and the rows per GPU that fit (python bench.py
+    --modes finetune_memory, results/bench_finetune_memory.json: from the shapes, on the meta device)."""
+    m = read_results("bench_finetune_memory")
+    r = m["results"]
+    rows = ["| model (parameters) | one row of 4096 tokens: weights + grads + AdamW, activations, total | rows per GPU, "
+            "activation checkpointing on (off): 24 / 40 / 80 GiB | the same, FSDP2 over 8 GPUs |", "|---|---|---|---|"]
+    for preset, v in r["models"].items():
+        one, fits = v["gib_at_one_row"]["ac=True"], v["rows_that_fit"]
+        cells = [" / ".join(f"{fits[f'{g} GiB, {n} GPU{suffix}, ac=True']} "
+                            f"({fits[f'{g} GiB, {n} GPU{suffix}, ac=False']})" for g in (24, 40, 80))
+                 for n, suffix in ((1, ""), (8, "s"))]
+        rows.append(f"| `{preset}` ({v['params'] / 1e9:.2f}B) | {one['weights_grads_adamw']:.1f} + "
+                    f"{one['activations']:.1f} (off: {v['gib_at_one_row']['ac=False']['activations']:.1f}) GiB, "
+                    f"{one['total']:.1f} GiB in all | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows) + (f"\n\nAt seq_len {r['seq_len']}, bf16 autocast, {r['slack_gib']} GiB left for the CUDA "
+                               f"context and the allocator; `{m['command']}` ({m['hardware']}, {m['date'][:10]}). "
+                               f"A row is one sequence of a micro-batch: reach the paper's batch with --grad_accum.")
+
+
 def verdicts_table():
     """The README's short summary of the ledger: the tally, and the verdicts by paper section."""
     allf = [f for f in findings.load().values() if not f.get("sanity")]
@@ -134,7 +154,7 @@ def verdicts_table():
 def blocks():
     """{block name: the function that generates it}: the ledger, every experiment's tables, the speed, the
     README's summary of the verdicts."""
-    out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table}
+    out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table, "memory": memory_table}
     for e in registry():
         out.update(e.tables)
     return out

@@ -3,6 +3,7 @@ The machine a run runs on: device and precision, the processes torchrun starts (
 over them), and the signals that stop a run. Shared by train.py and dpo.py.
 """
 
+import dataclasses
 import os
 import platform
 import signal
@@ -14,7 +15,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from configurator import ConfigError
-from model import config_params
+from model import MiniCPM, config_params
+from rope import rope_tables
 
 
 def resolve_system(device="auto", dtype="auto", compile="auto"):
@@ -75,6 +77,58 @@ def check_fits_in_memory(config):
         raise ConfigError(f"the model of this config has {from_shapes:,} parameters ({need / 2 ** 30:,.1f} "
                           f"GiB in fp32), more than this machine's {have / 2 ** 30:,.1f} GiB of memory: check "
                           f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
+
+
+def saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing):
+    """The bytes autograd keeps for the backward of one training forward (loss included) of `config`, measured on
+    the meta device (nothing allocated): every tensor saved for backward, counted once, the weights left out (the
+    static part counts them). Under activation checkpointing: what the forward keeps outside the blocks (each
+    block's input among them), and one block's own tensors, which exist again while its backward recomputes it.
+    Measured in fp32, an upper bound of bf16 autocast (which keeps most of them in bf16, the residual stream, the
+    norms and the loss in fp32). The meta device attends with PyTorch's reference kernel, which keeps the (T, T)
+    attention weights; a GPU's flash attention keeps their log-sum-exp instead (B x heads x T floats), which is what
+    is counted."""
+    config = dataclasses.replace(config, max_position_embeddings=max(seq_len, config.max_position_embeddings))
+    with torch.device("meta"):
+        model = MiniCPM(config)
+        idx = torch.zeros(batch_size, seq_len, dtype=torch.long)
+        x = torch.zeros(batch_size, seq_len, config.hidden_size, requires_grad=True)
+    params = {id(p) for p in model.parameters()}
+    lse = 4 * batch_size * config.num_attention_heads * seq_len
+    seen = {}
+
+    def pack(t):
+        base = t if t._base is None else t._base
+        if id(base) in params:
+            return t
+        attention_weights = t.dim() >= 2 and tuple(t.shape[-2:]) == (seq_len, seq_len) and seq_len > 1
+        seen[id(base)] = lse if attention_weights else base.numel() * base.element_size()
+        return t
+
+    def measure(forward):
+        seen.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward()
+        return sum(seen.values())
+    model.activation_checkpointing = activation_checkpointing
+    total = measure(lambda: model(idx, idx))
+    if not activation_checkpointing:
+        return total
+    cos, sin = rope_tables(config, 0, seq_len, torch.device("meta"))
+    return total + measure(lambda: model.model.layers[0](x, cos, sin))
+
+
+def training_memory(config, batch_size, seq_len, activation_checkpointing=True, shards=1):
+    """Bytes one GPU holds at the peak of a full-parameter training step with AdamW (train.py on CUDA: fp32 master
+    weights, bf16 autocast), {part: bytes}: fp32 weights, gradients and the two AdamW moments, 16 bytes a parameter
+    (divided over `shards` GPUs under FSDP2); autocast's bf16 copy of the weights, 2 bytes a parameter (FSDP2: the
+    bf16 weights of one gathered block instead, ignored); the saved activations (saved_activation_bytes); the fp32
+    gradient of the logits. Not counted: the CUDA context and the allocator's slack (~1-2 GiB)."""
+    P = config_params(config)
+    parts = dict(weights_grads_adamw=16 * P / shards, bf16_weight_copies=2 * P / shards,
+                 activations=saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing),
+                 logits_gradient=4 * batch_size * seq_len * config.vocab_size)
+    return dict(parts, total=sum(parts.values()))
 
 
 def launch_command(script):

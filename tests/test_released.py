@@ -211,3 +211,23 @@ def test_data_of_another_tokenizer_than_the_checkpoints_is_one_line(tmp_path, bp
     args = cli_args(dict(RUN, init_from=str(d), max_steps=2, out_dir=str(tmp_path / "run")))
     cli(train.main, [*args, "--data=embedded"], "is tokenized with bytes", f"the model's tokenizer is {d}",
         f"--tokenizer {d}")
+
+
+def test_the_memory_of_a_full_fine_tune_follows_from_the_shapes():
+    """system.training_memory (the README's batch per GPU): 16 bytes a parameter for fp32 weights, gradients and
+    AdamW plus 2 for autocast's bf16 copies, activations linear in the rows; under activation checkpointing each
+    added layer keeps exactly its input (B x T x d fp32), the rest of a block only while it recomputes."""
+    from model import MiniCPMConfig, config_params
+    from system import training_memory
+    shape = dict(vocab_size=512, hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256)
+    mem = {(L, B, ac): training_memory(MiniCPMConfig(num_hidden_layers=L, **shape), B, 64, ac)
+           for L in (2, 4) for B in (1, 2, 3) for ac in (True, False)}
+    c = MiniCPMConfig(num_hidden_layers=2, **shape)
+    assert mem[2, 1, True]["weights_grads_adamw"] + mem[2, 1, True]["bf16_weight_copies"] == 18 * config_params(c)
+    assert training_memory(c, 1, 64, True, shards=8)["weights_grads_adamw"] == 2 * config_params(c)
+    for ac in (True, False):
+        act = [mem[2, B, ac]["activations"] for B in (1, 2, 3)]
+        assert act[2] - act[1] == act[1] - act[0] > 0
+    assert mem[4, 2, True]["activations"] - mem[2, 2, True]["activations"] == 2 * (2 * 64 * 128 * 4)
+    assert mem[4, 2, True]["activations"] < mem[4, 2, False]["activations"]
+    assert mem[2, 3, True]["logits_gradient"] == 4 * 3 * 64 * 512
