@@ -121,19 +121,24 @@ def memory_table():
     --modes finetune_memory, results/bench_finetune_memory.json: from the shapes, on the meta device)."""
     m = read_results("bench_finetune_memory")
     r = m["results"]
-    rows = ["| model (parameters) | one row of 4096 tokens: weights + grads + AdamW, activations, total | rows per GPU, "
-            "activation checkpointing on (off): 24 / 40 / 80 GiB | the same, FSDP2 over 8 GPUs |", "|---|---|---|---|"]
+    rows = ["| model (parameters) | one row of 4096 tokens: weights + grads + AdamW, activations, total | rows per "
+            "GPU, activation checkpointing on (off): 24 / 40 / 80 GiB | the same, FSDP2 over 8 GPUs |",
+            "|---|---|---|---|"]
     for preset, v in r["models"].items():
         one, fits = v["gib_at_one_row"]["ac=True"], v["rows_that_fit"]
-        cells = [" / ".join(f"{fits[f'{g} GiB, {n} GPU{suffix}, ac=True']} "
-                            f"({fits[f'{g} GiB, {n} GPU{suffix}, ac=False']})" for g in (24, 40, 80))
-                 for n, suffix in ((1, ""), (8, "s"))]
+
+        def cell(n, suffix):
+            return " / ".join(f"{fits[f'{g} GiB, {n} GPU{suffix}, ac=True']} "
+                              f"({fits[f'{g} GiB, {n} GPU{suffix}, ac=False']})" for g in (24, 40, 80))
+        cells = [cell(1, ""), cell(8, "s")]
         rows.append(f"| `{preset}` ({v['params'] / 1e9:.2f}B) | {one['weights_grads_adamw']:.1f} + "
                     f"{one['activations']:.1f} (off: {v['gib_at_one_row']['ac=False']['activations']:.1f}) GiB, "
                     f"{one['total']:.1f} GiB in all | {cells[0]} | {cells[1]} |")
-    return "\n".join(rows) + (f"\n\nAt seq_len {r['seq_len']}, bf16 autocast, {r['slack_gib']} GiB left for the CUDA "
-                               f"context and the allocator; `{m['command']}` ({m['hardware']}, {m['date'][:10]}). "
-                               f"A row is one sequence of a micro-batch: reach the paper's batch with --grad_accum.")
+    note = (f"At seq_len {r['seq_len']}, bf16 autocast, {r['slack_gib']} GiB left for the CUDA context and the "
+            f"allocator; the total adds autocast's bf16 weight copies and the logits' gradient; `{m['command']}` "
+            f"({m['hardware']}, {m['date'][:10]}). A row is one sequence of a micro-batch: reach the paper's batch "
+            f"with --grad_accum.")
+    return "\n".join(rows) + "\n\n" + note
 
 
 def verdicts_table():
