@@ -126,7 +126,11 @@ class DirTokenizer:
             from tokenizers import Tokenizer  # optional
         except ImportError:
             raise ImportError(f"{file} needs the optional package: pip install tokenizers") from None
-        self.tok = Tokenizer.from_file(file)
+        try:
+            self.tok = Tokenizer.from_file(file)
+        except Exception as e:  # (tokenizers raises its own Exception on a bad file)
+            raise ValueError(f"{file} could not be read ({str(e).splitlines()[0]}): re-download the checkpoint's "
+                             f"tokenizer") from None
         self.n_vocab = self.tok.get_vocab_size(with_added_tokens=True)
         names = [_special(config.get("eos_token")), "</s>", "<|endoftext|>"]
         self.eot_token = next((i for i in map(self.tok.token_to_id, filter(None, names)) if i is not None), None)
@@ -140,7 +144,11 @@ class DirTokenizer:
             import sentencepiece  # optional
         except ImportError:
             raise ImportError(f"{file} needs the optional package: pip install sentencepiece") from None
-        self.tok = sentencepiece.SentencePieceProcessor(model_file=file)
+        try:
+            self.tok = sentencepiece.SentencePieceProcessor(model_file=file)
+        except Exception as e:  # (sentencepiece raises OSError / RuntimeError on a bad file)
+            raise ValueError(f"{file} could not be read ({str(e).splitlines()[0]}): re-download the checkpoint's "
+                             f"tokenizer") from None
         self.n_vocab = self.tok.get_piece_size()
         self.eot_token = self.tok.eos_id() if self.tok.eos_id() >= 0 else None
         self.bos_token = self.tok.bos_id() if self.tok.bos_id() >= 0 and config.get("add_bos_token", True) else None

@@ -231,3 +231,24 @@ def test_the_memory_of_a_full_fine_tune_follows_from_the_shapes():
     assert mem[4, 2, True]["activations"] - mem[2, 2, True]["activations"] == 2 * (2 * 64 * 128 * 4)
     assert mem[4, 2, True]["activations"] < mem[4, 2, False]["activations"]
     assert mem[2, 3, True]["logits_gradient"] == 4 * 3 * 64 * 512
+
+
+def test_a_sentencepiece_tokenizer_model_serves_the_same_way(tmp_path):
+    """tokenizer.model (the released MiniCPM-2B's format) through the optional sentencepiece: documents as
+    <s> text </s>, SFT rows in the released format."""
+    spm = pytest.importorskip("sentencepiece", reason="optional: sentencepiece is not installed")
+    (tmp_path / "text.txt").write_text("\n".join(d.replace("\n", " ")[:4000] for d in corpus.embedded_documents()[:30]))
+    d = tmp_path / "sp"
+    d.mkdir()
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text.txt"), model_prefix=str(d / "tokenizer"), vocab_size=300,
+                                   user_defined_symbols=["<用户>", "<AI>"], unk_id=0, bos_id=1, eos_id=2,
+                                   minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    corpus.prepare(str(tmp_path / "data"), ["hello world", "second doc"], str(d))
+    tokens = [*np.fromfile(tmp_path / "data" / "train.bin", dtype=np.uint16),
+              *np.fromfile(tmp_path / "data" / "val.bin", dtype=np.uint16)]
+    assert tokens == [1, *sp.encode("hello world"), 2, 1, *sp.encode("second doc"), 2]
+    (tmp_path / "sft.jsonl").write_text(json.dumps(dict(prompt="hi", response="yo")) + "\n")
+    ids, labels = corpus.SFTData(str(tmp_path / "sft.jsonl"), str(d)).split["train"][0]
+    assert ids == [1, *sp.encode("<用户>hi<AI>"), *sp.encode("yo"), 2] and labels[-len(sp.encode("yo")) - 1:] == \
+        [*sp.encode("yo"), 2]

@@ -49,6 +49,8 @@ def test_sample_errors_are_one_line(tmp_path, capsys):
     except ImportError:
         assert error([f"--model_dir={tmp_path}"]) == f"error: {tmp_path}/tokenizer.model needs the optional " \
                                                       f"package: pip install sentencepiece"
+    else:  # a file that is not a tokenizer: one line
+        assert error([f"--model_dir={tmp_path}"]).startswith(f"error: {tmp_path}/tokenizer.model could not be read")
 
 
 def test_sample_from_official_directory_with_tokenizer_json(tmp_path):
