@@ -9,7 +9,10 @@ Benchmarks that print numbers (no timed tests).
                                     # results/batch_split_drift.json, the tolerances of tests/conftest.py
     python bench.py --modes moe     # one MoE layer (8 experts, top-2) against the dense MLP of the same width
     python bench.py --modes finetune_memory   # the memory of a full fine-tune of the released 1.2B and 2.4B with
-                                    # AdamW, from the shapes (meta device, seconds on a CPU): the batch per 24/40/80 GiB
+                                    # AdamW (activations measured under CPU autocast on 1- and 2-layer slices):
+                                    # the batch per 24/40/80 GiB
+    python bench.py --modes recipe  # the README's GPU recipe: each config's tokens, time (FLOPs at an assumed MFU)
+                                    # and memory (the shapes) on GPUs, and what it costs on this CPU
 
 The reference is our model exported with `official.export_llama` (the multipliers folded into the weights), so both
 compute the same function; runs alternate in one process so that machine noise hits both alike. transformers is an
@@ -29,13 +32,14 @@ import torch
 import torch.nn as nn
 
 from configurator import cli_bool
+from corpus import BUILTIN, TokenData
 from files import write_json
 from model import MLP, MiniCPM, MiniCPMConfig, MoE, config_params
 from mup import configure_optimizer
 from official import export_llama
-from system import flops_per_token, hardware, peak_flops, training_memory
+from system import PEAK_FLOPS, flops_per_token, hardware, peak_flops, probe_saved_bytes, training_memory
 from tasks import write_task_data
-from train import train
+from train import get_config, model_config, train
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -197,14 +201,14 @@ GPU_GIB = (24, 40, 80)  # the memory of the GPUs people fine-tune on: RTX 4090 /
 CUDA_SLACK_GIB = 2  # the CUDA context and the caching allocator's fragmentation, not in training_memory
 
 
-def largest_batch(config, seq_len, checkpointing, gib, shards=1):
+def largest_batch(config, seq_len, checkpointing, gib, shards=1, probe=None):
     """The most rows of seq_len tokens per GPU whose training step fits gib GiB (training_memory + CUDA_SLACK_GIB),
     0 if not even one; the memory is linear in the rows, measured at 1 and 2 and checked at the answer."""
-    one, two = (training_memory(config, b, seq_len, checkpointing, shards)["total"] for b in (1, 2))
+    one, two = (training_memory(config, b, seq_len, checkpointing, shards, probe)["total"] for b in (1, 2))
     budget = (gib - CUDA_SLACK_GIB) * 2 ** 30
     rows = max(0, int((budget - one) // (two - one)) + 1) if budget >= one else 0
     if rows:
-        assert training_memory(config, rows, seq_len, checkpointing, shards)["total"] <= budget * (1 + 1e-9)
+        assert training_memory(config, rows, seq_len, checkpointing, shards, probe)["total"] <= budget * (1 + 1e-9)
     return rows
 
 
@@ -216,10 +220,11 @@ def bench_finetune_memory(a):
     out = dict(seq_len=seq_len, slack_gib=CUDA_SLACK_GIB, models={})
     for preset in ("minicpm-1.2b", "minicpm-2.4b"):
         c = MiniCPMConfig.from_preset(preset)
-        parts = {f"ac={ac}": {k: round(v / 2 ** 30, 2) for k, v in training_memory(c, 1, seq_len, ac).items()}
+        probe = probe_saved_bytes(c)
+        parts = {f"ac={ac}": {k: round(v / 2 ** 30, 2) for k, v in training_memory(c, 1, seq_len, ac, 1, probe).items()}
                  for ac in (True, False)}
         fits = {f"{gib} GiB, {shards} GPU{'s' if shards > 1 else ''}, ac={ac}": largest_batch(c, seq_len, ac, gib,
-                                                                                              shards)
+                                                                                              shards, probe)
                 for shards in (1, 8) for gib in GPU_GIB for ac in (True, False)}
         out["models"][preset] = dict(params=config_params(c), gib_at_one_row=parts,
                                      rows_that_fit=fits)
@@ -228,6 +233,44 @@ def bench_finetune_memory(a):
             f"activations)" for k, v in parts.items()))
         print("  rows that fit: " + ", ".join(f"{k}: {v}" for k, v in fits.items()))
     record("finetune_memory", a, out)
+    return out
+
+
+# the first run at each scale (README "A GPU recipe"): (config file, GPUs)
+RECIPES = (("config/wt_9m.py", 1), ("config/wt_0.1b_fineweb.py", 1), ("config/minicpm_1.2b.py", 8))
+ASSUMED_MFU = 0.40  # the MFU targets bench.py --modes mfu is held to (an H100 measurement is owed: README)
+CPU_SPEED = "wt_9m_cpu_speed"  # a measured CPU run (results/): its tokens/s and FLOPs/token give this CPU's FLOP/s
+
+
+def bench_recipe(a):
+    """Each recipe's tokens (max_steps x the global batch), its FLOPs (flops_per_token), the time on H100s at
+    ASSUMED_MFU and on the measured CPU at its achieved FLOP/s, its memory per GPU (training_memory: eager, an upper
+    bound), and the epochs of its corpus when that is a builtin one: estimates, marked so in the README."""
+    with open(os.path.join(RESULTS, f"{CPU_SPEED}.json")) as f:
+        cpu_run = json.load(f)
+    cpu_cfg = get_config(cpu_run["command"].split()[2:])
+    cpu_flops = flops_per_token(model_config(cpu_cfg), cpu_cfg["seq_len"]) * cpu_run["tok_per_s"]
+    out = dict(assumed_mfu=ASSUMED_MFU, gpu="H100", gpu_peak_flops=PEAK_FLOPS["H100"], cpu=cpu_run["hardware"],
+               cpu_flops_per_s=cpu_flops, cpu_measured_by=cpu_run["command"], recipes=[])
+    for file, gpus in RECIPES:
+        cfg = get_config([file])
+        mcfg = model_config(cfg)
+        tokens = cfg["max_steps"] * cfg["batch_size"] * cfg["grad_accum"] * gpus * cfg["seq_len"]
+        flops = tokens * flops_per_token(mcfg, cfg["seq_len"])
+        memory = training_memory(mcfg, cfg["batch_size"], cfg["seq_len"], cfg["activation_checkpointing"],
+                                 gpus if cfg["fsdp"] else 1)["total"]
+        train_tokens = TokenData(cfg["data"]).meta["train_tokens"] if cfg["data"] in BUILTIN else None
+        command = (f"torchrun --standalone --nproc_per_node={gpus} train.py {file}" if gpus > 1 else
+                   f"python train.py {file}")
+        out["recipes"].append(dict(
+            command=command, preset=cfg["preset"], params=config_params(mcfg), data=cfg["data"], gpus=gpus,
+            tokens=tokens, flops=flops, gpu_hours=flops / (ASSUMED_MFU * PEAK_FLOPS["H100"] * gpus) / 3600,
+            memory_gib=memory / 2 ** 30, cpu_hours=flops / cpu_flops / 3600,
+            epochs=tokens / train_tokens if train_tokens else None))
+        r = out["recipes"][-1]
+        print(f"{command}: {tokens / 1e9:.2f}B tokens, {flops:.2e} FLOPs: ~{r['gpu_hours']:.1f} h on {gpus} H100 at "
+              f"MFU {ASSUMED_MFU:.0%}, <= {r['memory_gib']:.0f} GiB a GPU; ~{r['cpu_hours']:,.0f} h on this CPU")
+    record("recipe", a, out)
     return out
 
 
@@ -306,7 +349,7 @@ def main():
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=["train", "generate"],
                    help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU) | moe | "
-                        "finetune_memory (shapes)")
+                        "finetune_memory | recipe (shapes, FLOPs)")
     p.add_argument("--activation_checkpointing", type=cli_bool, default=False)
     p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
     p.add_argument("--compile", type=cli_bool, default=True)
@@ -322,6 +365,8 @@ def main():
         return bench_moe(a)
     if "finetune_memory" in a.modes:
         return bench_finetune_memory(a)
+    if "recipe" in a.modes:
+        return bench_recipe(a)
     if "mfu" in a.modes or "memory" in a.modes:
         if "mfu" in a.modes:
             bench_mfu(a)

@@ -118,7 +118,7 @@ def speed_table():
 
 def memory_table():
     """The memory of a full fine-tune of the released 1.2B and 2.4B and the rows per GPU that fit (python bench.py
-    --modes finetune_memory, results/bench_finetune_memory.json: from the shapes, on the meta device)."""
+    --modes finetune_memory, results/bench_finetune_memory.json: system.training_memory)."""
     m = read_results("bench_finetune_memory")
     r = m["results"]
     rows = ["| model (parameters) | one row of 4096 tokens: weights + grads + AdamW, activations, total | rows per "
@@ -141,6 +141,26 @@ def memory_table():
     return "\n".join(rows) + "\n\n" + note
 
 
+def recipe_table():
+    """The GPU recipe: each config's tokens, time, memory and CPU cost (python bench.py --modes recipe,
+    results/bench_recipe.json: estimates from the FLOPs at an assumed MFU and from the shapes)."""
+    m = read_results("bench_recipe")
+    r = m["results"]
+    rows = ["| command | model | tokens | time on H100s (estimate) | memory a GPU (upper bound) | on this CPU "
+            "(estimate) | final loss |", "|---|---|---|---|---|---|---|"]
+    for x in r["recipes"]:
+        hours = f"{x['gpu_hours']:.1f} h on {x['gpus']}" if x["gpu_hours"] >= 0.1 else \
+            f"minutes on {x['gpus']} (too small to reach the MFU)"
+        cpu = f"{x['cpu_hours']:,.0f} h" + (f", {x['epochs']:.0f} epochs of {x['data']}" if x["epochs"] else "")
+        rows.append(f"| `{x['command']}` | `{x['preset']}` ({x['params'] / 1e6:,.0f}M) | {x['tokens'] / 1e9:,.2f}B | "
+                    f"{hours} | {x['memory_gib']:.0f} GiB | {cpu} | not measured: no GPU run is recorded |")
+    note = (f"Time: the FLOPs (6 x parameters + attention, `system.flops_per_token`) over {r['assumed_mfu']:.0%} MFU "
+            f"of the {r['gpu']}'s {r['gpu_peak_flops'] / 1e12:.0f} TFLOP/s (the MFU the 1.2B reached in the earlier, "
+            f"unrecorded measurement below was higher); memory: `system.training_memory` at the config's batch; CPU: "
+            f"the FLOP/s `{r['cpu_measured_by']}` reached on {r['cpu']}. `{m['command']}`, {m['date'][:10]}.")
+    return "\n".join(rows) + "\n\n" + note
+
+
 def verdicts_table():
     """The README's short summary of the ledger: the tally, and the verdicts by paper section."""
     allf = [f for f in findings.load().values() if not f.get("sanity")]
@@ -159,7 +179,8 @@ def verdicts_table():
 def blocks():
     """{block name: the function that generates it}: the ledger, every experiment's tables, the speed, the
     README's summary of the verdicts."""
-    out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table, "memory": memory_table}
+    out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table, "memory": memory_table,
+           "recipe": recipe_table}
     for e in registry():
         out.update(e.tables)
     return out

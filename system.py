@@ -16,7 +16,6 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from configurator import ConfigError
 from model import MiniCPM, config_params
-from rope import rope_tables
 
 
 def resolve_system(device="auto", dtype="auto", compile="auto"):
@@ -79,46 +78,61 @@ def check_fits_in_memory(config):
                           f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
 
 
-def saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing):
-    """The bytes autograd keeps for the backward of one training forward (loss included) of `config`, measured on
-    the meta device (nothing allocated): every tensor saved for backward, counted once, the weights left out (the
-    static part counts them). Under activation checkpointing: what the forward keeps outside the blocks (each
-    block's input among them), and one block's own tensors, which exist again while its backward recomputes it.
-    Measured in fp32, an upper bound of bf16 autocast (which keeps most of them in bf16, the residual stream, the
-    norms and the loss in fp32). The meta device attends with PyTorch's reference kernel, which keeps the (T, T)
-    attention weights; a GPU's flash attention keeps their log-sum-exp instead (B x heads x T floats), which is what
-    is counted."""
-    config = dataclasses.replace(config, max_position_embeddings=max(seq_len, config.max_position_embeddings))
-    with torch.device("meta"):
-        model = MiniCPM(config)
-        idx = torch.zeros(batch_size, seq_len, dtype=torch.long)
-        x = torch.zeros(batch_size, seq_len, config.hidden_size, requires_grad=True)
-    params = {id(p) for p in model.parameters()}
-    lse = 4 * batch_size * config.num_attention_heads * seq_len
-    seen = {}
-
-    def pack(t):
-        base = t if t._base is None else t._base
-        if id(base) in params:
-            return t
-        attention_weights = t.dim() >= 2 and tuple(t.shape[-2:]) == (seq_len, seq_len) and seq_len > 1
-        seen[id(base)] = lse if attention_weights else base.numel() * base.element_size()
-        return t
-
-    def measure(forward):
-        seen.clear()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            forward()
-        return sum(seen.values())
-    model.activation_checkpointing = activation_checkpointing
-    total = measure(lambda: model(idx, idx))
+def saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing, probe=None):
+    """The bytes autograd keeps for the backward of one training forward (loss included) of `config` under bf16
+    autocast, as train.py runs on a GPU: measured on this CPU under autocast (the same bf16 / fp32 split of the ops)
+    for one and for two layers of the model at 128 tokens (probe_saved_bytes), which gives what the forward keeps
+    outside the blocks and in each, scaled to batch_size x seq_len (every saved tensor grows with the tokens once
+    the (T, T) attention weights are left out: a GPU's flash attention keeps their log-sum-exp, B x heads x T
+    floats, which is what is counted). Every tensor saved for backward counts once; the weights (and autocast's
+    bf16 copies of them) are the static part's. Under activation checkpointing each block keeps its fp32 input, and
+    one block's own tensors exist again while its backward recomputes it. Eager: torch.compile fuses pointwise ops
+    and keeps less. `probe`: probe_saved_bytes of this config, measured once for several batches."""
+    T, outside, block = probe or probe_saved_bytes(config)
+    scale = batch_size * seq_len / T
     if not activation_checkpointing:
-        return total
-    cos, sin = rope_tables(config, 0, seq_len, torch.device("meta"))
-    return total + measure(lambda: model.model.layers[0](x, cos, sin))
+        return (outside + config.num_hidden_layers * block) * scale
+    block_input = batch_size * seq_len * config.hidden_size * 4  # (the residual stream is fp32 under autocast)
+    return outside * scale + config.num_hidden_layers * block_input + block * scale
 
 
-def training_memory(config, batch_size, seq_len, activation_checkpointing=True, shards=1):
+def probe_saved_bytes(config, T=128):
+    """(T, bytes saved outside the blocks, bytes saved by one block) of one row of T tokens, under CPU bf16
+    autocast, from models of one and of two layers (random weights: the shapes are what counts)."""
+    saved = []
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        model = MiniCPM(dataclasses.replace(config, num_hidden_layers=layers, max_position_embeddings=max(
+            T, config.max_position_embeddings)))
+        params = {p.data_ptr() for p in model.parameters()}
+        shapes = {}
+        for p in model.parameters():
+            shapes.setdefault(tuple(p.shape), []).append(p)
+        seen = {}
+
+        def weight_copy(t):  # autocast's bf16 cast of a weight, or its transpose (the static part counts those)
+            for u in (t, t.t()) if t.dim() == 2 else (t,):
+                if any(u.dtype != p.dtype and torch.equal(u, p.to(u.dtype)) for p in shapes.get(tuple(u.shape), ())):
+                    return True
+            return False
+
+        def pack(t):
+            if t.layout != torch.strided or t.data_ptr() in params or weight_copy(t):
+                return t
+            attention_weights = t.dim() >= 2 and tuple(t.shape[-2:]) == (T, T) and T > 1
+            lse = 4 * config.num_attention_heads * T
+            seen[t.untyped_storage().data_ptr()] = lse if attention_weights else t.untyped_storage().nbytes()
+            return t
+        idx = torch.zeros(1, T, dtype=torch.long)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(idx, idx)[1]
+        del loss, model  # (the graph and the model freed before the next)
+        saved.append(sum(seen.values()))
+    block = saved[1] - saved[0]
+    return T, saved[0] - block, block
+
+
+def training_memory(config, batch_size, seq_len, activation_checkpointing=True, shards=1, probe=None):
     """Bytes one GPU holds at the peak of a full-parameter training step with AdamW (train.py on CUDA: fp32 master
     weights, bf16 autocast), {part: bytes}: fp32 weights, gradients and the two AdamW moments, 16 bytes a parameter
     (divided over `shards` GPUs under FSDP2); autocast's bf16 copy of the weights, 2 bytes a parameter (FSDP2: the
@@ -126,7 +140,7 @@ def training_memory(config, batch_size, seq_len, activation_checkpointing=True, 
     gradient of the logits. Not counted: the CUDA context and the allocator's slack (~1-2 GiB)."""
     P = config_params(config)
     parts = dict(weights_grads_adamw=16 * P / shards, bf16_weight_copies=2 * P / shards,
-                 activations=saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing),
+                 activations=saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing, probe),
                  logits_gradient=4 * batch_size * seq_len * config.vocab_size)
     return dict(parts, total=sum(parts.values()))
 

@@ -6,9 +6,10 @@ data = "data/web"
 vocab_size = 100352  # cl100k_base has 100,277 tokens: pad to a multiple of 64 (the official vocab is 73,440)
 out_dir = "out-1.2b"
 seq_len = 4096
-batch_size = 4  # per GPU per micro-step: 64 GiB peak on an 80 GB H100 (bench.py --modes mfu); 8 with
-#                activation_checkpointing = True
-grad_accum = 32  # 8 GPUs x 32 x 4 x 4096 = 4.2M tokens per step, the paper's batch (§3.2: 1.21e9 / L^6.24)
+batch_size = 8  # per GPU per micro-step, with activation checkpointing: <= 53 GiB eager (system.training_memory;
+#                an earlier compiled H100 run: 38.8 GiB); without it, 4 rows (64 GiB compiled, more eager)
+activation_checkpointing = True
+grad_accum = 16  # 8 GPUs x 16 x 8 x 4096 = 4.2M tokens per step, the paper's batch (§3.2: 1.21e9 / L^6.24)
 lr = 0.01  # muP: the base lr found on the wind-tunnel models transfers (paper §3.3)
 max_steps = 50000
 warmup_steps = 500
