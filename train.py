@@ -481,7 +481,7 @@ class Run:
 
     def write(self, text):
         """A line beside the progress bar (rank 0, not quiet)."""
-        if self.bar is not None and not self.bar.disable:
+        if self.bar is not None and not self.bar.disable and not self.quiet:
             self.bar.write(text)
 
     def log_row(self, row):
@@ -491,19 +491,21 @@ class Run:
             append_jsonl(os.path.join(self.cfg["out_dir"], "metrics.jsonl"), row)
 
 
-def train(cfg, quiet=False):
+def train(cfg, quiet=False, progress=None):
     """Run one training described by a config dict (see the module-level keys); returns its metrics. The out_dir is
-    locked for the whole run (by rank 0 under torchrun): a second run on it stops at once."""
+    locked for the whole run (by rank 0 under torchrun): a second run on it stops at once. quiet=True prints
+    nothing; `progress`, a label, still shows the steps' progress bar under it (an experiment's run inside its
+    sweep), cleared when the run ends."""
     cfg = validate_config({**default_config(), **cfg})
     holds_lock = cfg["out_dir"] and os.environ.get("RANK", "0") == "0"
     with locked(cfg["out_dir"]) if holds_lock else nullcontext():
-        return run(cfg, quiet)
+        return run(cfg, quiet, progress)
 
 
-def run(cfg, quiet):
+def run(cfg, quiet, progress=None):
     """train() of a checked config, its out_dir held: start, then one training step after another (each followed by
     an evaluation and a checkpoint when they are due), until max_steps or a signal; then the end of the run."""
-    r = start(cfg, quiet)
+    r = start(cfg, quiet, progress)
     stopped = False
     with StopFlag() as stop, closing(r.bar):  # (the bar closed before any error line is printed)
         while r.step < cfg["max_steps"]:
@@ -518,9 +520,9 @@ def run(cfg, quiet):
     return dict(finish(r, stopped), exit_code=stop.exit_code if stopped else 0)
 
 
-def start(cfg, quiet):
+def start(cfg, quiet, progress=None):
     """The processes, the data, the model and optimizer (fresh, resumed or from another run), metrics.jsonl and the
-    progress bar of a run; the run's first lines printed."""
+    progress bar of a run (shown unless quiet, or labelled `progress`); the run's first lines printed."""
     dev, ptdtype, use_compile = resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
     device, master, fsdp = process_device(dev, local_rank), rank == 0, cfg["fsdp"]
@@ -560,7 +562,8 @@ def start(cfg, quiet):
     if run_epochs := epochs(data, (S - step) * r.tokens_per_step, cfg["passkey_ratio"]):
         log(f"{S - step:,} steps x {r.tokens_per_step:,} tokens = {run_epochs:.2f} epochs of {cfg['data']}"
             + (f" (this stage: steps {step + 1}-{S})" if step else ""))
-    r.bar = tqdm(total=S, initial=step, disable=not master or quiet, dynamic_ncols=True)
+    r.bar = tqdm(total=S, initial=step, disable=not master or (quiet and not progress), dynamic_ncols=True,
+                 desc=progress, leave=not quiet)
     if cfg["update_stats"]:  # paper §4.4
         r.decay_stats = DecayStats(raw_model)
         r.history["decay_stats"] = r.decay_stats.rows  # [step, lr, grad norm, cos to the last gradient, max |update|,

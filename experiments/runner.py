@@ -114,7 +114,8 @@ def sweep(results_file, runs, desc="runs", fresh=False):
         if name in done and reusable(done[name], cfg, done.get(source)):
             continue
         t0 = time.perf_counter()
-        res = train.train({**cfg, "overwrite": True}, quiet=True)  # a run redone replaces what an older one left
+        # a run redone replaces what an older one left; its steps show under the sweep's bar
+        res = train.train({**cfg, "overwrite": True}, quiet=True, progress=name)
         res.pop("model")
         if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
             raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")

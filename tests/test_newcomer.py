@@ -84,7 +84,7 @@ def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path, monkeypatch):
     res = runner.sweep(str(tmp_path / "r.json"), {"a": c})
     assert res["a"]["train_loss"] == first["train_loss"]
     trained, real = [], train.train
-    monkeypatch.setattr(train, "train", lambda cfg_, quiet=False: trained.append(1) or real(cfg_, quiet))
+    monkeypatch.setattr(train, "train", lambda cfg_, quiet=False, **kw: trained.append(1) or real(cfg_, quiet, **kw))
     runner.sweep(str(tmp_path / "r.json"), {"a": c})
     assert trained == []
     assert runner.sweep(str(tmp_path / "r.json"), {"a": c}, fresh=True)["a"]["train_loss"] == first["train_loss"]

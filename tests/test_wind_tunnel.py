@@ -109,7 +109,7 @@ def test_a_finished_run_whose_checkpoints_are_gone_is_trained_again(tmp_path, mo
     c = cfg(tmp_path / "stable", max_steps=6, eval_interval=6)
     file = str(tmp_path / "r.json")
     calls, real = [], train.train
-    monkeypatch.setattr(train, "train", lambda c_, quiet=False: calls.append(1) or real(c_, quiet))
+    monkeypatch.setattr(train, "train", lambda c_, quiet=False, **kw: calls.append(1) or real(c_, quiet, **kw))
     first = runner.sweep(file, {"stable": c})["stable"]
     assert runner.sweep(file, {"stable": c})["stable"]["train_loss"] == first["train_loss"] and calls == [1]
     for f in os.listdir(tmp_path / "stable"):  # out_dir emptied: trained again, to the same numbers
@@ -128,7 +128,8 @@ def test_a_run_branched_off_a_retrained_run_is_retrained_too(tmp_path, monkeypat
     other = cfg("", max_steps=4, eval_interval=4, warmup_steps=0, decay_steps=1)
     runs, file = {"stable": stable, "branch": branch, "other": other}, str(tmp_path / "r.json")
     calls, real = [], train.train
-    monkeypatch.setattr(train, "train", lambda c_, quiet=False: calls.append(c_["max_steps"]) or real(c_, quiet))
+    monkeypatch.setattr(train, "train",
+                        lambda c_, quiet=False, **kw: calls.append(c_["max_steps"]) or real(c_, quiet, **kw))
     runner.sweep(file, runs)
     runner.sweep(file, runs)
     assert calls == [6, 5, 4]  # the second sweep reused all three
@@ -224,3 +225,11 @@ def test_decay_length_control_runs_on_the_quick_setting(tmp_path, monkeypatch):
         assert run["config"]["decay_steps"] == (2 if "10.0%" in name else 4) and run["metrics"]["step"] == 20
     assert f["id"] == "wsd_decay_10_percent_S20" and f["seeds"] == 3 and f["a"]["name"] == "WSD exp 10.0%"
     assert json.loads((tmp_path / "findings.json").read_text())["wsd_decay_10_percent_S20"] == f
+
+
+def test_a_sweep_shows_each_runs_steps_under_its_bar(tmp_path, capsys):
+    """A sweep of long runs moved at all (issue: `experiments.wsd --data DIR` sat at 0/93 for hours): each run's
+    steps show under the sweep's bar, labelled with the run's name, and nothing else of the run is printed."""
+    runner.sweep(str(tmp_path / "r.json"), {"lr 0.01": cfg(tmp_path / "a", max_steps=5, eval_interval=5)})
+    err = capsys.readouterr().err
+    assert "lr 0.01:" in err and "/5 [" in err and "step 5: train" not in err
