@@ -96,6 +96,8 @@ schedule = "wsd"  # "wsd" | "cosine" (Cosine(T), T = cosine_steps) | "cosine_loo
 max_steps = 600  # S, counted from step 0 of the first stage (an init_from run continues the source's count)
 warmup_steps = None  # W; None: 5% of S (30 of 600), within the stable phase
 decay_steps = None  # S - T; None: 10% of S (the paper finds 10% of the tokens enough for the decay; 0 for cosine)
+stage_warmup_steps = 0  # an init_from stage: its first N steps ramp the lr up from near 0 (after a decayed checkpoint
+#                        or upcycling, instead of jumping back to the peak); 0: the schedule as it is (a WSD branch)
 decay = "exp"  # exp | linear | cosine | 1-sqrt
 final_lr_ratio = 0.1
 half_life = 0.0  # exp decay half-life in steps; 0: end the decay at final_lr_ratio
@@ -126,7 +128,7 @@ RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_st
 SPLIT_KEYS = {"batch_size", "grad_accum"}
 LOWER_BOUNDS = dict(max_steps=1, batch_size=1, grad_accum=1, seq_len=1, eval_steps=1, eval_interval=1, ckpt_interval=1,
                     lr=0, grad_clip=0, weight_decay=0, seed=0, warmup_steps=0, decay_steps=0, half_life=0,
-                    cosine_steps=0, short_len=0)
+                    cosine_steps=0, short_len=0, stage_warmup_steps=0)
 
 
 def default_config():
@@ -455,12 +457,17 @@ class Run:
     quiet: bool
     peak: float  # the device's peak FLOP/s (MFU), None on a CPU
     fingerprints: dict  # the content of the data (data_fingerprints), saved with every checkpoint
-    lineage: dict  # the run's tokenizer (name, id) and the released checkpoint it trained on from (origin), saved too
+    lineage: dict  # the run's tokenizer (name, id), the released checkpoint it trained on from (origin) and the step
+    #               this stage started at (stage_start: its stage_warmup_steps count from it), saved too
     rows_log: list = field(default_factory=list)  # every metrics.jsonl row of the run
     history: dict = field(default_factory=lambda: dict(train_loss=[], val_loss=[], val_bpb=[]))
     decay_stats: object = None  # wsd.DecayStats under update_stats=True (paper §4.4)
     bar: object = None
     t_start: float = 0.0
+
+    @property
+    def stage_start(self):
+        return self.lineage["stage_start"]
 
     @property
     def master(self):
@@ -541,7 +548,7 @@ def start(cfg, quiet, progress=None):
     fingerprints = data_fingerprints(data, decay_data)
     raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source)
     lineage = dict(tokenizer=data.meta["tokenizer"], tokenizer_id=data_tokenizer_id(data.meta),
-                   origin=source.origin if source else None)
+                   origin=source.origin if source else None, stage_start=stage_start(cfg, source, step))
     rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
     model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
@@ -571,6 +578,14 @@ def start(cfg, quiet, progress=None):
     return r
 
 
+def stage_start(cfg, source, step):
+    """The step this stage started at: an init_from stage's first step (its source's), kept by a resumed run; 0 for
+    a run of its own."""
+    if cfg["resume"]:
+        return (source.checkpoint or {}).get("stage_start", 0)
+    return step if cfg["init_from"] else 0
+
+
 def step_data(r):
     """The data of this step: decay_data from T = S - decay_steps on (two-stage pre-training, paper §5), logged once
     where it starts; else the run's data."""
@@ -589,7 +604,7 @@ def train_step(r):
     """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients,
     clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its metrics row."""
     cfg, A, t0 = r.cfg, r.cfg["grad_accum"], time.perf_counter()
-    lr_now = lr_at(cfg, r.step + 1)  # this is step r.step + 1 (wsd.lr_at: warmup from lr > 0, decay to the end)
+    lr_now = lr_at(cfg, r.step + 1, r.stage_start)  # step r.step + 1 (wsd.lr_at: warmup from lr > 0, decay to the end)
     set_lr(r.optimizer, lr_now)
     src = step_data(r)
     loss_sum, router_logits = torch.zeros((), device=r.device), ()

@@ -105,20 +105,25 @@ def schedule_defaults(cfg):
     return cfg
 
 
-def lr_at(cfg, step):
+def lr_at(cfg, step, stage_start=0):
     """The learning rate eta_s at s = `step` of a run's config: S = max_steps, W = warmup_steps, T = S - decay_steps,
     the shape `decay` (and `half_life`) for WSD, T = cosine_steps (0: S) for the cosines. The trainers count their
     optimizer steps from 1 (as metrics.jsonl does) and train step s at eta_s, s = 1 .. S: so each of the W warmup
     steps trains at an lr > 0 (eta W'/W for W' = 1 .. W), and each of the S - T decay steps at a lower lr than the
-    last, the final one at final_lr_ratio * eta. (eta_0 = 0 is never trained at.)"""
+    last, the final one at final_lr_ratio * eta. (eta_0 = 0 is never trained at.) A stage that starts at step
+    `stage_start` of another run (init_from) with stage_warmup_steps = V > 0 scales the first V of its steps by
+    (s - stage_start) / V, so that the lr climbs from near 0 instead of jumping (after a decayed checkpoint, an
+    upcycled model); V = 0 keeps the schedule as it is (a WSD decay branch continues its stable run)."""
     S, W = cfg["max_steps"], cfg["warmup_steps"]
     kw = dict(lr=cfg["lr"], W=W, final_lr_ratio=cfg["final_lr_ratio"])
+    V = cfg.get("stage_warmup_steps", 0)
+    ramp = min(1.0, (step - stage_start) / V) if V and stage_start else 1.0
     try:
         if cfg["schedule"] == "wsd":
-            return wsd_lr(step, T=S - cfg["decay_steps"], S=S, decay=cfg["decay"],
-                          half_life=cfg["half_life"] or None, **kw)
+            return ramp * wsd_lr(step, T=S - cfg["decay_steps"], S=S, decay=cfg["decay"],
+                                 half_life=cfg["half_life"] or None, **kw)
         fn = cosine_lr if cfg["schedule"] == "cosine" else cosine_loop_lr
-        return fn(step, T=cfg["cosine_steps"] or S, **kw)
+        return ramp * fn(step, T=cfg["cosine_steps"] or S, **kw)
     except ValueError as e:
         raise ConfigError(f"schedule: {e}") from None
 

@@ -251,3 +251,20 @@ def test_a_continued_stage_counts_the_epochs_of_its_own_steps(tmp_path, capsys):
     # 4 steps of 4 x 32 tokens (not 12 steps at this stage's batch): the epochs of what this stage reads
     tokens = corpus.TokenData("embedded").meta["train_tokens"]
     assert f"4 steps x 128 tokens = {4 * 128 / tokens:.2f} epochs of embedded (this stage: steps 9-12)" in out
+
+
+def test_a_new_stage_can_warm_up_again_and_resumes_its_ramp(tmp_path, kept_checkpoints):
+    """From a decayed checkpoint (lr 1e-3 at its last step), a stage's first lr is the schedule's peak (a jump) unless
+    stage_warmup_steps=V: then its steps s = 13 .. 16 train at lr(s) x (s - 12) / V; a resumed stage keeps the ramp."""
+    train.train(cfg(tmp_path / "decayed"), quiet=True)  # 12 steps, the last 3 decaying to 1e-3
+    stage = cfg(tmp_path / "stage", init_from=str(tmp_path / "decayed"), max_steps=20, decay_steps=0, ckpt_interval=2)
+    train.train(stage, quiet=True)
+    assert [r["lr"] for r in rows(tmp_path / "stage") if "lr" in r][0] == pytest.approx(0.01)  # the jump
+    warm = {**stage, "out_dir": str(tmp_path / "warm"), "stage_warmup_steps": 4}
+    full = train.train(warm, quiet=True)
+    lrs = [r["lr"] for r in rows(tmp_path / "warm") if "lr" in r]
+    assert lrs[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01])
+    (tmp_path / "warm" / "ckpt.pt").write_bytes(kept_checkpoints[14])  # killed inside the ramp, at step 14
+    res = train.train({**warm, "resume": True}, quiet=True)
+    assert res["train_loss"] == full["train_loss"][2:]
+    assert [r["lr"] for r in rows(tmp_path / "warm") if "lr" in r][:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
