@@ -238,33 +238,37 @@ def _some(keys, n=3):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# export to plain Llama
+# export to plain Llama (dense) and Mixtral (MiniCPM-MoE)
 
 
 def llama_state_dict(model):
     """The same function as a plain Llama (no multipliers): scale_emb folded into the embedding,
-    scale_depth/sqrt(L) into o_proj/down_proj, 1/m into an untied lm_head."""
+    scale_depth/sqrt(L) into o_proj/down_proj (every expert's, for a MoE), 1/m into an untied lm_head."""
     c = model.config
     out = {}
     for k, v in model.state_dict().items():
         v = v.detach().clone()
         if k == "model.embed_tokens.weight":
             v = v * c.scale_emb
-        elif k.endswith(("o_proj.weight", "down_proj.weight")):
+        elif k.endswith(("o_proj.weight", "down_proj.weight", "mlp.down_proj")):  # (the last: stacked experts)
             v = v * (c.scale_depth / math.sqrt(c.num_hidden_layers))
         out[k] = v
     out["lm_head.weight"] = model.head_weight().detach() / c.width_mult
     return out
 
 
+def mixtral_state_dict(model):
+    """A MiniCPM-MoE model as Mixtral's weights, in the layout its released checkpoints use (transformers converts
+    it on load): llama_state_dict's folding, then the official MoE layout (the router `gate`, experts w1 / w3 / w2:
+    the same names) under `block_sparse_moe`. Mixtral routes as MiniCPM-MoE does: softmax over the experts, the
+    top-k kept and renormalised."""
+    return {k.replace(".mlp.", ".block_sparse_moe."): v for k, v in to_official_layout(llama_state_dict(model)).items()}
+
+
 def export_llama(model, path, tokenizer=None):
-    """Write a LlamaForCausalLM checkpoint (config.json + weights) computing exactly this model's logits, and the
-    tokenizer `tokenizer` names ("bytes" or a tiktoken BPE: corpus.save_tokenizer) beside it. A MiniCPM-MoE model
-    has no Llama equivalent (its MLPs are experts) and is refused: save_pretrained writes the official MoE format."""
-    if model.config.num_experts:
-        raise ValueError(f"export_llama: a MiniCPM-MoE model ({model.config.num_experts} experts) has no "
-                         f"LlamaForCausalLM equivalent (Llama's MLP is dense): save it in the official MiniCPM-MoE "
-                         f"format with save_pretrained instead")
+    """Write a checkpoint transformers loads as it is, computing exactly this model's logits: a dense model as a
+    LlamaForCausalLM, a MiniCPM-MoE model as a MixtralForCausalLM (the multipliers folded into the weights); and
+    the tokenizer `tokenizer` names (ours, or a checkpoint directory's: tokenizer.save_tokenizer) beside it."""
     c = model.config
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
@@ -277,6 +281,12 @@ def export_llama(model, path, tokenizer=None):
            if rope_scaling_type(c.rope_scaling) in ("dynamic", "linear") else None, "tie_word_embeddings": False,
            "attention_bias": False, "mlp_bias": False, "initializer_range": c.init_std,
            "torch_dtype": str(model.head_weight().dtype).replace("torch.", "")}
-    write_weights(path, llama_state_dict(model), cfg)
+    if c.num_experts:
+        cfg.update(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=c.num_experts,
+                   num_experts_per_tok=c.top_k, router_aux_loss_coef=c.router_aux_loss_coef, sliding_window=None,
+                   router_jitter_noise=0.0)
+        write_weights(path, mixtral_state_dict(model), cfg)
+    else:
+        write_weights(path, llama_state_dict(model), cfg)
     if tokenizer:
         save_tokenizer(tokenizer, path)

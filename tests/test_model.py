@@ -268,14 +268,33 @@ def test_export_llama_loads_in_transformers(tmp_path, shape):
     assert torch.equal(ours, theirs)
 
 
-def test_export_llama_carries_its_tokenizer_and_refuses_moe(tmp_path):
+def test_export_llama_carries_its_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers", reason="optional: transformers is not installed")
     official.export_llama(MiniCPM(small(vocab_size=320)), tmp_path / "llama", tokenizer="bytes")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "llama")  # failed before: no tokenizer was written
     ids = tok("héllo, world")["input_ids"]
     assert ids == list("héllo, world".encode("utf-8")) and tok.decode(ids) == "héllo, world"
     assert tok.eos_token == "<|endoftext|>" and tok.convert_tokens_to_ids("<|endoftext|>") == 256
-    moe = MiniCPM(small(num_experts=4, top_k=2))
-    with pytest.raises(ValueError, match="MiniCPM-MoE model .* has no LlamaForCausalLM equivalent"):
-        official.export_llama(moe, tmp_path / "moe")
-    assert not (tmp_path / "moe").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_a_moe_model_exports_as_mixtral_with_the_same_logits(tmp_path, top_k):
+    """MiniCPM-MoE as transformers' MixtralForCausalLM (it loaded a dense Llama config beside the experts before and
+    initialised the MLPs at random: logits off by up to 27): the same logits and greedy tokens."""
+    transformers = pytest.importorskip("transformers", reason="optional: transformers is not installed")
+    torch.manual_seed(0)
+    m = MiniCPM(small(num_experts=4, top_k=top_k)).eval()
+    with torch.no_grad():
+        for p in m.parameters():  # away from the init, so that every route and multiplier matters
+            p.add_(torch.randn_like(p) * 0.05)
+    official.export_llama(m, tmp_path, tokenizer="bytes")
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(hf).__name__ == "MixtralForCausalLM"
+    idx = torch.randint(0, m.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
+        ours = m.generate(idx[:, :5], 10, top_k=1)
+        theirs = hf.generate(idx[:, :5], attention_mask=torch.ones_like(idx[:, :5]), max_new_tokens=10,
+                             do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
