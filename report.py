@@ -216,6 +216,13 @@ def update_readme(docs=DOCS):
             f.write(text)
 
 
+def unexplained():
+    """The findings that did not reproduce and whose experiment says nothing of why (its EXPLAIN): a rerun can turn a
+    verdict, and the report says so rather than a test failing on a result."""
+    return sorted(f["id"] for f in findings.load().values()
+                  if f["verdict"] == "not reproduced" and not f["explanation"])
+
+
 def explain():
     """Attach every experiment's explanations to the recorded findings (after editing one, without rerunning
     anything): a finding its experiment no longer explains loses its text."""
@@ -269,6 +276,9 @@ def main(argv=None):
         names = list(blocks())
         print(f"README.md, experiments/README.md: {len(names)} generated blocks rewritten from results/ "
               f"({', '.join(names)})")
+        if unexplained():  # (shown in the README's ledger as they are; an explanation is its experiment's EXPLAIN)
+            print(f"not reproduced, with no explanation yet: {', '.join(unexplained())}: say why in the experiment's "
+                  f"EXPLAIN, then python report.py --explain")
     exit_on_user_error(work)
 
 

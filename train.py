@@ -66,6 +66,8 @@ init_from = ""  # start from another run's checkpoint (file or out_dir): weights
 keep_ckpts = False  # also keep every periodic checkpoint as ckpt_{step:06d}.pt (decay branch points)
 eval_interval = 100  # steps between validation evaluations (and at the last step)
 eval_steps = 10  # validation batches per evaluation
+eval_seed = None  # the seed the validation batches are drawn with (None: the run's seed); runs of several seeds
+#                   compared on one held-out sample set it (experiments)
 ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM / Ctrl-C)
 sample_tokens = 300  # tokens sampled from the model at the end (0: none)
 # data
@@ -122,13 +124,13 @@ MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
 MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
 CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
 # keys that may change when resuming without changing the run's numbers
-RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_steps", "ckpt_interval", "sample_tokens",
-                     "device", "dtype", "compile", "activation_checkpointing", "keep_ckpts"}
+RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_steps", "eval_seed", "ckpt_interval",
+                     "sample_tokens", "device", "dtype", "compile", "activation_checkpointing", "keep_ckpts"}
 # may change on resume when the global batch (batch_size x grad_accum x world size) stays the same
 SPLIT_KEYS = {"batch_size", "grad_accum"}
 LOWER_BOUNDS = dict(max_steps=1, batch_size=1, grad_accum=1, seq_len=1, eval_steps=1, eval_interval=1, ckpt_interval=1,
                     lr=0, grad_clip=0, weight_decay=0, seed=0, warmup_steps=0, decay_steps=0, half_life=0,
-                    cosine_steps=0, short_len=0, stage_warmup_steps=0)
+                    cosine_steps=0, short_len=0, stage_warmup_steps=0, eval_seed=0)
 
 
 def default_config():
@@ -139,9 +141,9 @@ def default_config():
 def get_config(argv=(), base=None):
     """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
     types = {f.name: f.type for f in fields(MiniCPMConfig)}  # model keys default to None: their type is the field's
-    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int)
+    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int, eval_seed=int)
     return validate_config(configurator.get_config(argv, base or default_config(), types,
-                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps"]))
+                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps", "eval_seed"]))
 
 
 def validate_config(cfg):
@@ -418,15 +420,17 @@ def micro_batches(cfg, src, step, global_batch, rank, world):
 @torch.no_grad()
 def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
     """(validation loss in nats/token, in bits/byte): the same global batches and split as training, so equal for
-    any split; the pure cross-entropy (an MoE's balancing term is not part of it)."""
+    any split (drawn with eval_seed, else the run's seed); the pure cross-entropy (an MoE's balancing term is not
+    part of it)."""
     A, B = cfg["grad_accum"], cfg["batch_size"]
+    seed = cfg["seed"] if cfg["eval_seed"] is None else cfg["eval_seed"]
     was_training = model.training
     model.eval()
     losses = torch.zeros((), device=device)
     for i in range(cfg["eval_steps"]):
         for micro in range(A):
             lo = (rank * A + micro) * B
-            x, y = data.batch("val", cfg["seed"], i, global_batch, cfg["seq_len"], rows=slice(lo, lo + B))
+            x, y = data.batch("val", seed, i, global_batch, cfg["seq_len"], rows=slice(lo, lo + B))
             with autocast:
                 losses += model(x.to(device), y.to(device))[1].float()
     model.train(was_training)
