@@ -296,6 +296,9 @@ def checkpoint_path(path):
         raise CheckpointError(f"{path} does not exist: give a train.py out_dir, its ckpt.pt or a {DCP_DIR} directory")
     if os.path.isdir(path) and not os.path.basename(os.path.normpath(path)).startswith(DCP_DIR):  # an out_dir
         held = [p for p in (os.path.join(path, "ckpt.pt"), os.path.join(path, DCP_DIR)) if os.path.exists(p)]
+        if not held and os.path.isfile(os.path.join(path, "config.json")):  # a released directory, its weights missing
+            raise CheckpointError(f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES)}): the "
+                                  f"download is incomplete")
         if not held:
             raise CheckpointError(f"{path} holds no checkpoint (ckpt.pt or {DCP_DIR}/): train into it first "
                                   f"(python train.py --out_dir={path})")

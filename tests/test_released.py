@@ -211,6 +211,9 @@ def test_data_of_another_tokenizer_than_the_checkpoints_is_one_line(tmp_path, bp
     args = cli_args(dict(RUN, init_from=str(d), max_steps=2, out_dir=str(tmp_path / "run")))
     cli(train.main, [*args, "--data=embedded"], "is tokenized with bytes", f"the model's tokenizer is {d}",
         f"--tokenizer {d}")
+    for f in d.glob("*.safetensors*"):  # an incomplete download: config.json and no weights
+        f.unlink()
+    cli(train.main, [*args, "--data=embedded"], "has a config.json but no weights", "the download is incomplete")
 
 
 def test_the_memory_of_a_full_fine_tune_follows_from_the_shapes():
