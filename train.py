@@ -223,6 +223,11 @@ def load_run_data(cfg, mcfg, source=None):
         if mcfg.vocab_size < d.vocab_size:
             raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's tokenizer vocabulary "
                               f"({d.vocab_size}, {d.meta['tokenizer']}): set --vocab_size={d.vocab_size}")
+    if cfg["sample_tokens"] > 0:  # the end-of-run sample needs the tokenizer: a missing one is found now
+        try:
+            data.encoding()
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(f"data: {e} (or --sample_tokens=0: the end-of-run sample is what needs it)") from None
     if cfg["passkey_ratio"] > 0:  # a passkey document must fit a row: found now, not at the first step
         try:
             passkey_document(np.random.default_rng(0), cfg["seq_len"] + 1, data.encoding().encode_ordinary)

@@ -211,6 +211,12 @@ def test_data_of_another_tokenizer_than_the_checkpoints_is_one_line(tmp_path, bp
     args = cli_args(dict(RUN, init_from=str(d), max_steps=2, out_dir=str(tmp_path / "run")))
     cli(train.main, [*args, "--data=embedded"], "is tokenized with bytes", f"the model's tokenizer is {d}",
         f"--tokenizer {d}")
+    data = text_data(tmp_path, d, slice(40, 45))  # data whose tokenizer directory is then moved away
+    d.rename(tmp_path / "moved")
+    cli(train.main, cli_args(dict(RUN, data=data, vocab_size=400, max_steps=2, sample_tokens=10,
+                                  out_dir=str(tmp_path / "run2"))), "was tokenized with the tokenizer in", str(d),
+        "put the directory back")
+    (tmp_path / "moved").rename(d)
     for f in d.glob("*.safetensors*"):  # an incomplete download: config.json and no weights
         f.unlink()
     cli(train.main, [*args, "--data=embedded"], "has a config.json but no weights", "the download is incomplete")
