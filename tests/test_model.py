@@ -251,6 +251,17 @@ def test_export_llama_matches_reference(tmp_path, shape):
     torch.testing.assert_close(llama_logits(sd, c, idx), m(idx)[0].double(), rtol=1e-4, atol=1e-4)
 
 
+def assert_same_as_transformers(m, hf):
+    """Our model and its export loaded by transformers: the same logits (to float32 rounding) and greedy tokens."""
+    idx = torch.randint(0, m.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
+        ours = m.generate(idx[:, :5], 10, top_k=1)
+        theirs = hf.generate(idx[:, :5], attention_mask=torch.ones_like(idx[:, :5]), max_new_tokens=10,
+                             do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("shape", ["gqa", "mqa-untied"])
 def test_export_llama_loads_in_transformers(tmp_path, shape):
     transformers = pytest.importorskip("transformers", reason="optional: transformers is not installed")
@@ -259,13 +270,7 @@ def test_export_llama_loads_in_transformers(tmp_path, shape):
     m = MiniCPM(c)
     official.export_llama(m, tmp_path)
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    idx = torch.randint(0, c.vocab_size, (2, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
-        ours = m.generate(idx[:, :5], 10, top_k=1)
-        theirs = hf.generate(idx[:, :5], attention_mask=torch.ones_like(idx[:, :5]), max_new_tokens=10,
-                             do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, theirs)
+    assert_same_as_transformers(m, hf)
 
 
 def test_export_llama_carries_its_tokenizer(tmp_path):
@@ -291,10 +296,4 @@ def test_a_moe_model_exports_as_mixtral_with_the_same_logits(tmp_path, top_k):
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(hf).__name__ == "MixtralForCausalLM"
-    idx = torch.randint(0, m.config.vocab_size, (2, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(idx).logits, m(idx)[0], rtol=1e-4, atol=1e-4)
-        ours = m.generate(idx[:, :5], 10, top_k=1)
-        theirs = hf.generate(idx[:, :5], attention_mask=torch.ones_like(idx[:, :5]), max_new_tokens=10,
-                             do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, theirs)
+    assert_same_as_transformers(m, hf)
