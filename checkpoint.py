@@ -392,21 +392,24 @@ class StartPoint:
     tokenizer: str  # as get_encoding names it; None for an official directory without tokenizer files
     tokenizer_id: str
     origin: str  # the official directory at the root of the run's lineage, or None
-    run_config: dict  # the train.py config of a run (None for an official directory)
     checkpoint: dict = None  # the whole checkpoint dict, where train.py resumes it
+
+
+def read_official(path, device="cpu"):
+    """(model, tokenizer as get_encoding names it or None) of a released directory, a bad file as one line."""
+    try:
+        model = from_pretrained(path, device=device)  # fp32 master weights, whatever the files' dtype
+        return model, tokenizer_of(path)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"official checkpoint {path}: {first_line(e)}") from None
 
 
 def read_start_point(path):
     """The StartPoint of an out_dir, ckpt.pt, DCP directory or official-format directory."""
     if os.path.isdir(path) and is_official_dir(path):
-        try:
-            model = from_pretrained(path)  # fp32 master weights, whatever the files' dtype
-            tokenizer = tokenizer_of(path)
-            tid = tokenizer_id(tokenizer) if tokenizer else None
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"official checkpoint {path}: {first_line(e)}") from None
-        return StartPoint(path, model.config, model.state_dict(), None, 0, tokenizer, tid, os.path.abspath(path),
-                          None)
+        model, tokenizer = read_official(path)
+        return StartPoint(path, model.config, model.state_dict(), None, 0, tokenizer,
+                          tokenizer_id(tokenizer) if tokenizer else None, os.path.abspath(path))
     ckpt = read_checkpoint(path)
     try:
         config = model_config(ckpt["config"])
@@ -414,7 +417,7 @@ def read_start_point(path):
         raise CheckpointError(f"checkpoint {path} has a config that cannot be built ({first_line(e)})") from None
     tokenizer = checkpoint_tokenizer(ckpt, path)
     return StartPoint(path, config, ckpt["model"], ckpt["optimizer"], ckpt["step"], tokenizer,
-                      ckpt.get("tokenizer_id", tokenizer), ckpt.get("origin"), ckpt["config"])
+                      ckpt.get("tokenizer_id", tokenizer), ckpt.get("origin"))
 
 
 def model_from_checkpoint(path, device="cpu"):
@@ -422,13 +425,11 @@ def model_from_checkpoint(path, device="cpu"):
     a DCP directory), or from a released checkpoint (an official directory: its config as model keys, its own
     tokenizer, itself as the origin)."""
     if os.path.isdir(path) and is_official_dir(path):
-        source = read_start_point(path)
-        if source.tokenizer is None:
+        model, tokenizer = read_official(path, device)
+        if tokenizer is None:
             raise CheckpointError(f"{path} holds no tokenizer (tokenizer.json or tokenizer.model): copy the released "
                                   f"checkpoint's tokenizer files into it")
-        model = MiniCPM(source.config)
-        model.load_state_dict(source.model)
-        return Loaded(model.to(device).eval(), asdict(source.config), source.tokenizer, source.origin)
+        return Loaded(model.eval(), asdict(model.config), tokenizer, os.path.abspath(path))
     ckpt = read_checkpoint(path)
     try:
         config = model_config(ckpt["config"])

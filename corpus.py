@@ -33,7 +33,8 @@ import torch
 
 from configurator import ConfigError, exit_on_user_error
 from files import make_dirs, replace_atomically, write_json
-from tokenizer import chat_ids, chat_pieces, data_tokenizer_id, get_encoding, known_tokenizers, tokenizer_id, with_bos
+from tokenizer import (chat_pieces, data_tokenizer_id, get_encoding, ids_and_labels, known_tokenizers, tokenizer_id,
+                       with_bos)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -383,8 +384,8 @@ class SFTData:
         with open(path, "rb") as f:
             self._digest = digest(f.read(), tokenizer_id(tokenizer).encode(), template.encode())
         rows = read_jsonl_rows(path, "chat")
-        pieces = [chat_pieces(self.enc, r["turns"]) for r in rows]
-        ex = [chat_ids(self.enc, r["turns"]) for r in rows]
+        pieces = [chat_pieces(self.enc, r["turns"]) for r in rows]  # (each row tokenized once)
+        ex = [ids_and_labels(p) for p in pieces]
         self.split = {"train": [e for i, e in enumerate(ex) if i % 10],
                       "val": [e for i, e in enumerate(ex) if not i % 10]}
         if not self.split["train"]:

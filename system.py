@@ -98,38 +98,42 @@ def saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing
 
 def probe_saved_bytes(config, T=128):
     """(T, bytes saved outside the blocks, bytes saved by one block) of one row of T tokens, under CPU bf16
-    autocast, from models of one and of two layers (random weights: the shapes are what counts)."""
-    saved = []
-    for layers in (1, 2):
-        torch.manual_seed(0)
-        model = MiniCPM(dataclasses.replace(config, num_hidden_layers=layers, max_position_embeddings=max(
-            T, config.max_position_embeddings)))
-        params = {p.data_ptr() for p in model.parameters()}
-        shapes = {}
-        for p in model.parameters():
-            shapes.setdefault(tuple(p.shape), []).append(p)
-        seen = {}
+    autocast, from models of one and of two layers."""
+    one, two = (saved_bytes(dataclasses.replace(config, num_hidden_layers=n, max_position_embeddings=max(
+        T, config.max_position_embeddings)), T) for n in (1, 2))
+    return T, one - (two - one), two - one
 
-        def weight_copy(t):  # autocast's bf16 cast of a weight, or its transpose (the static part counts those)
-            for u in (t, t.t()) if t.dim() == 2 else (t,):
-                if any(u.dtype != p.dtype and torch.equal(u, p.to(u.dtype)) for p in shapes.get(tuple(u.shape), ())):
-                    return True
-            return False
 
-        def pack(t):
-            if t.layout != torch.strided or t.data_ptr() in params or weight_copy(t):
-                return t
-            attention_weights = t.dim() >= 2 and tuple(t.shape[-2:]) == (T, T) and T > 1
-            lse = 4 * config.num_attention_heads * T
-            seen[t.untyped_storage().data_ptr()] = lse if attention_weights else t.untyped_storage().nbytes()
+def saved_bytes(config, T):
+    """The bytes autograd saves for the backward of one row of T tokens (the loss included) through a model of
+    `config` under CPU bf16 autocast: every saved tensor's storage once, neither the weights nor autocast's bf16
+    copies of them (or their transposes: the static part counts those), the (T, T) attention weights as their
+    log-sum-exp. Random weights (the shapes are what counts), drawn without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        model = MiniCPM(config)
+    params = {p.data_ptr() for p in model.parameters()}
+    by_shape = {}
+    for p in model.parameters():
+        by_shape.setdefault(tuple(p.shape), []).append(p)
+    seen = {}
+
+    def weight_copy(t):
+        for u in (t, t.t()) if t.dim() == 2 else (t,):
+            if any(u.dtype != p.dtype and torch.equal(u, p.to(u.dtype)) for p in by_shape.get(tuple(u.shape), ())):
+                return True
+        return False
+
+    def pack(t):
+        if t.layout != torch.strided or t.data_ptr() in params or weight_copy(t):
             return t
-        idx = torch.zeros(1, T, dtype=torch.long)
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = model(idx, idx)[1]
-        del loss, model  # (the graph and the model freed before the next)
-        saved.append(sum(seen.values()))
-    block = saved[1] - saved[0]
-    return T, saved[0] - block, block
+        attention_weights = t.dim() >= 2 and tuple(t.shape[-2:]) == (T, T) and T > 1
+        lse = 4 * config.num_attention_heads * T
+        seen[t.untyped_storage().data_ptr()] = lse if attention_weights else t.untyped_storage().nbytes()
+        return t
+    idx = torch.zeros(1, T, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, idx)
+    return sum(seen.values())
 
 
 def training_memory(config, batch_size, seq_len, activation_checkpointing=True, shards=1, probe=None):

@@ -343,8 +343,13 @@ def chat_renderer(enc):
 
 def chat_ids(enc, turns):
     """Token ids and labels (-100 where not trained) of [(role, text), ...] under enc's chat format."""
+    return ids_and_labels(chat_pieces(enc, turns))
+
+
+def ids_and_labels(pieces):
+    """(token ids, labels) of chat_pieces: the labels are the ids where trained, -100 elsewhere."""
     ids, labels = [], []
-    for part, trained, _ in chat_pieces(enc, turns):
+    for part, trained, _ in pieces:
         ids += part
         labels += part if trained else [-100] * len(part)
     return ids, labels

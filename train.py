@@ -253,11 +253,11 @@ def check_tokenizer(data, source):
                               f"{source.tokenizer} --out DIR")
 
 
-def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None, source=None):
-    """The one model and its one optimizer, then their state: `resume` (this out_dir's checkpoint), `init_from`
-    (`source`, read_source: another run's checkpoint, a WSD branch, a context extension, sparse upcycling; or a
-    released checkpoint) or a fresh muP init; `fingerprints`, the content of this run's data (data_fingerprints), is
-    what a resumed checkpoint must have trained on. Returns (model, optimizer, step)."""
+def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source):
+    """The one model and its one optimizer, then their state from `source` (read_source: this out_dir's checkpoint
+    under `resume`; under `init_from` another run's checkpoint, a WSD branch, a context extension, sparse upcycling,
+    or a released checkpoint) or a fresh muP init (source None); `fingerprints`, the content of this run's data
+    (data_fingerprints), is what a resumed checkpoint must have trained on. Returns (model, optimizer, step)."""
     check_fits_in_memory(mcfg)
     torch.manual_seed(cfg["seed"])
     model = MiniCPM(mcfg).to(device)
@@ -267,15 +267,14 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints=None
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
     step, S = 0, cfg["max_steps"]
     if cfg["resume"]:
-        source = source or read_source(cfg)
-        step = resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints or {})
+        step = resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints)
         if step >= S:
             raise ConfigError(f"{cfg['out_dir']} finished at step {step} = max_steps: nothing to resume; to train "
                               f"further, start a new stage: --init_from={cfg['out_dir']} --max_steps=<more than "
                               f"{step}> --out_dir=<another directory>")
         log(f"resumed {cfg['out_dir']} at step {step}: steps {step + 1}-{S} to go")
     elif cfg["init_from"]:
-        step = start_from(cfg, mcfg, source or read_start_point(cfg["init_from"]), model, optimizer, log)
+        step = start_from(cfg, mcfg, source, model, optimizer, log)
         if step >= S:  # (the SFT command of old READMEs trained nothing and exited 0)
             raise ConfigError(f"init_from {cfg['init_from']} is at step {step}, and max_steps={S} counts from step 0 "
                               f"of the first stage: nothing to train; set --max_steps={step} + the steps of this "
@@ -305,7 +304,7 @@ def read_source(cfg):
     else:
         ckpt = load_checkpoint(path)
     return StartPoint(path, None, ckpt.get("model"), ckpt.get("optimizer"), ckpt.get("step"), ckpt.get("tokenizer"),
-                      ckpt.get("tokenizer_id"), ckpt.get("origin"), ckpt.get("config"), checkpoint=ckpt)
+                      ckpt.get("tokenizer_id"), ckpt.get("origin"), checkpoint=ckpt)
 
 
 def resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints):
