@@ -225,6 +225,24 @@ def pair_logps(model, pairs, idx, device):
 
 
 @torch.no_grad()
+def evaluate_pairs(policy, reference, pairs, beta, device, batch=64):
+    """Held-out DPO metrics of a policy against its reference on encoded pairs (encode_pairs), under TRL's eval
+    names: the loss, the reward accuracy (the implicit reward ranks the chosen response above the rejected one), the
+    reward margin, and the mean summed log-probs of the chosen and of the rejected responses under the policy."""
+    policy.eval()
+    reference.eval()
+    stats = []
+    for lo in range(0, len(pairs[0]), batch):
+        idx = torch.arange(lo, min(lo + batch, len(pairs[0])))
+        pc, pr = pair_logps(policy, pairs, idx, device)
+        losses, chosen, rejected = dpo_loss(pc, pr, *pair_logps(reference, pairs, idx, device), beta)
+        stats.append(torch.stack([losses, (chosen > rejected).float(), chosen - rejected, pc, pr]).float().cpu())
+    means = torch.cat(stats, 1).mean(1).tolist()
+    return {f"eval_{k}": v for k, v in zip(("loss", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                                            "logps/rejected"), means)}
+
+
+@torch.no_grad()
 def reference_logps(model, pairs, orders, device, quiet):
     """The reference is the initial policy: its log-probs (2, n pairs) once, for the pairs the steps draw (a short
     run draws few of them); NaN for the others."""

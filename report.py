@@ -8,6 +8,7 @@ The wind tunnel's report: every table the README shows for the experiments is ge
     python report.py --record           # record every finding again from results/ under the ledger's rule
                                         # (experiments/findings.py), training nothing
     python report.py --explain          # re-attach each experiment's explanations to results/findings.json
+    python report.py --compare OTHER/results/findings.json   # how many verdicts a rerun elsewhere shares with ours
 
 The experiments are the files of experiments/ that declare an `EXPERIMENT` (experiments/runner.py): their rerun
 commands, sweeps, tables and explanations are read from there, so adding an experiment is writing one file. A block
@@ -26,10 +27,10 @@ import time
 
 import corpus
 import experiments
-from configurator import exit_on_user_error
+from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData
 from experiments import findings
-from experiments.runner import RESULTS, ROOT, read_results, this_machine
+from experiments.runner import RESULTS, ROOT, read_json, read_results, this_machine
 from files import write_json
 
 README = os.path.join(ROOT, "README.md")
@@ -257,15 +258,39 @@ def rerun(fresh=False):
     print(f"all {len(commands)} experiments in {log['total_s'] / 60:.0f} min")
 
 
+def compare(other_file, mine=None):
+    """How many verdicts of another machine's ledger (its results/findings.json after `python report.py --rerun
+    --fresh`) agree with ours: (the ids with the same verdict, {id: (our verdict, theirs)} of the others), over the
+    counted findings both ledgers hold."""
+    if not os.path.isfile(other_file):
+        raise ConfigError(f"{other_file} not found: give the results/findings.json of the other machine's rerun")
+    theirs = read_json(other_file)
+    mine = mine or findings.load()
+    common = sorted(k for k in mine if k in theirs and not mine[k].get("sanity"))
+    same = [k for k in common if mine[k]["verdict"] == theirs[k]["verdict"]]
+    return same, {k: (mine[k]["verdict"], theirs[k]["verdict"]) for k in common if k not in same}
+
+
+def print_comparison(other_file):
+    same, moved = compare(other_file)
+    print(f"{len(same)} of {len(same) + len(moved)} verdicts the same in {other_file}")
+    for k, (a, b) in moved.items():
+        print(f"  {k}: {a} here, {b} there")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rerun", action="store_true", help="rerun every experiment first (each resumes)")
     p.add_argument("--fresh", action="store_true", help="with --rerun: train every run again")
     p.add_argument("--record", action="store_true", help="record every finding again from results/ (no training)")
     p.add_argument("--explain", action="store_true", help="re-attach the explanations to results/findings.json")
+    p.add_argument("--compare", metavar="FINDINGS_JSON", help="only count the verdicts another machine's ledger "
+                   "(its results/findings.json after python report.py --rerun --fresh) shares with ours")
     a = p.parse_args(argv)
 
     def work():
+        if a.compare:
+            return print_comparison(a.compare)
         if a.rerun:
             rerun(fresh=a.fresh)
         if a.record:

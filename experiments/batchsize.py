@@ -67,7 +67,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
                    pooled_b={str(s): f[1] for s, f in pooled.items()})
     if seeds >= 3:
         batchsize_findings(summary, runner.command("batchsize", quick, seeds, data), runner.this_machine(),
-                           runner.wall_s(file))
+                           runner.wall_s(file), [file])
     runner.write_summary(out, f"batchsize_fit{tag}", summary)
     figure = os.path.join(out, "assets", f"batchsize{tag}.png")
     plot({n: all_curves[n, 1] for n in sizes}, summary["points"], a, b, figure)
@@ -83,13 +83,14 @@ B_DELTA = 1.0  # the margin on the exponent b
 B_WHY = "b = 1 moves bs_opt by only 1.1x over a 10% loss range (the paper's 6.24: 1.8x); a smaller b is no law"
 
 
-def batchsize_findings(summary, command, hardware, wall_s):
+def batchsize_findings(summary, command, hardware, wall_s, sources):
     """The §3.2 findings from the fit summary (results/batchsize_fit*.json): the per-seed exponents b, within each
     model (their mean) and pooled."""
     seeds = sorted(summary["pooled_b"], key=int)
     models = sorted({k.split(" seed")[0] for k in summary["per_model_b"]}, key=lambda m: int(m[1:]))
     where = dict(section="§3.2", paper="bs_opt = 1.21e9 / L^6.24", test="lower", delta=B_DELTA, why=B_WHY, b="0",
-                 b_per_seed=[0.0] * len(seeds), command=command, hardware=hardware, wall_s=wall_s)
+                 b_per_seed=[0.0] * len(seeds), command=command, hardware=hardware, wall_s=wall_s,
+                 sources=sources)
     for fid, claim, a, per in (
             ("batchsize_within_model", f"within each model ({', '.join(models)}), a lower loss wants a larger "
              f"batch: the per-model exponent b of bs_opt = a / L^b (mean over the models) is positive",
@@ -103,8 +104,9 @@ def batchsize_findings(summary, command, hardware, wall_s):
 def record_from_results():
     """This file's findings again from results/batchsize_fit_quick.json, training nothing."""
     old = findings.load()["batchsize_pooled"]
-    batchsize_findings(read_results("batchsize_fit_quick"), old["command"], old["hardware"],
-                       runner.wall_s(os.path.join(runner.RESULTS, "batchsize_quick.json")))
+    file = os.path.join(runner.RESULTS, "batchsize_quick.json")
+    batchsize_findings(read_results("batchsize_fit_quick"), old["command"], old["hardware"], runner.wall_s(file),
+                       [file])
 
 
 def plot(curves_all, points, a, b, file):

@@ -28,7 +28,7 @@ import math
 import os
 import statistics
 
-from experiments.runner import RESULTS
+from experiments.runner import RESULTS, read_json
 from files import write_json
 
 FILE = os.path.join(RESULTS, "findings.json")
@@ -109,19 +109,31 @@ def verdict(ci90, test, delta):
     raise ValueError(f"test={test!r}: use one of {', '.join(TESTS)}")
 
 
+def provenance(sources, hardware=None):
+    """(machines, train.py versions) of every run in the sweeps' results files `sources`, each sorted and unique
+    (a run recorded before runs kept their machine: `hardware`, the finding's); a finding rests on runs of one
+    machine and one code version when both have one element."""
+    runs = [r for file in sources for r in read_json(file).values()]
+    return sorted({r.get("hardware", hardware) for r in runs}), sorted({r.get("trainer", 1) for r in runs})
+
+
 def record(*, fid, section, claim, paper, test, delta, why, a, b, a_per_seed, b_per_seed, command, hardware, wall_s,
-           explanation="", sanity=False):
+           sources, explanation="", sanity=False):
     """Add or replace finding `fid` in results/findings.json: arm `a` (the paper's) against arm `b`, their per-seed
-    values, under `test` with margin `delta` (why: the line that says why that size matters); returns it."""
+    values, under `test` with margin `delta` (why: the line that says why that size matters), and the machines and
+    train.py versions of the runs in `sources` (the sweeps' results files it rests on; () for a measurement that
+    trains no sweep, recorded with `hardware`); returns it."""
     if test not in TESTS:
         raise ValueError(f"test={test!r}: use one of {', '.join(TESTS)}")
+    machines, trainers = provenance(sources, hardware) if sources else ([hardware], [])
     diffs = [x - y for x, y in zip(a_per_seed, b_per_seed, strict=True)]
     mean, sd, ci90 = interval(diffs)
     finding = dict(id=fid, section=section, claim=claim, paper=paper, test=test, delta=delta, why=why,
                    a=dict(name=a, per_seed=list(a_per_seed)), b=dict(name=b, per_seed=list(b_per_seed)),
                    diff=dict(per_seed=diffs, mean=mean, sd=sd, ci90=ci90), seeds=len(diffs),
                    verdict=verdict(ci90, test, delta), sanity=sanity, explanation=explanation, command=command,
-                   hardware=hardware, wall_s=round(wall_s, 1))
+                   hardware="; ".join(machines), machines=machines, trainer=trainers,
+                   sources=[os.path.basename(f) for f in sources], wall_s=round(wall_s, 1))
     allf = load()
     allf[fid] = finding
     write_json(FILE, allf)

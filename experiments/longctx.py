@@ -93,7 +93,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
                              for s, (gr, cu) in evals.items()})
     if seeds >= 3:
         longctx_findings(summary, runner.command("longctx", quick, seeds, data), runner.this_machine(),
-                         runner.wall_s(file))
+                         runner.wall_s(file), [file])
     runner.write_summary(out, f"longctx_summary{tag}", summary)
     print(f"passkey accuracy (mean over {len(depths)} depths x {trials} keys), trained at L={L}, seed 1:")
     print(f"{'':40s}" + "".join(f"{T:>8d}" for T in lengths))
@@ -138,7 +138,7 @@ LOSS_DELTA = 0.01  # nats/token
 LOSS_WHY = "0.01 nats/token is 1% in perplexity"
 
 
-def longctx_findings(summary, cmd, hardware, wall):
+def longctx_findings(summary, cmd, hardware, wall, sources):
     """The §7.2 verdicts over seeds from the summary's per-seed evaluations: passkey error (1 - accuracy, mean over
     depths) at a length, and mean validation loss over a range of 8 position buckets of L tokens."""
     L, per = summary["L"], summary["per_seed"]
@@ -171,15 +171,16 @@ def longctx_findings(summary, cmd, hardware, wall):
              f"8x NTK base after the same training (passkey error)", "ABF to a large base (1e6 for 128K)",
              "no_worse", "e", "c", err("e", 4 * L), err("c", 4 * L), passkey)):
         findings.record(fid=fid, section="§7.2", claim=claim, paper=paper, test=test, a=METHODS[a], b=METHODS[b],
-                        a_per_seed=va, b_per_seed=vb, command=cmd, hardware=hardware, wall_s=wall,
+                        a_per_seed=va, b_per_seed=vb, command=cmd, hardware=hardware, wall_s=wall, sources=sources,
                         explanation=EXPLAIN.get(fid, ""), **margin)
 
 
 def record_from_results():
     """This file's findings again from results/longctx_summary_quick.json, evaluating and training nothing."""
     old = findings.load()["longctx_ntk_2L"]
-    longctx_findings(read_results("longctx_summary_quick"), old["command"], old["hardware"],
-                     runner.wall_s(os.path.join(runner.RESULTS, "longctx_quick.json")))
+    file = os.path.join(runner.RESULTS, "longctx_quick.json")
+    longctx_findings(read_results("longctx_summary_quick"), old["command"], old["hardware"], runner.wall_s(file),
+                     [file])
 
 
 def plot_loss_by_position(curves, length, L, file, trained=None):

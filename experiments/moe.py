@@ -66,7 +66,7 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
     res = runner.sweep(file, runs, desc="MoE sweep", fresh=fresh)
     if seeds >= 3:
         moe_findings(res, seeds, ratio, runner.command("moe", quick, seeds, data), runner.this_machine(),
-                     runner.wall_s(file))
+                     runner.wall_s(file), [file])
     res = {k: r for k, r in res.items() if " seed" not in k}
     m_loss, d_equal_tokens = res["MoE 8x top-2"]["final_val_loss"], res["dense continued"]["final_val_loss"]
     d_equal_compute = res["dense continued, equal compute"]["final_val_loss"]
@@ -87,7 +87,7 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
     return summary
 
 
-def moe_findings(res, seeds, ratio, command, hardware, wall_s):
+def moe_findings(res, seeds, ratio, command, hardware, wall_s, sources):
     """The §7.3 findings from the sweep's metrics `res`: the MoE against the dense continuation at equal tokens,
     and (a second, labelled comparison) at equal active compute."""
     for fid, dense, what in (("moe_equal_tokens", "dense continued", "the same tokens"),
@@ -98,7 +98,7 @@ def moe_findings(res, seeds, ratio, command, hardware, wall_s):
             f"continued for {what}", paper="MiniCPM-MoE (4B active) beats the dense 2.4B it was upcycled from",
             test="lower", delta=0.01, why="0.01 nats/token is 1% in perplexity", a="MoE 8x top-2", b=dense,
             a_per_seed=runner.per_seed(res, "MoE 8x top-2", seeds), b_per_seed=runner.per_seed(res, dense, seeds),
-            command=command, hardware=hardware, wall_s=wall_s, explanation=EXPLAIN.get(fid, ""))
+            command=command, hardware=hardware, wall_s=wall_s, sources=sources, explanation=EXPLAIN.get(fid, ""))
 
 
 def record_from_results():
@@ -106,8 +106,9 @@ def record_from_results():
     old = findings.load()["moe_equal_tokens"]
     res = runner.metrics_of(read_results("moe_quick"))
     seeds = len([k for k in res if k.startswith("MoE 8x top-2")])
+    file = os.path.join(runner.RESULTS, "moe_quick.json")
     moe_findings(res, seeds, read_results("moe_summary_quick")["active_ratio"], old["command"], old["hardware"],
-                 runner.wall_s(os.path.join(runner.RESULTS, "moe_quick.json")))
+                 runner.wall_s(file), [file])
 
 
 def plot(res, loads, branch_tokens, tok_step, file):

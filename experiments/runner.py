@@ -104,12 +104,16 @@ def sweep(results_file, runs, desc="runs", fresh=False):
     default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again. A run
     that starts from another run's checkpoint (init_from inside its out_dir: a WSD branch, an upcycled MoE) is
     redone whenever that run is, so that a run never rests on a source trained on another machine or by other code;
-    every run records the machine it trained on."""
+    every run records the machine it trained on. A recorded run that cannot stand any more (its config or the
+    train.py version changed, or the checkpoints other runs branch from are gone, as in a fresh clone) retrains the
+    whole sweep: its findings then rest on runs of one machine and one code version, never on a mix."""
     done = {}
     if os.path.isfile(results_file) and not fresh:
         done = {k: v for k, v in read_json(results_file).items() if k in runs}  # drop runs the sweep no longer has
+    if any(not reusable(done[k], checked(runs[k]), done.get(source_of(checked(runs[k]), done))) for k in done):
+        done = {}  # (a stale run: train them all here)
     for name, cfg in tqdm(runs.items(), desc=desc):
-        cfg = train.validate_config({**train.default_config(), **cfg})
+        cfg = checked(cfg)  # (here, after its source trained: a branch inherits its model keys from the checkpoint)
         source = source_of(cfg, done)
         if name in done and reusable(done[name], cfg, done.get(source)):
             continue
@@ -124,6 +128,11 @@ def sweep(results_file, runs, desc="runs", fresh=False):
                           from_run=done[source].get("run_id") if source else None)
         write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
+
+
+def checked(cfg):
+    """A run's config as train.py runs it: the defaults filled in, validated."""
+    return train.validate_config({**train.default_config(), **cfg})
 
 
 def source_of(cfg, done):

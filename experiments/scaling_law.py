@@ -96,7 +96,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
         ratios = [math.log10(ratio_at(C_mid, lw)) for lw in laws]
         summary["per_seed"] = [dict(asdict(lw), log10_ratio_at_C_mid=r) for lw, r in zip(laws, ratios)]
         scaling_findings(summary, runner.command("scaling_law", quick, seeds, data), runner.this_machine(),
-                         runner.wall_s(file))
+                         runner.wall_s(file), [file])
     runner.write_summary(out, f"scaling_fit{tag}", summary)
     plot(points, law, os.path.join(out, "assets", f"scaling_law{tag}.png"))
     print(f"fitted L(N, D) = {law.C_N:.4g} N^-{law.alpha:.3f} + {law.C_D:.4g} D^-{law.beta:.3f} + {law.L0:.3f} "
@@ -112,10 +112,10 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
     return summary
 
 
-def scaling_findings(summary, command, hardware, wall_s):
+def scaling_findings(summary, command, hardware, wall_s, sources):
     """The §4.5 findings from the fit summary (results/scaling_fit*.json): each seed's exponents and D_opt/N_opt."""
     laws, C_mid = summary["per_seed"], summary["C_mid"]
-    where = dict(section="§4.5", test="lower", command=command, hardware=hardware, wall_s=wall_s)
+    where = dict(section="§4.5", test="lower", command=command, hardware=hardware, wall_s=wall_s, sources=sources)
     findings.record(fid="scaling_alpha_beta", claim="the fitted exponents satisfy alpha > beta (so D_opt/N_opt "
                     "grows with compute)", paper="alpha 0.29 > beta 0.23", delta=0.05,
                     why="0.05 is the paper's own alpha - beta (0.29 - 0.23), rounded down", a="beta", b="alpha",
@@ -131,8 +131,8 @@ def scaling_findings(summary, command, hardware, wall_s):
 def record_from_results():
     """This file's findings again from results/scaling_fit_quick.json, training nothing."""
     old = findings.load()["scaling_d_over_n"]
-    scaling_findings(read_results("scaling_fit_quick"), old["command"], old["hardware"],
-                     runner.wall_s(os.path.join(runner.RESULTS, "scaling_quick.json")))
+    file = os.path.join(runner.RESULTS, "scaling_quick.json")
+    scaling_findings(read_results("scaling_fit_quick"), old["command"], old["hardware"], runner.wall_s(file), [file])
 
 
 def fit_spread(points, C, boot=20, seed=0):

@@ -67,6 +67,29 @@ def test_sequence_logps_sums_response_tokens_only():
     assert cl[0, -1] == -100 and cw[0, -1] == enc.eot_token  # padding: eot, not scored
 
 
+def test_held_out_pair_metrics_are_the_loss_over_every_pair():
+    # dpo.evaluate_pairs (the experiment's DPO tuning score): over batches, the mean of the per-pair loss, the
+    # reward accuracy and margin, and the policy's log-probs, each from sequence_logps on the whole set at once
+    torch.manual_seed(0)
+    ref = MiniCPM(MiniCPMConfig.from_preset("tiny", hidden_size=64, num_hidden_layers=2)).eval()
+    policy = MiniCPM(MiniCPMConfig.from_preset("tiny", hidden_size=64, num_hidden_layers=2)).eval()
+    enc = tokenizer.get_encoding("bytes")
+    rows_ = [dict(prompt=f"Write in capitals: w{i}", chosen=f"W{i}", rejected=f"w{i}") for i in range(5)]
+    pairs = dpo.encode_pairs(enc, rows_, 48)
+    got = dpo.evaluate_pairs(policy, ref, pairs, 0.5, torch.device("cpu"), batch=2)  # batches of 2, 2, 1
+    with torch.no_grad():
+        pc, pr, rc, rr = (dpo.sequence_logps(m, pairs[i], pairs[i + 1]) for m, i in
+                          ((policy, 0), (policy, 2), (ref, 0), (ref, 2)))
+    z = 0.5 * ((pc - rc) - (pr - rr))
+    assert got["eval_loss"] == pytest.approx(torch.nn.functional.softplus(-z).mean().item(), rel=1e-5)
+    assert got["eval_rewards/margins"] == pytest.approx(z.mean().item(), rel=1e-5)
+    assert got["eval_rewards/accuracies"] == (z > 0).float().mean().item()
+    assert got["eval_logps/chosen"] == pytest.approx(pc.mean().item(), rel=1e-5)
+    assert got["eval_logps/rejected"] == pytest.approx(pr.mean().item(), rel=1e-5)
+    same = dpo.evaluate_pairs(ref, ref, pairs, 0.5, torch.device("cpu"))  # the reference against itself: log 2
+    assert same["eval_loss"] == pytest.approx(math.log(2)) and same["eval_rewards/accuracies"] == 0
+
+
 # ------------------------------------------------------------------------------------------ SFT data
 
 
@@ -200,15 +223,25 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
 
 def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
     s = two_stage.experiment(quick=True, out=str(tmp_path), steps=20)
-    assert list(s) == ["A-1 decay", "A-2 decay", "A-1 + SFT", "A-2 + SFT", "A-1 + 2x SFT (B-2)", "A-2 + SFT + DPO",
-                       "dpo"]
-    assert s["dpo"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)
-    for name in ("A-1 + SFT", "A-2 + SFT"):  # SFT lowers the held-out task loss of the decayed model
-        assert s[name]["task_loss"] < s[name.replace(" + SFT", " decay")]["task_loss"]
-    b2 = rows(tmp_path / "out-align-b2sft_quick")  # the control B-2: A-1's decay, then twice the SFT steps
-    assert [r["step"] for r in b2 if "train_loss" in r] == list(range(31, 51))
+    # SFT scored after 1, 2, 5 and 10 steps (S_sft / 8 .. S_sft), A-1 also after twice each (the control B-2)
+    assert list(s) == ["A-1 decay", "A-2 decay"] + [f"A-1 + SFT {n}" for n in (1, 2, 4, 5, 10, 20)] + \
+        [f"A-2 + SFT {n}" for n in (1, 2, 5, 10)] + ["A-2 + SFT + DPO", "dpo"]
+    assert s["dpo"]["train"]["loss"][0] == pytest.approx(math.log(2), abs=1e-4)
+    for arm, n in (("A-1", 20), ("A-2", 10)):  # SFT lowers the held-out task loss of the decayed model
+        assert s[f"{arm} + SFT {n}"]["task_loss"] < s[f"{arm} decay"]["task_loss"]
+    assert s["A-1 + SFT 1"] != s["A-1 + SFT 20"]  # each length is its own checkpoint
+    a1 = rows(tmp_path / "out-align-a1sft_quick")  # A-1's SFT runs twice as long as A-2's: B-2 at every length
+    assert [r["step"] for r in a1 if "train_loss" in r] == list(range(31, 51))
     switch = [r for r in rows(tmp_path / "out-align-a2_quick") if "data_switch" in r]
     assert switch[0]["step"] == 20 and switch[0]["weights"] == [0.7, 0.3]
+    summary = json.loads((tmp_path / "results" / "align_summary_quick.json").read_text())
+    grid = summary["dpo_grid"]  # the DPO grid on held-out pairs: the chosen config has the best reward accuracy
+    assert [(g["lr"], g["beta"]) for g in grid] == [(g["lr"], g["beta"]) for g in two_stage.DPO_GRID]
+    best = max(g["held_out"]["eval_rewards/accuracies"] for g in grid)
+    assert [g["held_out"]["eval_rewards/accuracies"] for g in grid if (g["lr"], g["beta"]) ==
+            (s["dpo"]["lr"], s["dpo"]["beta"])] == [best]
+    for g in grid:  # the SFT model's log-probs on the tuning pairs are the DPO reference's: the same in every row
+        assert g["held_out"]["sft_logps/chosen"] == pytest.approx(grid[0]["held_out"]["sft_logps/chosen"])
     assert os.path.isfile(tmp_path / "assets" / "align_quick.png")
 
 

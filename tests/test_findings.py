@@ -66,7 +66,7 @@ def test_no_gain_is_never_granted_on_absence_of_evidence():
 def test_every_finding_recomputes_from_its_arms_under_the_rule():
     for f in findings.load().values():
         assert {"id", "section", "claim", "paper", "test", "delta", "why", "a", "b", "diff", "seeds", "verdict",
-                "explanation", "command", "hardware", "wall_s"} <= set(f), f["id"]
+                "explanation", "command", "hardware", "machines", "trainer", "sources", "wall_s"} <= set(f), f["id"]
         a, b = f["a"]["per_seed"], f["b"]["per_seed"]
         assert f["a"]["name"] and f["b"]["name"] and f["why"] and f["delta"] > 0 and f["seeds"] == len(a) == len(b)
         d = [x - y for x, y in zip(a, b)]
@@ -77,6 +77,12 @@ def test_every_finding_recomputes_from_its_arms_under_the_rule():
         assert f["diff"]["ci90"] == pytest.approx([mean - half, mean + half], rel=1e-9, abs=1e-12)
         assert f["verdict"] == independent_verdict(mean - half, mean + half, f["test"], f["delta"]), f["id"]
         assert f["command"] and f["hardware"] and f["wall_s"] > 0
+        # its runs (the sweeps it rests on, named in sources) come from one machine and one train.py version
+        assert len(f["machines"]) == 1 and f["hardware"] == f["machines"][0], f["id"]
+        assert len(f["trainer"]) == (1 if f["sources"] else 0), f["id"]
+        for name in f["sources"]:
+            assert findings.provenance([os.path.join(ROOT, "results", name)], f["hardware"]) == \
+                (f["machines"], f["trainer"])
 
 
 def test_every_per_seed_value_comes_from_a_results_file(tmp_path, monkeypatch):
@@ -124,3 +130,23 @@ def test_report_help_and_a_truncated_results_file(tmp_path, capsys):
     bad.write_text('{"WSD exp 10.0%": {"config": {')  # cut off mid-write
     with pytest.raises(runner.ConfigError, match=r"wsd_quick.json is not valid JSON .*: restore it"):
         runner.sweep(str(bad), {"a": {}})
+
+
+def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys):
+    # python report.py --compare OTHER: how many verdicts a full rerun on a second machine shares with ours
+    mine = findings.load()
+    counted = [k for k, f in mine.items() if not f.get("sanity")]
+    theirs = json.loads(json.dumps(mine))
+    flipped = counted[0]
+    theirs[flipped]["verdict"] = next(v for v in findings.VERDICTS if v != mine[flipped]["verdict"])
+    del theirs[counted[1]]  # a finding the other ledger lacks is not counted
+    other = tmp_path / "findings.json"
+    other.write_text(json.dumps(theirs))
+    same, moved = report.compare(str(other))
+    assert len(same) == len(counted) - 2
+    assert moved == {flipped: (mine[flipped]["verdict"], theirs[flipped]["verdict"])}
+    report.main(["--compare", str(other)])
+    assert f"{len(counted) - 2} of {len(counted) - 1} verdicts the same" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        report.main(["--compare", str(tmp_path / "missing.json")])
+    assert e.value.code == 2 and "not found: give the results/findings.json" in capsys.readouterr().err

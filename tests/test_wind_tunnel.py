@@ -137,8 +137,18 @@ def test_a_run_branched_off_a_retrained_run_is_retrained_too(tmp_path, monkeypat
     assert recorded["branch"]["from_run"] == recorded["stable"]["run_id"] and recorded["stable"]["hardware"]
     for f in os.listdir(tmp_path / "stable"):
         os.remove(tmp_path / "stable" / f)
+    before = json.loads(open(file).read())
     runner.sweep(file, runs)
-    assert calls == [6, 5, 4, 6, 5]  # the stable run and its branch again; the independent run is reused
+    # the whole sweep again, the independent run too: a finding comparing the branch with it (the branched decays
+    # against dedicated runs) never sets runs of this machine beside runs computed elsewhere
+    assert calls == [6, 5, 4, 6, 5, 4]
+    after = json.loads(open(file).read())
+    assert all(after[k]["run_id"] > before[k]["run_id"] for k in runs)
+    assert findings.provenance([file]) == ([runner.this_machine()], [train.TRAINER_VERSION])
+    del after["other"]  # an interrupted sweep (a run not recorded yet) resumes: only the missing run trains
+    open(file, "w").write(json.dumps(after))
+    runner.sweep(file, runs)
+    assert calls == [6, 5, 4, 6, 5, 4, 4]
 
 
 def test_log2_vertex_is_the_parabola_through_the_minimum():
