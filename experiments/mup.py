@@ -5,7 +5,7 @@ learning-rate transfer (Fig. 3: loss against lr for several widths, whose minima
 SP; and across depth, residuals x scale_depth / sqrt(L) against plain ones).
 
     python -m experiments.mup coord --seeds 5                 # widths 128-1024, 4 steps (2-core CPU: minutes)
-    python -m experiments.mup transfer --quick --seeds 5      # widths 64-512, depth 2 vs 32, batch x lr (~75 min)
+    python -m experiments.mup transfer --quick --seeds 5      # widths 64-512, depth 2 vs 32, batch x lr (~50 min)
 """
 
 import argparse
@@ -145,7 +145,7 @@ def coord_findings(summary, tag=""):
 def transfer_setting(quick):
     """The lr-transfer design: (widths, layers, seq, rows, steps) of the width sweep, (depth_width, depths) of the
     depth sweep, batch_rows: the batches (rows of seq tokens) of the batch x lr grid at width batch_width."""
-    if quick:  # 2-core CPU, ~15 minutes a seed
+    if quick:  # 2-core CPU, ~10 minutes a seed
         return dict(widths=[64, 128, 256, 512], layers=2, seq=64, rows=8, steps=100, depth_width=64, depths=[2, 32],
                     batch_width=128, batch_rows=[8, 32, 128])
     return dict(widths=[128, 256, 512, 1024], layers=4, seq=256, rows=32, steps=1500, depth_width=128,

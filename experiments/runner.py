@@ -110,7 +110,8 @@ def sweep(results_file, runs, desc="runs", fresh=False):
     done = {}
     if os.path.isfile(results_file) and not fresh:
         done = {k: v for k, v in read_json(results_file).items() if k in runs}  # drop runs the sweep no longer has
-    if any(not reusable(done[k], checked(runs[k]), done.get(source_of(checked(runs[k]), done))) for k in done):
+    recorded = {k: checked(runs[k]) for k in done}
+    if any(not reusable(done[k], cfg, done.get(source_of(cfg, done))) for k, cfg in recorded.items()):
         done = {}  # (a stale run: train them all here)
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = checked(cfg)  # (here, after its source trained: a branch inherits its model keys from the checkpoint)

@@ -36,6 +36,12 @@ DPO_GRID = [dict(lr=lr, beta=beta) for lr in (3e-6, 1e-5, 3e-5, 1e-4) for beta i
 N_SCORED = 150  # the held-out prompts 1-150 are scored; the preference pairs 151-300 tune DPO (tasks.py's val set)
 
 
+def sft_lengths(S_sft):
+    """(the SFT lengths scored for A-2, those scored for A-1: the same and twice each, B-2), each sorted."""
+    a2 = sorted(S_sft // k for k in SFT_LENGTHS)
+    return a2, sorted(set(a2) | {2 * n for n in a2})
+
+
 def setting(quick, steps=None):
     """(model, S1, D, S_sft, rows, dpo_steps) of the runs: stable steps S1, decay steps D, the longest SFT S_sft."""
     if steps:  # a smoke-sized run (tests)
@@ -67,11 +73,13 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
     for seed, d in dirs.items():
         summary = {name: judge.score(model_from_checkpoint(ck).model)
                    for name, ck in scored_checkpoints(d, S1 + D, S_sft).items()}
+        sft = Reference(judge, os.path.join(d["a2sft"], "ckpt.pt"))
         if grid is None:  # the DPO grid on seed 1's A-2 + SFT; its best config then trains every seed
-            grid = [dict(g, **run_dpo(judge, d, dict(dpo, **g, seed=seed), f"-{i}")) for i, g in enumerate(DPO_GRID)]
+            grid = [dict(g, **run_dpo(judge, sft, d, dict(dpo, **g, seed=seed), f"-{i}"))
+                    for i, g in enumerate(DPO_GRID)]
         # the best: the highest held-out reward accuracy, then the likelier chosen responses (less collapse)
         best = max(grid, key=lambda g: (g["held_out"]["eval_rewards/accuracies"], g["held_out"]["eval_logps/chosen"]))
-        r = run_dpo(judge, d, dict(dpo, lr=best["lr"], beta=best["beta"], seed=seed))
+        r = run_dpo(judge, sft, d, dict(dpo, lr=best["lr"], beta=best["beta"], seed=seed))
         summary["A-2 + SFT + DPO"] = r["scores"]
         summary["dpo"] = dict(lr=best["lr"], beta=best["beta"], train=r["train"], held_out=r["held_out"])
         per_seed[seed] = summary
@@ -128,9 +136,10 @@ def scored_checkpoints(d, start, S_sft):
     twice each (B-2). The SFT checkpoints are named by their global step (train.py's keep_ckpts), SFT starting at
     step `start`."""
     out = {"A-1 decay": os.path.join(d["a1"], "ckpt.pt"), "A-2 decay": os.path.join(d["a2"], "ckpt.pt")}
-    for n in sorted({S_sft // k for k in SFT_LENGTHS} | {2 * (S_sft // k) for k in SFT_LENGTHS}):
+    a2, a1 = sft_lengths(S_sft)
+    for n in a1:
         out[f"A-1 + SFT {n}"] = os.path.join(d["a1sft"], f"ckpt_{start + n:06d}.pt")
-    for n in sorted(S_sft // k for k in SFT_LENGTHS):
+    for n in a2:
         out[f"A-2 + SFT {n}"] = os.path.join(d["a2sft"], f"ckpt_{start + n:06d}.pt")
     return out
 
@@ -156,18 +165,24 @@ class Judge:
         return evaluate_pairs(policy, reference, self.tune_pairs, beta, torch.device("cpu"))
 
 
-def run_dpo(judge, d, cfg, tag=""):
-    """DPO (cfg: dpo.py's keys) on the seed's A-2 + SFT: its first and last training metrics, its metrics on the
-    held-out tuning pairs beside the SFT model's log-probs there, and its task scores."""
-    sft = os.path.join(d["a2sft"], "ckpt.pt")
-    r = train_dpo(dict(cfg, init_from=sft, out_dir=d["dpo"] + tag, overwrite=True), quiet=True)
-    reference = model_from_checkpoint(sft).model
-    before = judge.preferences(reference, reference, cfg["beta"])
+class Reference:
+    """A seed's A-2 + SFT, the policy DPO starts from and its frozen reference: its checkpoint, the model (loaded
+    once for every DPO run of the seed), and its own log-probs on the tuning pairs (sft_logps/chosen, /rejected)."""
+
+    def __init__(self, judge, ckpt):
+        self.ckpt, self.model = ckpt, model_from_checkpoint(ckpt).model
+        itself = judge.preferences(self.model, self.model, 1.0)  # (log-probs: the same for any beta)
+        self.logps = {f"sft_{k[5:]}": v for k, v in itself.items() if "logps" in k}
+
+
+def run_dpo(judge, sft, d, cfg, tag=""):
+    """DPO (cfg: dpo.py's keys) on the seed's A-2 + SFT (a Reference): its first and last training metrics, its
+    metrics on the held-out tuning pairs beside the SFT model's log-probs there, and its task scores."""
+    r = train_dpo(dict(cfg, init_from=sft.ckpt, out_dir=d["dpo"] + tag, overwrite=True), quiet=True)
     h = r["history"]
     return dict(train={k: [h[0][k], h[-1][k]] for k in ("loss", "rewards/accuracies", "rewards/margins",
                                                         "logps/chosen", "logps/rejected")},
-                held_out=dict(judge.preferences(r["model"], reference, cfg["beta"]),
-                              **{f"sft_{k[5:]}": v for k, v in before.items() if "logps" in k}),
+                held_out=dict(judge.preferences(r["model"], sft.model, cfg["beta"]), **sft.logps),
                 scores=judge.score(r["model"]))
 
 
@@ -200,7 +215,7 @@ def align_findings(per_seed, S_sft, cmd, hardware, wall, sources):
         return [per_seed[s][model][key] if key == "task_loss" else 1 - per_seed[s][model]["score"]["all"]
                 for s in sorted(per_seed, key=int)]
     rows = []
-    for n in sorted(S_sft // k for k in SFT_LENGTHS):
+    for n in sft_lengths(S_sft)[0]:
         rows += [(f"two_stage_a2_vs_a1_sft{n}", "§5", f"with the task data in the decay (A-2), {n} steps of the "
                   f"same SFT end with a lower held-out task loss than after a decay on pre-training data only (A-1)",
                   "A-2 > A-1 (Table 3)", f"A-2 + SFT {n}", f"A-1 + SFT {n}", "task_loss"),
@@ -243,9 +258,8 @@ def plot(per_seed, S_sft, grid, file):
     fig, axes = subplots(1, 3, figsize=(16, 4.2))
     for ax, key, label in ((axes[0], "task_loss", "held-out task loss (nats/token)"),
                            (axes[1], "error", "held-out exact-match error")):
-        for arm, lengths in (("A-1", sorted({S_sft // k for k in SFT_LENGTHS} | {2 * (S_sft // k)
-                                                                                 for k in SFT_LENGTHS})),
-                             ("A-2", sorted(S_sft // k for k in SFT_LENGTHS))):
+        a2, a1 = sft_lengths(S_sft)
+        for arm, lengths in (("A-1", a1), ("A-2", a2)):
             mean, sd = sft_curve(per_seed, arm, lengths, key)
             ax.errorbar(lengths, mean, sd, marker="o", capsize=3, label=f"{arm} + SFT")
         ax.set(xscale="log", xlabel="SFT steps (B-2 at n: A-1 at 2n)", ylabel=label,
@@ -318,8 +332,7 @@ EXPLAIN = {
 
 EXPERIMENT = Experiment(name="two_stage", section="§5, §7.1", rerun=(runner.command("two_stage", True, 5),),
                         sweeps=("align_quick",), tables={"two-stage": align_table, "dpo-grid": dpo_grid_table},
-                        explain=EXPLAIN,
-                        record=record_from_results)
+                        explain=EXPLAIN, record=record_from_results)
 
 
 if __name__ == "__main__":

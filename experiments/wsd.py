@@ -6,7 +6,7 @@ against a larger one trained short; every compared run over seeds, the verdicts 
 
     python -m experiments.wsd --quick --seeds 5                 # the sweep (2-core CPU: ~35 min for 5 seeds)
     python -m experiments.wsd --decay_length_at 2000 --seeds 5  # 20% vs 10% decays at S = 2000
-    python -m experiments.wsd --small_long --seeds 5            # §4.3 Fig. 7: small-long vs large-short (~45 min)
+    python -m experiments.wsd --small_long --seeds 5            # §4.3 Fig. 7: small-long vs large-short (~20 min)
     python -m experiments.wsd --plot_only                       # only draw the schedules (assets/wsd_schedules.png)
 """
 
