@@ -9,9 +9,10 @@ For each loss level, the batch size that reaches it with the fewest tokens lies 
 At L = 2.5 that is 3.97M tokens; MiniCPM-2.4B was trained with 3.93M-token batches. A lower target loss needs a
 larger batch: the gradient noise that a small batch averages away matters more near the optimum.
 
-`python -m experiments.batchsize` reruns it small: 3 model sizes x 6 batch sizes, the loss-vs-tokens curves, the
+`python -m experiments.batchsize` reruns it small: 3 model sizes x 4 batch sizes, the loss-vs-tokens curves, the
 optimal batch per loss level (`best_batch_per_loss`: a parabola in log batch through the fastest batch and its
-neighbours, `log2_vertex`), and the fitted (a, b) of bs = a / L^b next to the paper's.
+neighbours, `log2_vertex`, on the tokens each batch takes to reach the level on a monotone fit of its curve,
+`tokens_to_reach`), and the fitted (a, b) of bs = a / L^b next to the paper's.
 """
 
 import math
@@ -39,9 +40,23 @@ def fit_batch_size_law(losses, batch_sizes):
     return float(math.exp(intercept)), float(-slope)
 
 
+def isotonic_decreasing(values):
+    """The non-increasing sequence closest to `values` in least squares (pool-adjacent-violators): a loss curve
+    with its noise averaged out where it rises, so that one low evaluation does not stand for the curve."""
+    blocks = []  # [mean, count] of pooled neighbours
+    for v in np.asarray(values, dtype=float):
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return np.concatenate([np.full(n, m) for m, n in blocks]) if blocks else np.zeros(0)
+
+
 def tokens_to_reach(tokens, losses, level):
-    """The first token count at which a loss curve reaches `level` (linear interpolation); None if it never does."""
-    t, l_ = np.asarray(tokens, dtype=float), np.asarray(losses, dtype=float)
+    """The token count at which a loss curve's isotonic fit (isotonic_decreasing) first reaches `level` (linear
+    interpolation); None if it never does. On the raw curve, a noisy small-batch curve would cross early on one
+    low evaluation: a bias toward small batches."""
+    t, l_ = np.asarray(tokens, dtype=float), isotonic_decreasing(losses)
     below = np.nonzero(l_ <= level)[0]
     if len(below) == 0:
         return None

@@ -110,3 +110,14 @@ def ratio_at(C, law):
     """D_opt / N_opt of `law` at compute C."""
     n, d = compute_optimal(C, law)
     return d / n
+
+
+def ratio_for_size(N, law):
+    """D_opt / N of a model of N parameters on the compute-optimal frontier: the D at which
+    alpha C_N N^-alpha = beta C_D D^-beta, D = (beta C_D / (alpha C_N))^(1/beta) N^(alpha/beta). The frontier's
+    tokens per parameter at a size the runs sampled (its compute follows), where compute_optimal at a chosen C may
+    put N_opt outside them."""
+    compute_optimal(6 * law.unit ** 2, law)  # (the same check: a law without an optimum raises)
+    n = np.asarray(N, dtype=float) / law.unit
+    d = (law.beta * law.C_D / (law.alpha * law.C_N)) ** (1 / law.beta) * n ** (law.alpha / law.beta)
+    return d / n

@@ -68,6 +68,8 @@ eval_interval = 100  # steps between validation evaluations (and at the last ste
 eval_steps = 10  # validation batches per evaluation
 eval_seed = None  # the seed the validation batches are drawn with (None: the run's seed); runs of several seeds
 #                   compared on one held-out sample set it (experiments)
+eval_rows = None  # rows per validation batch (None: the training global batch); with eval_seed, runs of different
+#                   batch sizes are scored on one identical sample (the batch-size sweep, paper §3.2)
 ckpt_interval = 250  # steps between checkpoints (and at the end, and on SIGTERM / Ctrl-C)
 sample_tokens = 300  # tokens sampled from the model at the end (0: none)
 # data
@@ -124,13 +126,14 @@ MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
 MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
 CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
 # keys that may change when resuming without changing the run's numbers
-RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_steps", "eval_seed", "ckpt_interval",
-                     "sample_tokens", "device", "dtype", "compile", "activation_checkpointing", "keep_ckpts"}
+RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_steps", "eval_seed", "eval_rows",
+                     "ckpt_interval", "sample_tokens", "device", "dtype", "compile", "activation_checkpointing",
+                     "keep_ckpts"}
 # may change on resume when the global batch (batch_size x grad_accum x world size) stays the same
 SPLIT_KEYS = {"batch_size", "grad_accum"}
 LOWER_BOUNDS = dict(max_steps=1, batch_size=1, grad_accum=1, seq_len=1, eval_steps=1, eval_interval=1, ckpt_interval=1,
                     lr=0, grad_clip=0, weight_decay=0, seed=0, warmup_steps=0, decay_steps=0, half_life=0,
-                    cosine_steps=0, short_len=0, stage_warmup_steps=0, eval_seed=0)
+                    cosine_steps=0, short_len=0, stage_warmup_steps=0, eval_seed=0, eval_rows=1)
 
 
 def default_config():
@@ -141,9 +144,10 @@ def default_config():
 def get_config(argv=(), base=None):
     """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
     types = {f.name: f.type for f in fields(MiniCPMConfig)}  # model keys default to None: their type is the field's
-    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int, eval_seed=int)
+    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int, eval_seed=int, eval_rows=int)
     return validate_config(configurator.get_config(argv, base or default_config(), types,
-                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps", "eval_seed"]))
+                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps",
+                                                                          "eval_seed", "eval_rows"]))
 
 
 def validate_config(cfg):
@@ -423,22 +427,25 @@ def micro_batches(cfg, src, step, global_batch, rank, world):
 
 @torch.no_grad()
 def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
-    """(validation loss in nats/token, in bits/byte): the same global batches and split as training, so equal for
-    any split (drawn with eval_seed, else the run's seed); the pure cross-entropy (an MoE's balancing term is not
-    part of it)."""
-    A, B = cfg["grad_accum"], cfg["batch_size"]
+    """(validation loss in nats/token, in bits/byte): eval_steps batches of eval_rows rows (else the training
+    global batch) drawn with eval_seed (else the run's seed), each process scoring its share in chunks of at most
+    batch_size rows, so equal for any split; the pure cross-entropy (an MoE's balancing term is not part of it)."""
+    rows = cfg["eval_rows"] or global_batch
+    if rows % world:
+        raise ConfigError(f"eval_rows={rows} does not split over {world} processes: make it a multiple of {world}")
+    share, B = rows // world, cfg["batch_size"]
     seed = cfg["seed"] if cfg["eval_seed"] is None else cfg["eval_seed"]
     was_training = model.training
     model.eval()
     losses = torch.zeros((), device=device)
     for i in range(cfg["eval_steps"]):
-        for micro in range(A):
-            lo = (rank * A + micro) * B
-            x, y = data.batch("val", seed, i, global_batch, cfg["seq_len"], rows=slice(lo, lo + B))
+        for lo in range(rank * share, (rank + 1) * share, B):
+            hi = min(lo + B, (rank + 1) * share)
+            x, y = data.batch("val", seed, i, rows, cfg["seq_len"], rows=slice(lo, hi))
             with autocast:
-                losses += model(x.to(device), y.to(device))[1].float()
+                losses += model(x.to(device), y.to(device))[1].float() * ((hi - lo) / B)  # (1 but a last chunk)
     model.train(was_training)
-    val = all_mean(losses / (cfg["eval_steps"] * A), world).item()
+    val = all_mean(losses / (cfg["eval_steps"] * share / B), world).item()
     return val, val / math.log(2) / data.meta["bytes_per_token"]
 
 

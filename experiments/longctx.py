@@ -39,6 +39,36 @@ METHODS = {"a": "(a) RoPE, unchanged", "b": "(b) NTK-aware, no training", "c": "
            "d": "(d) control: (c) with the old base", "e": "(e) (c) with rope_theta 1e6"}
 
 
+def setting(quick):
+    """The model, the trained length L, the base's and the extension's steps, rows a step, passkeys per (length,
+    depth) cell, text windows of the loss by position, the fraction of passkey rows in the base's training and the
+    corpus of its text rows."""
+    if quick:  # 2-core CPU, ~9 minutes a seed
+        return dict(model=dict(preset="tiny"), L=128, S1=1500, S2=150, rows=32, trials=8, windows=8, ratio=0.9,
+                    text="embedded")
+    return dict(model=dict(preset="tiny"), L=256, S1=3000, S2=600, rows=64, trials=32, windows=32,  # one GPU
+                ratio=0.75, text="python_source")
+
+
+def base_keys(st, data):
+    """What every run of the experiment shares. The base model learns passkey retrieval at L from a mix of passkey
+    rows (a fraction `ratio`) and text; the retrieval forms abruptly after some hundred steps, and fewer passkey rows
+    delay it (at S1 = 900, two of three seeds had not formed it yet: 8% and 48% at L, so the quick base trains 1500
+    steps); the tiny shape learns it in standard parametrisation with scale_emb 1 (under muP with scale_emb 12 it
+    stayed at chance for 3000 steps). Text rows: the embedded docs on the CPU (1.6 epochs: 90% of the rows are
+    passkeys), python_source on a GPU."""
+    return dict(**st["model"], **corpus_keys(data or st["text"]),
+                use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4, batch_size=st["rows"],
+                passkey_ratio=st["ratio"])
+
+
+def base_run(st, base, seed, out_dir, S1=None, **kw):
+    """The base model's run: S1 steps (the setting's) of WSD at L."""
+    S1, L = S1 or st["S1"], st["L"]
+    return dict(base, seed=seed, out_dir=out_dir, seq_len=L, max_position_embeddings=L, max_steps=S1,
+                warmup_steps=S1 // 20, decay_steps=S1 // 10, eval_interval=S1 // 2, **kw)
+
+
 def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
     """(a) unchanged RoPE, (b) NTK-aware scaling without training, (c) ABF + untie + continued training on the
     44/56 long/short mix, and two controls: (d) the same continued training with the old base (is it ABF, or only
@@ -46,18 +76,9 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
     passkey heatmaps and loss by position. Every run with seeds 1 .. seeds; >= 3 records the verdicts. data: the
     text corpus in place of the setting's own (corpus.corpus_keys)."""
     tag = runner.results_tag(quick, data)
-    if quick:  # 2-core CPU, ~9 minutes a seed
-        model = dict(preset="tiny")
-        L, S1, S2, rows, trials, windows, ratio = 128, 1500, 150, 32, 8, 8, 0.9
-    else:  # one GPU
-        model, L, S1, S2, rows, trials, windows, ratio = dict(preset="tiny"), 256, 3000, 600, 64, 32, 32, 0.75
-    # the base model learns passkey retrieval at L from a mix of passkey rows (a fraction `ratio`) and text; the
-    # retrieval forms abruptly after some hundred steps, and fewer passkey rows delay it (at S1 = 900, two of three
-    # seeds had not formed it yet: 8% and 48% at L, so the quick base trains 1500 steps); the tiny shape learns it in
-    # standard parametrisation with scale_emb 1 (under muP with scale_emb 12 it stayed at chance for 3000 steps)
-    # text rows: the embedded docs on the CPU (1.6 epochs: 90% of the rows are passkeys), python_source on a GPU
-    base = dict(**model, **corpus_keys(data or ("embedded" if quick else "python_source")), use_mup=False,
-                scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4, batch_size=rows, passkey_ratio=ratio)
+    st = setting(quick)
+    model, L, S1, S2, rows, trials, windows = (st[k] for k in ("model", "L", "S1", "S2", "rows", "trials", "windows"))
+    base = base_keys(st, data)
     shape = MiniCPMConfig.from_preset(model["preset"], **{k: v for k, v in model.items() if k != "preset"})
     # ABF: a larger rope_theta, here the NTK-aware base for 8x (1e4 -> 8.6e4 at head_dim 64): long positions
     # rotate as slowly as 8x shorter ones did, and the short-range frequencies the model relies on barely move
@@ -67,10 +88,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
         sfx = tag + (f"-seed{seed}" if seed > 1 else "")
         d = dirs[seed] = {k: os.path.join(out, f"out-longctx-{name}{sfx}")
                           for k, name in (("a", "base"), ("c", "abf"), ("d", "oldbase"), ("e", "abf1e6"))}
-        b = dict(base, seed=seed)
-        runs[runner.seed_name("base", seed)] = dict(
-            b, out_dir=d["a"], seq_len=L, max_position_embeddings=L, max_steps=S1, warmup_steps=S1 // 20,
-            decay_steps=S1 // 10, eval_interval=S1 // 2)
+        b = runs[runner.seed_name("base", seed)] = base_run(st, base, seed, d["a"])
         # paper §7.2: untie, a larger base, and a mix of 44% long (4L) and 56% short (L) rows, WSD
         ext = dict(b, init_from=os.path.join(d["a"], "ckpt.pt"), seq_len=4 * L, max_position_embeddings=4 * L,
                    tie_word_embeddings=False, long_ratio=0.44, short_len=L, batch_size=rows // 4, max_steps=S1 + S2,

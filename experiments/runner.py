@@ -131,6 +131,29 @@ def sweep(results_file, runs, desc="runs", fresh=False):
     return {name: done[name]["metrics"] for name in runs}
 
 
+def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
+    """{arm: the lr whose run ends lowest} for every arm of `arms` ({name: what run_of needs}), each trained at a grid
+    of lrs (run_of(arms[name], lr): its config; run "<name>, lr <lr>"), the grid extended by one octave past
+    whichever edge holds an arm's optimum until it is inside, so that the grid brackets it. The grid starts from
+    every lr already recorded for the arm (an extension of an earlier pass is not dropped and retrained)."""
+    recorded = read_json(results_file) if os.path.isfile(results_file) and not fresh else {}
+    grid = {a: sorted(set(lrs) | {v["config"]["lr"] for k, v in recorded.items()
+                                  if k == f"{a}, lr {v['config']['lr']:g}"}) for a in arms}
+    while True:
+        runs = {f"{a}, lr {lr:g}": run_of(arms[a], lr) for a in arms for lr in grid[a]}
+        res = sweep(results_file, runs, desc=desc, fresh=fresh)
+        fresh = False  # (only the first pass trains what was there again)
+        best, grown = {}, False
+        for a in arms:
+            loss = {lr: res[f"{a}, lr {lr:g}"]["final_val_loss"] for lr in grid[a]}
+            best[a] = min(loss, key=loss.get)
+            if best[a] in (grid[a][0], grid[a][-1]):
+                grid[a] = sorted(grid[a] + [best[a] / 2 if best[a] == grid[a][0] else best[a] * 2])
+                grown = True
+        if not grown:
+            return best
+
+
 def checked(cfg):
     """A run's config as train.py runs it: the defaults filled in, validated."""
     return train.validate_config({**train.default_config(), **cfg})

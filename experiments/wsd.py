@@ -321,28 +321,14 @@ def small_long_run(width, steps, lr, seed, rows=16, seq=64):
 
 def tune_small_long_lr(fresh=False, out=runner.ROOT):
     """{width: the lr that ends lowest} at each width's own budget, on the tuning seed: a grid of octaves, extended
-    by one octave past whichever edge holds the optimum until it is inside (so the grid brackets it)."""
+    by one octave past whichever edge holds the optimum until it is inside (runner.tune_lr)."""
     _, large_steps, small_steps = small_long_shapes()
     steps = dict(zip(SMALL_LONG_WIDTHS, (small_steps, large_steps)))
-    file = os.path.join(out, "results", "wsd_small_long_lr_quick.json")
-    recorded = runner.read_json(file) if os.path.isfile(file) and not fresh else {}
-    # the grid starts from every lr already recorded (an extension of an earlier pass is not dropped and retrained)
-    lrs = {w: sorted(set(SMALL_LONG_LRS) | {v["config"]["lr"] for v in recorded.values()
-                                            if v["config"]["hidden_size"] == w}) for w in SMALL_LONG_WIDTHS}
-    while True:
-        runs = {f"width {w}, {steps[w]} steps, lr {lr:g}": small_long_run(w, steps[w], lr, SMALL_LONG_TUNE_SEED)
-                for w in SMALL_LONG_WIDTHS for lr in lrs[w]}
-        res = runner.sweep(file, runs, desc="small-long lr grid", fresh=fresh)
-        fresh = False  # (only the first pass trains what was there again)
-        best, grown = {}, False
-        for w in SMALL_LONG_WIDTHS:
-            loss = {lr: res[f"width {w}, {steps[w]} steps, lr {lr:g}"]["final_val_loss"] for lr in lrs[w]}
-            best[w] = min(loss, key=loss.get)
-            if best[w] in (lrs[w][0], lrs[w][-1]):
-                lrs[w] = sorted(lrs[w] + [best[w] / 2 if best[w] == lrs[w][0] else best[w] * 2])
-                grown = True
-        if not grown:
-            return best
+    best = runner.tune_lr(os.path.join(out, "results", "wsd_small_long_lr_quick.json"),
+                          {f"width {w}, {steps[w]} steps": w for w in SMALL_LONG_WIDTHS},
+                          lambda w, lr: small_long_run(w, steps[w], lr, SMALL_LONG_TUNE_SEED), SMALL_LONG_LRS,
+                          desc="small-long lr grid", fresh=fresh)
+    return {w: best[f"width {w}, {steps[w]} steps"] for w in SMALL_LONG_WIDTHS}
 
 
 def small_long_vs_large_short(seeds=5, out=runner.ROOT, fresh=False):

@@ -51,6 +51,14 @@ def test_best_batch_per_loss_on_synthetic_curves():
     assert [b for _, b, _ in best] == sorted(b for _, b, _ in best)  # lower loss -> larger optimal batch
     assert batchsize.best_batch_per_loss(curves, [2.03]) == []  # a level some batch never reaches: left out
     assert batchsize.tokens_to_reach([0, 10], [3.0, 1.0], 2.0) == pytest.approx(5.0)
+    # one noisy low evaluation does not stand for the curve: the isotonic fit pools it with its rising neighbours
+    assert batchsize.isotonic_decreasing([3.0, 2.4, 2.7, 2.5, 2.2]) == pytest.approx([3.0, 2.55, 2.55, 2.5, 2.2])
+    assert batchsize.isotonic_decreasing([3.0, 2.4, 2.7, 2.8, 2.2]) == pytest.approx([3.0, 2.6333, 2.6333, 2.6333,
+                                                                                      2.2], abs=1e-4)
+    assert batchsize.isotonic_decreasing([1.0, 2.0, 3.0]) == pytest.approx([2.0, 2.0, 2.0])
+    noisy = ([0, 10, 20, 30, 40], [3.0, 2.4, 2.7, 2.5, 2.2])
+    later = 30 + 10 * (2.5 - 2.45) / (2.5 - 2.2)  # (the raw curve crosses at 9.2)
+    assert batchsize.tokens_to_reach(*noisy, 2.45) == pytest.approx(later, abs=1e-3)
     assert batchsize.tokens_to_reach([0, 10], [3.0, 2.5], 2.0) is None
 
 
@@ -74,6 +82,17 @@ def test_compute_optimal_closed_form_matches_brute_force():
             assert n == pytest.approx(brute, rel=2e-3)
     n, d = sl.compute_optimal(6 * 1e9 * 186.2e9, sl.PAPER_LAW)  # paper §4.5: ~190 tokens per parameter at N = 1B
     assert n == pytest.approx(1e9, rel=0.02) and d / n == pytest.approx(186, rel=0.05)
+
+
+def test_ratio_for_size_is_the_compute_optimal_frontier():
+    # D_opt / N at a given N equals compute_optimal's ratio at the compute where that N is optimal
+    for law in (sl.PAPER_LAW, sl.ScalingLaw(C_N=406.4, alpha=0.34, C_D=410.7, beta=0.28, L0=1.69)):
+        for C in (1e12, 1e18, 1e21):
+            n, d = sl.compute_optimal(C, law)
+            assert sl.ratio_for_size(n, law) == pytest.approx(d / n, rel=1e-9)
+    assert sl.ratio_for_size(1e9, sl.PAPER_LAW) == pytest.approx(186, rel=0.05)  # paper §4.5: ~190 at N = 1B
+    with pytest.raises(ValueError, match="no compute-optimal"):
+        sl.ratio_for_size(1e6, sl.ScalingLaw(C_N=1.0, alpha=-0.1, C_D=1.0, beta=0.2, L0=1.0))
 
 
 def test_fit_scaling_law_recovers_known_parameters():

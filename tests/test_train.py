@@ -149,6 +149,18 @@ def test_batch_split_invariance_1x8_1x4x2_torchrun_2x4(tmp_path):
     np.testing.assert_allclose(val, [v for _, v in a["val_loss"]], rtol=2e-4)
 
 
+def test_eval_rows_scores_every_batch_size_on_one_sample(tmp_path):
+    # lr 0: the weights stay at the seed's init, so only the validation sample can differ between batch sizes
+    def val(batch_size, **kw):
+        run = cfg(tmp_path / f"b{batch_size}{len(kw)}", batch_size=batch_size, lr=0.0, max_steps=4, eval_seed=0,
+                  warmup_steps=1, decay_steps=1, **kw)
+        return train.train(run, quiet=True)["final_val_loss"]
+    assert val(2, eval_rows=12) == pytest.approx(val(8, eval_rows=12), rel=1e-6)  # 12 rows: 8 + a last chunk of 4
+    assert abs(val(2) - val(8)) > 1e-4  # without it each batch size draws its own sample
+    with pytest.raises(train.ConfigError, match="eval_rows"):
+        train.get_config(["--eval_rows=0"])
+
+
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     full = train.train(cfg(tmp_path / "full", max_steps=200, decay_steps=10, eval_interval=100), quiet=True)
     c = cfg(tmp_path / "cut", max_steps=200, decay_steps=10, eval_interval=100)

@@ -118,6 +118,29 @@ def test_a_finished_run_whose_checkpoints_are_gone_is_trained_again(tmp_path, mo
     assert os.path.isfile(tmp_path / "stable" / "ckpt.pt")
 
 
+def test_an_lr_grid_extends_past_an_edge_optimum_until_it_brackets_it(tmp_path, monkeypatch):
+    # a loss whose optimum lies two octaves below the first grid: the grid grows downward one octave a pass and
+    # stops once the best lr has a neighbour on each side; a rerun trains nothing and keeps the extension
+    best_at = {"a": 0.0005, "b": 0.004}
+    trained = []
+
+    def fake_train(c, quiet=False, progress=None):
+        trained.append((c["seed"], c["lr"]))
+        loss = 2 + (np.log2(c["lr"]) - np.log2(best_at["a" if c["seed"] == 1 else "b"])) ** 2
+        return dict(final_val_loss=loss, stopped=False, model=None)
+    monkeypatch.setattr(train, "train", fake_train)
+    file = str(tmp_path / "grid.json")
+    arms = {"a": 1, "b": 2}
+
+    def run_of(seed, lr):
+        return cfg(tmp_path / f"x{seed}", out_dir="", seed=seed, lr=lr)
+    assert runner.tune_lr(file, arms, run_of, (0.002, 0.004, 0.008)) == best_at
+    assert sorted(lr for s, lr in trained if s == 1) == [0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008]
+    assert sorted(lr for s, lr in trained if s == 2) == [0.002, 0.004, 0.008]  # inside at once: no extension
+    n = len(trained)
+    assert runner.tune_lr(file, arms, run_of, (0.002, 0.004, 0.008)) == best_at and len(trained) == n
+
+
 def test_a_run_branched_off_a_retrained_run_is_retrained_too(tmp_path, monkeypatch):
     # a fresh clone lacks the stable run's out_dir: the stable run trains again on this machine, and its branch must
     # not stay the one computed elsewhere from the other training (issue: the branched-decays finding moved and
@@ -190,10 +213,19 @@ def test_every_experiment_trains_on_the_corpus_given_with_data(tmp_path, monkeyp
     web = tmp_path / "web"
     corpus.prepare(str(web), corpus.embedded_documents()[:200])
     monkeypatch.setattr(runner, "sweep", _capture_sweep)
+    tuned = []
+
+    def tune_lr(file, arms, run_of, lrs, desc="", fresh=False):  # an lr grid (batch size, scaling law): its runs
+        assert file == str(tmp_path / "results" / f"{name}_lr_web.json")  # read the corpus too
+        assert all(run_of(arm, lrs[0])["data"] == str(web) for arm in arms.values())
+        tuned.append(file)
+        return {a: lrs[0] for a in arms}
+    monkeypatch.setattr(runner, "tune_lr", tune_lr)
     with pytest.raises(_Captured) as got:
         call(str(tmp_path), str(web))
     file, runs = got.value.args
     assert file == str(tmp_path / "results" / f"{name}_web.json")
+    assert bool(tuned) == (name in ("batchsize", "scaling"))
     pre = [c for c in runs.values() if not c.get("data", "").endswith(".jsonl")]
     assert pre and all(c["data"] == str(web) for c in pre)
     assert all(str(web) in c["decay_data"] for c in runs.values() if c.get("decay_data"))
