@@ -47,13 +47,19 @@ class ScalingLaw:
 PAPER_LAW = ScalingLaw(C_N=0.0715, alpha=0.29, C_D=0.300, beta=0.23, L0=0.31, unit=1e9)
 
 
-def compute_optimal(C, law):
-    """(N_opt, D_opt) minimising law(N, D) subject to 6 N D = C (C in FLOPs, N in parameters, D in tokens)."""
+def check_optimum(law):
+    """A law has a compute-optimal allocation only when loss falls with both N and D; else one ValueError."""
     a, b = law.alpha, law.beta
     if not (a > 0 and b > 0 and law.C_N > 0 and law.C_D > 0):
         raise ValueError(f"the law has alpha={a:.3g}, beta={b:.3g}, C_N={law.C_N:.3g}, C_D={law.C_D:.3g}: loss "
                          f"does not fall with both N and D, so no compute-optimal allocation exists "
                          f"(fit more/larger runs)")
+
+
+def compute_optimal(C, law):
+    """(N_opt, D_opt) minimising law(N, D) subject to 6 N D = C (C in FLOPs, N in parameters, D in tokens)."""
+    check_optimum(law)
+    a, b = law.alpha, law.beta
     c = C / law.unit ** 2 / 6
     G = (a * law.C_N / (b * law.C_D)) ** (1 / (a + b))
     N = G * c ** (b / (a + b))
@@ -117,7 +123,7 @@ def ratio_for_size(N, law):
     alpha C_N N^-alpha = beta C_D D^-beta, D = (beta C_D / (alpha C_N))^(1/beta) N^(alpha/beta). The frontier's
     tokens per parameter at a size the runs sampled (its compute follows), where compute_optimal at a chosen C may
     put N_opt outside them."""
-    compute_optimal(6 * law.unit ** 2, law)  # (the same check: a law without an optimum raises)
+    check_optimum(law)
     n = np.asarray(N, dtype=float) / law.unit
     d = (law.beta * law.C_D / (law.alpha * law.C_N)) ** (1 / law.beta) * n ** (law.alpha / law.beta)
     return d / n

@@ -425,15 +425,20 @@ def micro_batches(cfg, src, step, global_batch, rank, world):
     return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
 
 
+def check_eval_split(cfg, world):
+    """eval_rows splits over the processes (evaluate scores each one's share): checked before the first step."""
+    if cfg["eval_rows"] and cfg["eval_rows"] % world:
+        raise ConfigError(f"eval_rows={cfg['eval_rows']} does not split over {world} processes: make it a multiple "
+                          f"of {world}")
+
+
 @torch.no_grad()
 def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
     """(validation loss in nats/token, in bits/byte): eval_steps batches of eval_rows rows (else the training
     global batch) drawn with eval_seed (else the run's seed), each process scoring its share in chunks of at most
     batch_size rows, so equal for any split; the pure cross-entropy (an MoE's balancing term is not part of it)."""
     rows = cfg["eval_rows"] or global_batch
-    if rows % world:
-        raise ConfigError(f"eval_rows={rows} does not split over {world} processes: make it a multiple of {world}")
-    share, B = rows // world, cfg["batch_size"]
+    share, B = rows // world, cfg["batch_size"]  # (rows split over the processes: check_eval_split)
     seed = cfg["seed"] if cfg["eval_seed"] is None else cfg["eval_seed"]
     was_training = model.training
     model.eval()
@@ -560,6 +565,7 @@ def start(cfg, quiet, progress=None):
     if master and out_dir:
         claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
+    check_eval_split(cfg, world)
     fingerprints = data_fingerprints(data, decay_data)
     raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source)
     lineage = dict(tokenizer=data.meta["tokenizer"], tokenizer_id=data_tokenizer_id(data.meta),

@@ -32,7 +32,7 @@ EVALS = 12  # evaluations a run (its loss curve)
 
 def setting(quick):
     """The models, the sequence length, the batch sizes (rows), the tokens a run and the corpus."""
-    if quick:  # 2-core CPU: ~6 minutes a seed (one lr), 1M tokens a run (0.04 epochs of python_source)
+    if quick:  # 2-core CPU: ~5 minutes a seed (one lr), 1M tokens a run (0.04 epochs of python_source)
         # (a first grid of 256-4096 tokens had its best batch at 256, its lower edge, at every loss level of every
         # model and seed: results/batchsize_fit_first_grid_quick.json; 2048 and 4096 were never near it)
         return dict(sizes={f"w{w}": ladder_keys(w, 2) for w in (32, 64, 128)}, seq=64, rows=[2, 4, 8, 16],
@@ -82,7 +82,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=1, data=None):
         hi = min(c[1][0] for cc in cs for c in cc.values())  # ... and none starts below; the lower half
         ranges[name] = [lo + 0.5 * (hi - lo), lo]
         for seed in range(1, seeds + 1):
-            pts = best_batch_per_loss(all_curves[name, seed], np.linspace(lo + 0.5 * (hi - lo), lo, 8))
+            pts = best_batch_per_loss(all_curves[name, seed], np.linspace(*ranges[name], 8))
             points += [dict(model=name, seed=seed, loss=lv, batch_size=bs, tokens=tok) for lv, bs, tok in pts]
             fits[name, seed] = fit_batch_size_law([p[0] for p in pts], [p[1] for p in pts])
     pooled = {s: fit_batch_size_law([p["loss"] for p in points if p["seed"] == s],
@@ -133,7 +133,7 @@ def batchsize_findings(summary, command, hardware, wall_s, sources):
 def record_from_results():
     """This file's findings again from results/batchsize_fit_quick.json, training nothing."""
     old = findings.load()["batchsize_pooled"]
-    files = [os.path.join(runner.RESULTS, f"{n}.json") for n in EXPERIMENT.sweeps]
+    files = EXPERIMENT.sources()
     batchsize_findings(read_results("batchsize_fit_quick"), old["command"], old["hardware"],
                        sum(runner.wall_s(f) for f in files), files)
 

@@ -51,6 +51,10 @@ class Experiment:
     explain: dict = field(default_factory=dict)
     record: object = None
 
+    def sources(self):
+        """The committed results files of its sweeps (results/<sweep>.json), what its findings rest on."""
+        return [os.path.join(RESULTS, f"{n}.json") for n in self.sweeps]
+
 
 def seed_name(name, seed):
     """The run `name` with another seed: seed 1 is the run itself, seed s > 1 is "name seed{s}"."""

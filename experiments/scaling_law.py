@@ -9,7 +9,7 @@ resample of the points is left out, and D_opt/N for a model in the middle of the
 Python's own source (no run repeats its corpus) and averages the loss over two held-out sets: that source and
 Python's English docs, one sample of each for every run (eval_seed 0).
 
-    python -m experiments.scaling_law --quick --seeds 5   # widths 16-48 (2-core CPU: ~5 min a seed, ~35 min)
+    python -m experiments.scaling_law --quick --seeds 5   # widths 16-48 (2-core CPU: ~3.5 min a seed, ~22 min)
 """
 
 import math
@@ -36,7 +36,7 @@ EVAL_BATCHES = 32  # batches of each held-out set (eval_seed 0): 32k tokens each
 
 def setting(quick):
     """The widths, depth, sequence length and rows a step, and the widths that stop at 160 N (their cost)."""
-    if quick:  # 2-core CPU, ~5 minutes a seed; python_source: no run repeats its corpus (0.6 epochs at most)
+    if quick:  # 2-core CPU, ~3.5 minutes a seed; python_source: no run repeats its corpus (0.32 epochs at most)
         return dict(widths=[16, 24, 32, 48], layers=2, seq=64, rows=16, to_160N=[48])
     return dict(widths=[64, 96, 128, 192], layers=4, seq=256, rows=32, to_160N=[192])  # one GPU
 
@@ -193,7 +193,7 @@ def scaling_findings(summary, command, hardware, wall_s, sources):
 def record_from_results():
     """This file's findings again from results/scaling_fit_quick.json, training nothing."""
     old = findings.load()["scaling_d_over_n"]
-    files = [os.path.join(runner.RESULTS, f"{n}.json") for n in EXPERIMENT.sweeps]
+    files = EXPERIMENT.sources()
     scaling_findings(read_results("scaling_fit_quick"), old["command"], old["hardware"],
                      sum(runner.wall_s(f) for f in files), files)
 

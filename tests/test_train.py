@@ -159,6 +159,12 @@ def test_eval_rows_scores_every_batch_size_on_one_sample(tmp_path):
     assert abs(val(2) - val(8)) > 1e-4  # without it each batch size draws its own sample
     with pytest.raises(train.ConfigError, match="eval_rows"):
         train.get_config(["--eval_rows=0"])
+    # rows that do not split over the processes stop the run before its first step, in one line
+    c = cfg(tmp_path / "ddp", batch_size=4, eval_rows=3, eval_interval=1)
+    r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *cli_args(c)],
+                timeout=300)
+    assert r.returncode != 0 and "eval_rows=3 does not split over 2 processes" in r.stderr
+    assert not os.path.isfile(tmp_path / "ddp" / "metrics.jsonl")  # (checked at the first evaluation: a step trained)
 
 
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
