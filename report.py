@@ -76,7 +76,8 @@ def epochs(run):
 
 def findings_table():
     """The ledger (findings.table), the training time behind it, and how often each sweep repeats its corpus."""
-    runs = {s: list(read_results(s).values()) for e in registry() for s in e.sweeps}
+    # (a run recorded under a second name, `same_as` the first, was trained once)
+    runs = {s: [r for r in read_results(s).values() if "same_as" not in r] for e in registry() for s in e.sweeps}
     hours = sum(r["seconds"] for v in runs.values() for r in v) / 3600
     reps = []
     for s, v in runs.items():
@@ -84,9 +85,11 @@ def findings_table():
         if e:
             most = max(e)
             reps.append(f"{s} {most[0]:.2f} ({most[1]})")
+    cost = ", ".join(f"{s} {sum(r['seconds'] for r in v) / 60:.0f}" for s, v in runs.items())
     return findings.table() + (
         f"\n\nBehind this table: {sum(map(len, runs.values()))} training runs, {hours:.1f} h of training on a 2-core "
-        f"CPU (the `seconds` of every run in results/), plus their evaluations. The most epochs of its corpus one run "
+        f"CPU (the `seconds` of every run in results/), plus their evaluations; minutes of training per sweep: {cost}. "
+        f"The most epochs of its corpus one run "
         f"of each sweep trains (tokens / training tokens; embedded: {token_data('embedded').meta['train_tokens']:,} "
         f"tokens): " + ", ".join(reps) + ".")
 

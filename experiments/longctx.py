@@ -55,11 +55,11 @@ def base_keys(st, data):
     """What every run of the experiment shares. The base model learns passkey retrieval at L from a mix of passkey
     rows (a fraction `ratio`) and text; the retrieval forms abruptly after some hundred steps, and fewer passkey rows
     delay it (at S1 = 900, two of three seeds had not formed it yet: 8% and 48% at L, so the quick base trains 2000
-    steps and is gated, gate_base); the tiny shape learns it in standard parametrisation with scale_emb 1 (under muP with scale_emb 12 it
-    stayed at chance for 3000 steps). lr 5e-4: at 1e-3 the lookup came and went (seed 1, 100 prompts at L: 83%,
-    26%, 84%, 10%, 19% at steps 1000-2000), at 5e-4 it rose to 99% at step 1500 and stayed >= 90%, at 2.5e-4 it
-    formed ~500 steps later (the gate's curve per seed is in the summary). Text rows: the embedded docs on the CPU
-    (90% of the rows are passkeys), python_source on a GPU."""
+    steps and is gated, gate_base); the tiny shape learns it in standard parametrisation with scale_emb 1 (under
+    muP with scale_emb 12 it stayed at chance for 3000 steps). lr 5e-4: at 1e-3 the lookup came and went (seed 1,
+    100 prompts at L: 83%, 26%, 84%, 10%, 19% at steps 1000-2000), at 5e-4 it rose to 99% at step 1500 and stayed
+    >= 90%, at 2.5e-4 it formed ~500 steps later (the gate's curve per seed is in the summary). Text rows: the
+    embedded docs on the CPU (90% of the rows are passkeys), python_source on a GPU."""
     return dict(**st["model"], **corpus_keys(data or st["text"]),
                 use_mup=False, scale_emb=1.0, lr=5e-4, sample_tokens=0, eval_steps=4, batch_size=st["rows"],
                 passkey_ratio=st["ratio"])

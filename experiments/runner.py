@@ -79,7 +79,8 @@ def per_seed(res, name, seeds, key="final_val_loss"):
 def wall_s(results_file, names=None):
     """Seconds the runs of `names` (every seed; None: every run) took, from a sweep's results file."""
     done = read_json(results_file)
-    return sum(v["seconds"] for k, v in done.items() if names is None or k.split(" seed")[0] in names)
+    return sum(v["seconds"] for k, v in done.items()
+               if (names is None or k.split(" seed")[0] in names) and "same_as" not in v)
 
 
 def results_tag(quick, data=None):
@@ -122,6 +123,11 @@ def sweep(results_file, runs, desc="runs", fresh=False):
         source = source_of(cfg, done)
         if name in done and reusable(done[name], cfg, done.get(source)):
             continue
+        twin = twin_of(cfg, done)
+        if twin:  # the same run under another name (an arm two comparisons share, e.g. muP's 2-layer depth arm)
+            done[name] = dict(done[twin], same_as=twin)
+            write_json(results_file, done, indent=None)
+            continue
         t0 = time.perf_counter()
         # a run redone replaces what an older one left; its steps show under the sweep's bar
         res = train.train({**cfg, "overwrite": True}, quiet=True, progress=name)
@@ -161,6 +167,14 @@ def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
 def checked(cfg):
     """A run's config as train.py runs it: the defaults filled in, validated."""
     return train.validate_config({**train.default_config(), **cfg})
+
+
+def twin_of(cfg, done):
+    """A recorded run of the sweep with exactly cfg's config, trained from scratch and writing no out_dir, so that
+    its metrics are cfg's too (a run is deterministic on one machine), or None."""
+    if cfg["out_dir"] or cfg["init_from"]:
+        return None
+    return next((k for k, v in done.items() if reusable(v, cfg, None)), None)
 
 
 def source_of(cfg, done):

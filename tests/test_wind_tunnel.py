@@ -269,6 +269,22 @@ def test_decay_length_control_runs_on_the_quick_setting(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "findings.json").read_text())["wsd_decay_10_percent_S20"] == f
 
 
+def test_the_same_run_under_two_names_trains_once(tmp_path, monkeypatch):
+    # muP's 2-layer depth arm at width 64 is the width sweep's 2-layer run at width 64 (35 runs trained twice):
+    # a sweep trains one config once, records it under both names, and counts its time once
+    calls, real = [], train.train
+    monkeypatch.setattr(train, "train", lambda c_, quiet=False, **kw: calls.append(c_["lr"]) or real(c_, quiet, **kw))
+    one = cfg("", max_steps=4, eval_interval=4, warmup_steps=0, decay_steps=1)
+    runs, file = {"width": one, "depth": dict(one), "other": dict(one, lr=one["lr"] / 2)}, str(tmp_path / "r.json")
+    res = runner.sweep(file, runs)
+    assert calls == [one["lr"], one["lr"] / 2] and res["depth"] == res["width"]
+    recorded = json.loads(open(file).read())
+    assert recorded["depth"]["same_as"] == "width" and recorded["depth"]["run_id"] == recorded["width"]["run_id"]
+    assert runner.wall_s(file) == recorded["width"]["seconds"] + recorded["other"]["seconds"]
+    runner.sweep(file, runs)
+    assert len(calls) == 2  # a rerun reuses both names
+
+
 def test_a_sweep_shows_each_runs_steps_under_its_bar(tmp_path, capsys):
     """A sweep of long runs moved at all (issue: `experiments.wsd --data DIR` sat at 0/93 for hours): each run's
     steps show under the sweep's bar, labelled with the run's name, and nothing else of the run is printed."""
