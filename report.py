@@ -30,7 +30,7 @@ import experiments
 from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData
 from experiments import findings
-from experiments.runner import RESULTS, ROOT, read_json, read_results, this_machine
+from experiments.runner import RESULTS, ROOT, read_json, read_results, this_machine, trained
 from files import write_json
 
 README = os.path.join(ROOT, "README.md")
@@ -76,16 +76,16 @@ def epochs(run):
 
 def findings_table():
     """The ledger (findings.table), the training time behind it, and how often each sweep repeats its corpus."""
-    # (a run recorded under a second name, `same_as` the first, was trained once)
-    runs = {s: [r for r in read_results(s).values() if "same_as" not in r] for e in registry() for s in e.sweeps}
-    hours = sum(r["seconds"] for v in runs.values() for r in v) / 3600
+    runs = {s: list(trained(read_results(s)).values()) for e in registry() for s in e.sweeps}
+    minutes = {s: sum(r["seconds"] for r in v) / 60 for s, v in runs.items()}
+    hours = sum(minutes.values()) / 60
     reps = []
     for s, v in runs.items():
         e = [(x, r["config"]["data"]) for r in v if (x := epochs(r)) is not None]
         if e:
             most = max(e)
             reps.append(f"{s} {most[0]:.2f} ({most[1]})")
-    cost = ", ".join(f"{s} {sum(r['seconds'] for r in v) / 60:.0f}" for s, v in runs.items())
+    cost = ", ".join(f"{s} {m:.0f}" for s, m in minutes.items())
     return findings.table() + (
         f"\n\nBehind this table: {sum(map(len, runs.values()))} training runs, {hours:.1f} h of training on a 2-core "
         f"CPU (the `seconds` of every run in results/), plus their evaluations; minutes of training per sweep: {cost}. "

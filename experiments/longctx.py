@@ -77,13 +77,17 @@ GATE = 0.9  # the base retrieves at L on at least 90% of the gate's prompts
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def retrieval_at_L(ckpt, data, L, trials, digits=5):
+def passkey_at(net, enc, T, depths, trials, seed, digits=5):
+    """Passkey accuracy per depth of prompts that are T tokens with their answer (T = prompt + answer, so that
+    T = L is exactly the trained length)."""
+    P = T - digits - 1
+    return passkey_accuracy(net, enc.encode_ordinary, enc.decode, [P], depths, trials, seed=seed, digits=digits)[P]
+
+
+def retrieval_at_L(ckpt, data, L, trials):
     """Passkey accuracy at L (mean over DEPTHS, `trials` keys each) of a checkpoint, on prompts of their own
     (seed L + 1: not the evaluation's)."""
-    net = model_from_checkpoint(ckpt)[0]
-    enc = data.encoding()
-    grid = passkey_accuracy(net, enc.encode_ordinary, enc.decode, [L - digits - 1], DEPTHS, trials, seed=L + 1,
-                            digits=digits)[L - digits - 1]
+    grid = passkey_at(model_from_checkpoint(ckpt)[0], data.encoding(), L, DEPTHS, trials, seed=L + 1)
     return sum(grid) / len(DEPTHS)
 
 
@@ -179,12 +183,10 @@ def evaluate_methods(ckpts, data, L, lengths, depths, trials, windows, digits=5)
         def scaling(T):  # (b) only: the NTK base of the length asked for
             return {"type": "ntk", "factor": T / L} if k == "b" and T > L else None
         grid = {}
-        for T in lengths:  # T = prompt + answer, so that T = L is exactly the trained length
+        for T in lengths:
             # the same weights, allowed 8L positions (evaluation beyond the trained length is the point)
             m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(T))
-            P = T - digits - 1
-            grid[T] = passkey_accuracy(m, enc.encode_ordinary, enc.decode, [P], depths, trials, seed=T,
-                                       digits=digits)[P]
+            grid[T] = passkey_at(m, enc, T, depths, trials, seed=T, digits=digits)
         grids[METHODS[k]] = grid
         m = net.with_config(max_position_embeddings=8 * L, rope_scaling=scaling(8 * L))
         curves[METHODS[k]] = loss_by_position(m, data, 8 * L, windows)

@@ -78,9 +78,14 @@ def per_seed(res, name, seeds, key="final_val_loss"):
 
 def wall_s(results_file, names=None):
     """Seconds the runs of `names` (every seed; None: every run) took, from a sweep's results file."""
-    done = read_json(results_file)
-    return sum(v["seconds"] for k, v in done.items()
-               if (names is None or k.split(" seed")[0] in names) and "same_as" not in v)
+    return sum(v["seconds"] for k, v in trained(read_json(results_file)).items()
+               if names is None or k.split(" seed")[0] in names)
+
+
+def trained(done):
+    """The runs of a sweep's results that were trained ({name: entry}): not those recorded under a second name,
+    `same_as` a run with the same config (runner.sweep trains that once)."""
+    return {k: v for k, v in done.items() if "same_as" not in v}
 
 
 def results_tag(quick, data=None):
