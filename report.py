@@ -3,8 +3,9 @@ The wind tunnel's report: every table the README shows for the experiments is ge
 (mean +- std over the seeds each experiment ran), and a test fails when the README disagrees with it.
 
     python report.py                    # regenerate every generated block of README.md and experiments/README.md
-    python report.py --rerun [--fresh]  # first rerun every experiment that records findings, in turn (~2 h on a
-                                        # 2-core CPU; each resumes where it stopped; --fresh trains all again)
+    python report.py --rerun [--fresh] [--jobs N]  # first rerun every experiment that records findings (~6 h on a
+                                        # 2-core CPU; started again, it continues where it stopped; --fresh trains
+                                        # every run again; --jobs 2 runs two experiments at once, a core each)
     python report.py --record           # record every finding again from results/ under the ledger's rule
                                         # (experiments/findings.py), training nothing
     python report.py --explain          # re-attach each experiment's explanations to results/findings.json
@@ -21,16 +22,14 @@ import importlib
 import os
 import pkgutil
 import re
-import subprocess
-import sys
-import time
 
 import corpus
 import experiments
+import experiments.rerun
 from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData
 from experiments import findings
-from experiments.runner import RESULTS, ROOT, read_json, read_results, this_machine, trained
+from experiments.runner import RESULTS, ROOT, read_json, read_results, trained
 from files import write_json
 
 README = os.path.join(ROOT, "README.md")
@@ -77,7 +76,7 @@ def epochs(run):
 def findings_table():
     """The ledger (findings.table), the training time behind it, and how often each sweep repeats its corpus."""
     runs = {s: list(trained(read_results(s)).values()) for e in registry() for s in e.sweeps}
-    minutes = {s: sum(r["seconds"] for r in v) / 60 for s, v in runs.items()}
+    minutes = {s: training_minutes(s) for s in runs}
     hours = sum(minutes.values()) / 60
     reps = []
     for s, v in runs.items():
@@ -242,23 +241,18 @@ def record():
         e.record()
 
 
-def rerun(fresh=False):
-    """Run every experiment's rerun commands in turn (each resumes from its results/*.json unless fresh); the wall
-    time of each goes to results/rerun.json."""
-    file = os.path.join(RESULTS, "rerun.json")
-    log = dict(hardware=this_machine(), started=time.strftime("%Y-%m-%d %H:%M:%S"), fresh=fresh, experiments={})
-    commands = rerun_commands()
-    for cmd in commands:
-        print(f"=== {cmd}{' --fresh' if fresh else ''}", flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, *cmd.split()[1:], *(["--fresh"] if fresh else [])], cwd=ROOT)
-        log["experiments"][cmd] = dict(wall_s=round(time.perf_counter() - t0, 1), returncode=rc)
-        write_json(file, log)
-        if rc:
-            sys.exit(f"{cmd} failed (exit {rc}); `python report.py --rerun` continues where it stopped")
-    log["total_s"] = round(sum(e["wall_s"] for e in log["experiments"].values()), 1)
-    write_json(file, log)
-    print(f"all {len(commands)} experiments in {log['total_s'] / 60:.0f} min")
+def training_minutes(sweep):
+    """The minutes of training the runs of results/<sweep>.json took (each trained run's `seconds`), 0 without it."""
+    if not os.path.isfile(os.path.join(RESULTS, f"{sweep}.json")):
+        return 0
+    return sum(r["seconds"] for r in trained(read_results(sweep)).values()) / 60
+
+
+def rerun(fresh=False, jobs=1):
+    """Every experiment's rerun commands (experiments/rerun.py: `jobs` at a time, the longest first, continuing an
+    unfinished rerun), their wall times in results/rerun.json."""
+    minutes = {e.name: sum(map(training_minutes, e.sweeps)) for e in registry()}
+    experiments.rerun.rerun(registry(), os.path.join(RESULTS, "rerun.json"), fresh, jobs, minutes, record)
 
 
 def compare(other_file, mine=None):
@@ -284,7 +278,10 @@ def print_comparison(other_file):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rerun", action="store_true", help="rerun every experiment first (each resumes)")
-    p.add_argument("--fresh", action="store_true", help="with --rerun: train every run again")
+    p.add_argument("--fresh", action="store_true", help="with --rerun: train every run again (an interrupted fresh "
+                   "rerun continues when started again)")
+    p.add_argument("--jobs", type=int, default=1, help="with --rerun: run N experiments at a time, each on its share "
+                   "of the cores (default 1: one after another on all of them)")
     p.add_argument("--record", action="store_true", help="record every finding again from results/ (no training)")
     p.add_argument("--explain", action="store_true", help="re-attach the explanations to results/findings.json")
     p.add_argument("--compare", metavar="FINDINGS_JSON", help="only count the verdicts another machine's ledger "
@@ -295,7 +292,7 @@ def main(argv=None):
         if a.compare:
             return print_comparison(a.compare)
         if a.rerun:
-            rerun(fresh=a.fresh)
+            rerun(fresh=a.fresh, jobs=a.jobs)
         if a.record:
             record()
         if a.explain:

@@ -35,13 +35,18 @@ def resolve_system(device="auto", dtype="auto", compile="auto"):
     return dev, getattr(torch, dt), comp
 
 
-def hardware(device):
-    """The machine in words, for results files: the GPU, or the CPU's cores and architecture; and the torch build."""
+def machine(device):
+    """The machine a run's floats come from, in words: the GPU, or the CPU's cores, architecture and the vector kernels
+    torch runs on it (AVX512, AVX2, ...: another kernel sums in another order, so a run's loss moves by ~0.01 between
+    them, while the thread count leaves it bit for bit the same)."""
     if device.type == "cuda":
-        what = torch.cuda.get_device_name(device)
-    else:
-        what = f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()})"
-    return f"{what}, torch {torch.__version__}"
+        return torch.cuda.get_device_name(device)
+    return f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"
+
+
+def hardware(device):
+    """The machine in words (machine), for results files, and the torch build."""
+    return f"{machine(device)}, torch {torch.__version__}"
 
 
 # peak dense bf16 FLOP/s by device name (the MFU denominator)

@@ -13,7 +13,6 @@ explanations of its findings. Adding an experiment is writing one file here.
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+import system
 import train
 from checkpoint import run_files
 from configurator import ConfigError, exit_on_user_error
@@ -103,9 +103,7 @@ def command(module, quick=False, seeds=1, data=None, args=""):
 
 def this_machine():
     """Where the runs of a finding trained: the GPU when there is one (the experiments' runs use it), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()})"
+    return system.machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def sweep(results_file, runs, desc="runs", fresh=False):

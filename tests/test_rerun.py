@@ -1,0 +1,111 @@
+"""`python report.py --rerun [--fresh] [--jobs N]` (experiments/rerun.py): a rerun of hours that a failed command or
+a kill does not restart from zero, a fresh one that never sets old runs beside new ones, experiments side by side on
+their own cores; and the machine a run records names the CPU kernels its floats come from."""
+import json
+import os
+
+import pytest
+import torch
+
+import report
+from conftest import run_cli
+from experiments import rerun, runner
+
+# an experiment's command, run as a real process: it counts its runs, fails while a marker file is there (removing
+# it), with `wait` waits for the other experiment to start (so two can only finish side by side), records the cores
+# it was given and writes its sweep's results file
+SCRIPT = """
+import json, os, sys, time
+name, work, results = sys.argv[1], sys.argv[2], sys.argv[3]
+open(os.path.join(work, "ran"), "a").write(name + "\\n")
+open(os.path.join(work, "started-" + name), "w").close()
+if os.path.exists(os.path.join(work, "fail-" + name)):
+    os.remove(os.path.join(work, "fail-" + name))
+    sys.exit(3)
+if len(sys.argv) > 4:
+    t = time.time()
+    while not os.path.exists(os.path.join(work, "started-" + sys.argv[4])):
+        if time.time() - t > 60:
+            sys.exit("the other experiment never started beside this one")
+        time.sleep(0.05)
+json.dump(dict(cores=sorted(os.sched_getaffinity(0)), new=True), open(os.path.join(results, name + ".json"), "w"))
+"""
+
+
+@pytest.fixture
+def tunnel(tmp_path, monkeypatch):
+    """(experiments A and B of one command each, the log file, the results folder, the work folder)."""
+    results, work = tmp_path / "results", tmp_path / "work"
+    results.mkdir(), work.mkdir()
+    monkeypatch.setattr(runner, "RESULTS", str(results))
+    (work / "exp.py").write_text(SCRIPT)
+
+    def experiment(name, *wait):
+        cmd = " ".join(["python", str(work / "exp.py"), name, str(work), str(results), *wait])
+        return runner.Experiment(name=name, section="§0", rerun=(cmd,), sweeps=(name,))
+    return experiment, str(results / "rerun.json"), results, work
+
+
+def ran(work):
+    return (work / "ran").read_text().split()
+
+
+def test_an_interrupted_fresh_rerun_continues_without_old_runs(tunnel, capsys):
+    experiment, log, results, work = tunnel
+    A, B = experiment("A"), experiment("B")
+    for name in "AB":  # the runs recorded before: a fresh rerun trains them all again
+        (results / f"{name}.json").write_text(json.dumps({"old": True}))
+    (work / "fail-B").touch()
+    with pytest.raises(SystemExit, match=r"B .* failed .* the same command continues where it stopped"):
+        rerun.rerun([A, B], log, fresh=True)
+    assert ran(work) == ["A", "B"]
+    assert json.loads((results / "A.json").read_text())["new"] and not (results / "B.json").exists()
+    first = json.loads(open(log).read())
+    assert first["fresh"] and "total_s" not in first and first["experiments"][B.rerun[0]]["returncode"] == 3
+
+    rerun.rerun([A, B], log, fresh=True)  # started again: A (finished) is not rerun, A's new runs are kept
+    assert ran(work) == ["A", "B", "B"] and "continuing the fresh rerun" in capsys.readouterr().out
+    assert json.loads((results / "A.json").read_text())["new"]
+    done = json.loads(open(log).read())
+    assert done["started"] == first["started"] and "total_s" in done and done["elapsed_s"] >= first["elapsed_s"]
+    assert {v["returncode"] for v in done["experiments"].values()} == {0}
+
+    rerun.rerun([A, B], log, fresh=False)  # a finished log: a new rerun, which resumes each experiment
+    assert ran(work) == ["A", "B", "B", "A", "B"]
+    rerun.rerun([B, A], log, fresh=True, minutes={"A": 5, "B": 1})  # a new fresh rerun, the longest first
+    assert ran(work)[-2:] == ["A", "B"]
+
+
+def test_two_experiments_at_once_each_on_its_own_cores(tunnel):
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip(f"{len(cores)} core: two jobs need two")
+    experiment, log, results, work = tunnel
+    recorded = []
+    A, B = experiment("A", "B"), experiment("B", "A")  # each finishes only once the other started
+    rerun.rerun([A, B], log, jobs=2, record=lambda: recorded.append(True), logs=str(work / "logs"))
+    a, b = (set(json.loads((results / f"{n}.json").read_text())["cores"]) for n in "AB")
+    assert not a & b and a | b == set(cores) and sorted(map(len, (a, b))) == [len(cores) // 2, (len(cores) + 1) // 2]
+    assert sorted(os.listdir(work / "logs")) == ["A.log", "B.log"]  # each one's output apart
+    assert recorded == [True]  # the findings recorded again once both were done
+    assert json.loads(open(log).read())["jobs"] == 2
+    assert os.sched_getaffinity(0) == set(cores)  # this process keeps its cores
+
+
+def test_a_job_count_the_machine_cannot_give_is_one_line(capsys):
+    n = len(os.sched_getaffinity(0))
+    for jobs in (0, n + 1):
+        with pytest.raises(SystemExit) as e:
+            report.main(["--rerun", "--jobs", str(jobs)])
+        assert e.value.code == 2 and f"--jobs {jobs}: use 1 to {n}" in capsys.readouterr().err
+    assert [len(s) for s in rerun.core_shares(2, cores=[0, 1, 2])] == [2, 1]
+
+
+def test_the_machine_names_the_cpu_kernels_its_floats_come_from():
+    # a run's loss differs between torch's AVX512 and AVX2 kernels (another summation order), so the machine a run
+    # records says which ran it
+    assert torch.backends.cpu.get_cpu_capability() in runner.this_machine()
+    got = run_cli(["-c", "from experiments.runner import this_machine; print(this_machine())"],
+                  {"ATEN_CPU_CAPABILITY": "default"})
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip().endswith(", DEFAULT)"), got.stdout
