@@ -10,6 +10,7 @@ The wind tunnel's report: every table the README shows for the experiments is ge
                                         # (experiments/findings.py), training nothing
     python report.py --explain          # re-attach each experiment's explanations to results/findings.json
     python report.py --compare OTHER/results/findings.json   # how many verdicts a rerun elsewhere shares with ours
+                                        # (results/rerun_comparison.json, and its README paragraph)
 
 The experiments are the files of experiments/ that declare an `EXPERIMENT` (experiments/runner.py): their rerun
 commands, sweeps, tables and explanations are read from there, so adding an experiment is writing one file. A block
@@ -22,6 +23,7 @@ import importlib
 import os
 import pkgutil
 import re
+import time
 
 import corpus
 import experiments
@@ -35,6 +37,7 @@ from files import write_json
 README = os.path.join(ROOT, "README.md")
 EXPERIMENTS_README = os.path.join(ROOT, "experiments", "README.md")
 DOCS = (README, EXPERIMENTS_README)  # the documents whose generated blocks report.py writes
+COMPARISON = os.path.join(RESULTS, "rerun_comparison.json")  # the verdicts a rerun elsewhere shares (--compare)
 
 
 def registry():
@@ -183,7 +186,7 @@ def blocks():
     """{block name: the function that generates it}: the ledger, every experiment's tables, the speed, the
     README's summary of the verdicts."""
     out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table, "memory": memory_table,
-           "recipe": recipe_table}
+           "recipe": recipe_table, "rerun-comparison": rerun_comparison_table}
     for e in registry():
         out.update(e.tables)
     return out
@@ -268,11 +271,48 @@ def compare(other_file, mine=None):
     return same, {k: (mine[k]["verdict"], theirs[k]["verdict"]) for k in common if k not in same}
 
 
+def comparison(other_file):
+    """What results/rerun_comparison.json holds: both ledgers' machines, the count of verdicts that are the same, and
+    per finding both verdicts, mean differences and intervals (and the other machine's per-seed differences), so
+    that the count can be checked without the other machine's runs."""
+    mine = findings.load()
+    same, moved = compare(other_file, mine)
+    theirs = read_json(other_file)
+
+    def side(f):
+        return dict(verdict=f["verdict"], mean=f["diff"]["mean"], ci90=f["diff"]["ci90"], machines=f["machines"])
+    per = {k: dict(here=side(mine[k]), there={**side(theirs[k]), "per_seed": theirs[k]["diff"]["per_seed"]})
+           for k in sorted(same + list(moved))}
+    return dict(other=other_file, compared=time.strftime("%Y-%m-%d %H:%M:%S"), same=len(same), of=len(per),
+                moved=sorted(moved), here=sorted({m for v in per.values() for m in v["here"]["machines"]}),
+                there=sorted({m for v in per.values() for m in v["there"]["machines"]}), findings=per)
+
+
+def rerun_comparison_table():
+    """experiments/README.md's count of the verdicts a full rerun on another machine shares with ours
+    (results/rerun_comparison.json, from `python report.py --compare`)."""
+    if not os.path.isfile(COMPARISON):
+        return ("Not measured yet: `python report.py --compare OTHER/results/findings.json` after a full rerun "
+                "elsewhere writes `results/rerun_comparison.json`, and this paragraph from it.")
+    c = read_json(COMPARISON)
+    inside = sum(v["here"]["ci90"][0] <= v["there"]["mean"] <= v["here"]["ci90"][1] for v in c["findings"].values())
+    rows = ["| finding | verdict here | there | mean d here [90% interval] | there |", "|---|---|---|---|---|"]
+    for k in c["moved"]:
+        h, t = c["findings"][k]["here"], c["findings"][k]["there"]
+        rows.append(f"| {k} | {h['verdict']} | {t['verdict']} | {h['mean']:+.4f} [{h['ci90'][0]:+.4f}, "
+                    f"{h['ci90'][1]:+.4f}] | {t['mean']:+.4f} [{t['ci90'][0]:+.4f}, {t['ci90'][1]:+.4f}] |")
+    return (f"**{c['same']} of {c['of']} verdicts the same** after a full rerun on {', '.join(c['there'])} (ours: "
+            f"{', '.join(c['here'])}; compared {c['compared'][:10]}, `results/rerun_comparison.json`). The other "
+            f"machine's mean difference lies inside our 90% interval for {inside} of {c['of']} findings. "
+            + ("The verdicts that moved:\n\n" + "\n".join(rows) if c["moved"] else "No verdict moved."))
+
+
 def print_comparison(other_file):
-    same, moved = compare(other_file)
-    print(f"{len(same)} of {len(same) + len(moved)} verdicts the same in {other_file}")
-    for k, (a, b) in moved.items():
-        print(f"  {k}: {a} here, {b} there")
+    c = comparison(other_file)
+    write_json(COMPARISON, c)
+    print(f"{c['same']} of {c['of']} verdicts the same in {other_file} (written to {COMPARISON})")
+    for k in c["moved"]:
+        print(f"  {k}: {c['findings'][k]['here']['verdict']} here, {c['findings'][k]['there']['verdict']} there")
 
 
 def main(argv=None):
@@ -284,13 +324,14 @@ def main(argv=None):
                    "of the cores (default 1: one after another on all of them)")
     p.add_argument("--record", action="store_true", help="record every finding again from results/ (no training)")
     p.add_argument("--explain", action="store_true", help="re-attach the explanations to results/findings.json")
-    p.add_argument("--compare", metavar="FINDINGS_JSON", help="only count the verdicts another machine's ledger "
-                   "(its results/findings.json after python report.py --rerun --fresh) shares with ours")
+    p.add_argument("--compare", metavar="FINDINGS_JSON", help="count the verdicts another machine's ledger (its "
+                   "results/findings.json after python report.py --rerun --fresh) shares with ours, into "
+                   "results/rerun_comparison.json")
     a = p.parse_args(argv)
 
     def work():
         if a.compare:
-            return print_comparison(a.compare)
+            print_comparison(a.compare)
         if a.rerun:
             rerun(fresh=a.fresh, jobs=a.jobs)
         if a.record:

@@ -132,21 +132,33 @@ def test_report_help_and_a_truncated_results_file(tmp_path, capsys):
         runner.sweep(str(bad), {"a": {}})
 
 
-def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys):
-    # python report.py --compare OTHER: how many verdicts a full rerun on a second machine shares with ours
+def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys, monkeypatch):
+    # python report.py --compare OTHER: how many verdicts a full rerun on a second machine shares with ours, written
+    # to results/rerun_comparison.json, from which experiments/README.md's paragraph is generated
     mine = findings.load()
     counted = [k for k, f in mine.items() if not f.get("sanity")]
     theirs = json.loads(json.dumps(mine))
     flipped = counted[0]
     theirs[flipped]["verdict"] = next(v for v in findings.VERDICTS if v != mine[flipped]["verdict"])
+    theirs[flipped]["diff"]["mean"] = theirs[flipped]["diff"]["ci90"][1] + 1  # outside our interval
+    theirs[flipped]["machines"] = ["1-core CPU (x86_64, AVX2)"]
     del theirs[counted[1]]  # a finding the other ledger lacks is not counted
     other = tmp_path / "findings.json"
     other.write_text(json.dumps(theirs))
     same, moved = report.compare(str(other))
     assert len(same) == len(counted) - 2
     assert moved == {flipped: (mine[flipped]["verdict"], theirs[flipped]["verdict"])}
-    report.main(["--compare", str(other)])
+    monkeypatch.setattr(report, "COMPARISON", str(tmp_path / "rerun_comparison.json"))
+    report.print_comparison(str(other))
     assert f"{len(counted) - 2} of {len(counted) - 1} verdicts the same" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "rerun_comparison.json").read_text())
+    assert (saved["same"], saved["of"], saved["moved"]) == (len(counted) - 2, len(counted) - 1, [flipped])
+    assert saved["findings"][flipped]["there"]["per_seed"] == theirs[flipped]["diff"]["per_seed"]
+    paragraph = report.rerun_comparison_table()
+    assert paragraph.startswith(f"**{len(counted) - 2} of {len(counted) - 1} verdicts the same** after a full rerun "
+                                f"on 1-core CPU (x86_64, AVX2)")
+    assert f"inside our 90% interval for {len(counted) - 2} of {len(counted) - 1} findings" in paragraph
+    assert f"| {flipped} | {mine[flipped]['verdict']} | {theirs[flipped]['verdict']} |" in paragraph
     with pytest.raises(SystemExit) as e:
         report.main(["--compare", str(tmp_path / "missing.json")])
     assert e.value.code == 2 and "not found: give the results/findings.json" in capsys.readouterr().err
