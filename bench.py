@@ -7,6 +7,8 @@ Benchmarks that print numbers (no timed tests).
                                     # tokens/s and MFU with bf16 autocast + torch.compile
     python bench.py --modes split   # how far one run's losses drift across batch splits (float summation order):
                                     # results/batch_split_drift.json, the tolerances of tests/conftest.py
+    python bench.py --modes kernels # how far one run's loss moves across torch's CPU kernels (AVX512, AVX2, none)
+                                    # and thread counts, another machine's float order: results/bench_kernels.json
     python bench.py --modes moe     # one MoE layer (8 experts, top-2) against the dense MLP of the same width
     python bench.py --modes finetune_memory   # the memory of a full fine-tune of the released 1.2B and 2.4B with
                                     # AdamW (activations measured under CPU autocast on 1- and 2-layer slices):
@@ -24,6 +26,7 @@ import copy
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -311,6 +314,38 @@ def bench_split(a):
                        **out), f, indent=1)
 
 
+# one short run on the embedded docs, its losses printed as JSON (run in a process of its own per kernel setting)
+KERNEL_RUN = ("import json, sys, train; r = train.train(dict(out_dir='', max_steps=200, eval_interval=200, "
+              "sample_tokens=0, batch_size=8, seq_len=128, device='cpu', seed=int(sys.argv[1])), quiet=True); "
+              "print(json.dumps([r['train_loss'][-1], r['final_val_loss']]))")
+
+
+def bench_kernels(a, seeds=(1, 2, 3)):
+    """One 200-step run per seed under each setting of the CPU kernels torch runs (ATEN_CPU_CAPABILITY: this CPU's
+    best, AVX2, none) and of the threads: how far its final losses move from this machine's own (a machine without
+    AVX512 runs the AVX2 kernels; their sums run in another order)."""
+    native = torch.backends.cpu.get_cpu_capability()
+    settings = {f"{native}, all threads": {}, f"{native}, 1 thread": {"OMP_NUM_THREADS": "1"},
+                "AVX2": {"ATEN_CPU_CAPABILITY": "avx2"},
+                "DEFAULT (no vector kernels)": {"ATEN_CPU_CAPABILITY": "default"}}
+    root = os.path.dirname(os.path.abspath(__file__))
+    runs = {}
+    for name, env in settings.items():
+        runs[name] = []
+        for seed in seeds:
+            out = subprocess.run([sys.executable, "-c", KERNEL_RUN, str(seed)], cwd=root, env={**os.environ, **env},
+                                 capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out.splitlines()[-1]))
+    ref = runs[f"{native}, all threads"]
+    results = {}
+    for name, losses in runs.items():
+        moved = [abs(x[1] - y[1]) for x, y in zip(losses, ref)]
+        results[name] = dict(final_train_val=losses, val_moved_max=max(moved), bit_identical=losses == ref)
+        print(f"{name:28s}: final val loss moves by <= {max(moved):.2e} from {native}'s"
+              + (" (bit for bit the same)" if losses == ref else ""))
+    record("kernels", a, dict(steps=200, seeds=list(seeds), native=native, settings=settings, runs=results))
+
+
 def bench_moe(a, d=512, f=1280, tokens=4096, E=8, k=2, reps=10):
     """Forward and forward+backward time of one MoE layer (model.MoE, paper §7.3) over the dense MLP's."""
     device = a.device
@@ -348,8 +383,8 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
     p.add_argument("--modes", nargs="+", default=["train", "generate"],
-                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split (CPU) | moe | "
-                        "finetune_memory | recipe (shapes, FLOPs)")
+                   help="train generate (CPU, against transformers) | mfu | memory (CUDA) | split, kernels (CPU) | "
+                        "moe | finetune_memory | recipe (shapes, FLOPs)")
     p.add_argument("--activation_checkpointing", type=cli_bool, default=False)
     p.add_argument("--max_seq_len", type=int, default=262144, help="memory mode: the longest length tried")
     p.add_argument("--compile", type=cli_bool, default=True)
@@ -363,6 +398,8 @@ def main():
         return bench_split(a)
     if "moe" in a.modes:
         return bench_moe(a)
+    if "kernels" in a.modes:
+        return bench_kernels(a)
     if "finetune_memory" in a.modes:
         return bench_finetune_memory(a)
     if "recipe" in a.modes:

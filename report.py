@@ -81,6 +81,7 @@ def findings_table():
     runs = {s: list(trained(read_results(s)).values()) for e in registry() for s in e.sweeps}
     minutes = {s: training_minutes(s) for s in runs}
     hours = sum(minutes.values()) / 60
+    machines = ", ".join(sorted({r["hardware"] for v in runs.values() for r in v}))
     reps = []
     for s, v in runs.items():
         e = [(x, r["config"]["data"]) for r in v if (x := epochs(r)) is not None]
@@ -89,8 +90,9 @@ def findings_table():
             reps.append(f"{s} {most[0]:.2f} ({most[1]})")
     cost = ", ".join(f"{s} {m:.0f}" for s, m in minutes.items())
     return findings.table() + (
-        f"\n\nBehind this table: {sum(map(len, runs.values()))} training runs, {hours:.1f} h of training on a 2-core "
-        f"CPU (the `seconds` of every run in results/), plus their evaluations; minutes of training per sweep: {cost}. "
+        f"\n\nBehind this table: {sum(map(len, runs.values()))} training runs, {hours:.1f} h of training on "
+        f"{machines} (the `seconds` of every run in results/), plus their evaluations; minutes of training per sweep: "
+        f"{cost}. "
         f"The most epochs of its corpus one run "
         f"of each sweep trains (tokens / training tokens; embedded: {token_data('embedded').meta['train_tokens']:,} "
         f"tokens): " + ", ".join(reps) + ".")
@@ -283,9 +285,11 @@ def comparison(other_file):
         return dict(verdict=f["verdict"], mean=f["diff"]["mean"], ci90=f["diff"]["ci90"], machines=f["machines"])
     per = {k: dict(here=side(mine[k]), there={**side(theirs[k]), "per_seed": theirs[k]["diff"]["per_seed"]})
            for k in sorted(same + list(moved))}
+    log = os.path.join(os.path.dirname(other_file), "rerun.json")  # (the other rerun's log, when it is beside it)
     return dict(other=other_file, compared=time.strftime("%Y-%m-%d %H:%M:%S"), same=len(same), of=len(per),
                 moved=sorted(moved), here=sorted({m for v in per.values() for m in v["here"]["machines"]}),
-                there=sorted({m for v in per.values() for m in v["there"]["machines"]}), findings=per)
+                there=sorted({m for v in per.values() for m in v["there"]["machines"]}), findings=per,
+                rerun=read_json(log) if os.path.isfile(log) else None)
 
 
 def rerun_comparison_table():
@@ -301,9 +305,12 @@ def rerun_comparison_table():
         h, t = c["findings"][k]["here"], c["findings"][k]["there"]
         rows.append(f"| {k} | {h['verdict']} | {t['verdict']} | {h['mean']:+.4f} [{h['ci90'][0]:+.4f}, "
                     f"{h['ci90'][1]:+.4f}] | {t['mean']:+.4f} [{t['ci90'][0]:+.4f}, {t['ci90'][1]:+.4f}] |")
-    return (f"**{c['same']} of {c['of']} verdicts the same** after a full rerun on {', '.join(c['there'])} (ours: "
-            f"{', '.join(c['here'])}; compared {c['compared'][:10]}, `results/rerun_comparison.json`). The other "
-            f"machine's mean difference lies inside our 90% interval for {inside} of {c['of']} findings. "
+    r = c["rerun"]
+    took = (f" (`python report.py --rerun --fresh --jobs {r.get('jobs', 1)}`: {r['elapsed_s'] / 3600:.1f} h, "
+            f"started {r['started'][:10]})" if r and "total_s" in r else "")
+    return (f"**{c['same']} of {c['of']} verdicts the same** after a full rerun on {', '.join(c['there'])}{took} "
+            f"(ours: {', '.join(c['here'])}; compared {c['compared'][:10]}, `results/rerun_comparison.json`). The "
+            f"other machine's mean difference lies inside our 90% interval for {inside} of {c['of']} findings. "
             + ("The verdicts that moved:\n\n" + "\n".join(rows) if c["moved"] else "No verdict moved."))
 
 

@@ -141,10 +141,13 @@ def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys, monk
     flipped = counted[0]
     theirs[flipped]["verdict"] = next(v for v in findings.VERDICTS if v != mine[flipped]["verdict"])
     theirs[flipped]["diff"]["mean"] = theirs[flipped]["diff"]["ci90"][1] + 1  # outside our interval
-    theirs[flipped]["machines"] = ["1-core CPU (x86_64, AVX2)"]
+    for f in theirs.values():
+        f["machines"] = ["1-core CPU (x86_64, AVX2)"]
     del theirs[counted[1]]  # a finding the other ledger lacks is not counted
     other = tmp_path / "findings.json"
     other.write_text(json.dumps(theirs))
+    (tmp_path / "rerun.json").write_text(json.dumps(dict(started="2026-12-02 01:00:00", jobs=2, elapsed_s=14400,
+                                                         total_s=25000, experiments={})))  # the other rerun's log
     same, moved = report.compare(str(other))
     assert len(same) == len(counted) - 2
     assert moved == {flipped: (mine[flipped]["verdict"], theirs[flipped]["verdict"])}
@@ -156,7 +159,7 @@ def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys, monk
     assert saved["findings"][flipped]["there"]["per_seed"] == theirs[flipped]["diff"]["per_seed"]
     paragraph = report.rerun_comparison_table()
     assert paragraph.startswith(f"**{len(counted) - 2} of {len(counted) - 1} verdicts the same** after a full rerun "
-                                f"on 1-core CPU (x86_64, AVX2)")
+                                f"on 1-core CPU (x86_64, AVX2) (`python report.py --rerun --fresh --jobs 2`: 4.0 h")
     assert f"inside our 90% interval for {len(counted) - 2} of {len(counted) - 1} findings" in paragraph
     assert f"| {flipped} | {mine[flipped]['verdict']} | {theirs[flipped]['verdict']} |" in paragraph
     with pytest.raises(SystemExit) as e:
