@@ -16,6 +16,7 @@ again with the same flags, it continues where it stopped.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -71,17 +72,79 @@ def longest_first(experiments, minutes):
     return sorted(experiments, key=lambda e: -minutes.get(e.name, 0))
 
 
-def run_command(cmd, cores, logfile):
-    """Run `python ...` in the repository on `cores` (None: every core), its output to the terminal or to logfile;
-    the exit status. (The calling thread takes the cores, and the process it starts inherits them: torch there
-    starts one thread per core it may use.)"""
-    if cores is not None:
-        os.sched_setaffinity(0, cores)
-    argv = [sys.executable, *cmd.split()[1:]]
-    if logfile is None:
-        return subprocess.call(argv, cwd=ROOT)
-    with open(logfile, "a") as out:
-        return subprocess.call(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+class Rerun:
+    """One invocation of a rerun: its log (saved after every command), the cores free for the next experiment, and
+    the processes running, so that a Ctrl-C or a SIGTERM stops them all (each run stops at the end of its step,
+    keeping its checkpoint) and nothing trains on after the rerun has stopped."""
+
+    def __init__(self, file, log, shares, logs):
+        self.file, self.log, self.free, self.logs = file, log, list(shares), logs
+        self.jobs, self.lock, self.running, self.stopping = len(shares), threading.Lock(), set(), False
+        self.t0, self.before = time.perf_counter(), log["elapsed_s"]  # (the time of the invocations it continues)
+
+    def save(self):
+        with self.lock:
+            self.log["elapsed_s"] = round(self.before + time.perf_counter() - self.t0, 1)
+            write_json(self.file, self.log)
+
+    def experiment(self, e):
+        """Run e's rerun commands not yet finished, in turn, on a share of the cores; stop at one that fails."""
+        with self.lock:
+            cores = self.free.pop()
+        try:
+            for cmd in e.rerun:
+                if self.log["experiments"].get(cmd, {}).get("returncode") == 0:
+                    continue
+                if self.stopping:
+                    return
+                print(f"=== {cmd}" + (f" (cores {sorted(cores)})" if self.jobs > 1 else ""), flush=True)
+                t = time.perf_counter()
+                rc = self.run_command(cmd, cores if self.jobs > 1 else None,
+                                      os.path.join(self.logs, f"{e.name}.log") if self.jobs > 1 else None)
+                earlier = self.log["experiments"].get(cmd, {}).get("wall_s", 0)  # (a resumed command's time before)
+                self.log["experiments"][cmd] = dict(wall_s=round(earlier + time.perf_counter() - t, 1), returncode=rc)
+                self.save()
+                if rc:
+                    return
+        finally:
+            with self.lock:
+                self.free.append(cores)
+
+    def run_command(self, cmd, cores, logfile):
+        """Run `python ...` in the repository on `cores` (None: every core), its output to the terminal or to
+        logfile; the exit status. (The calling thread takes the cores, and the process it starts inherits them:
+        torch there starts one thread per core it may use.)"""
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        argv = [sys.executable, *cmd.split()[1:]]
+        out = None
+        if logfile is not None:
+            make_dirs(self.logs)
+            out = open(logfile, "a")
+        try:
+            with self.lock:
+                if self.stopping:
+                    return -signal.SIGTERM
+                p = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None)
+                self.running.add(p)
+            rc = p.wait()
+            with self.lock:
+                self.running.discard(p)
+            return rc
+        finally:
+            if out is not None:
+                out.close()
+
+    def stop(self):
+        """SIGTERM to every process the rerun runs (train.py saves its checkpoint and stops); none starts after."""
+        with self.lock:
+            self.stopping = True
+            for p in self.running:
+                p.terminate()
+
+
+def interrupted(signum, frame):
+    raise KeyboardInterrupt  # (SIGTERM as Ctrl-C: the rerun stops its processes and saves its log)
 
 
 def rerun(experiments, file, fresh=False, jobs=1, minutes=None, record=None, logs=LOGS):
@@ -89,52 +152,32 @@ def rerun(experiments, file, fresh=False, jobs=1, minutes=None, record=None, log
     `file`; continues the unfinished rerun `file` holds (started_log). minutes: {experiment name: training minutes}
     to start the longest first; record(): every finding recorded again from the results (run at the end when
     jobs > 1); logs: the folder of each experiment's output when jobs > 1. Exits with one line naming the commands
-    that failed."""
-    shares = core_shares(jobs)
+    that failed, or saying that it stopped (Ctrl-C, SIGTERM)."""
     log = started_log(file, fresh, experiments)
     log["jobs"] = jobs
-    lock, free = threading.Lock(), list(shares)
-    t0, before = time.perf_counter(), log["elapsed_s"]  # (the time of the invocations it continues)
-
-    def save():
-        with lock:
-            log["elapsed_s"] = round(before + time.perf_counter() - t0, 1)
-            write_json(file, log)
-
-    def experiment(e):
-        with lock:
-            cores = free.pop()
-        try:
-            for cmd in e.rerun:
-                if log["experiments"].get(cmd, {}).get("returncode") == 0:
-                    continue
-                print(f"=== {cmd}" + (f" (cores {sorted(cores)})" if jobs > 1 else ""), flush=True)
-                t = time.perf_counter()
-                logfile = None
-                if jobs > 1:
-                    make_dirs(logs)
-                    logfile = os.path.join(logs, f"{e.name}.log")
-                rc = run_command(cmd, cores if jobs > 1 else None, logfile)
-                earlier = log["experiments"].get(cmd, {}).get("wall_s", 0)  # (a resumed command's time before)
-                log["experiments"][cmd] = dict(wall_s=round(earlier + time.perf_counter() - t, 1), returncode=rc)
-                save()
-                if rc:
-                    return
-        finally:
-            with lock:
-                free.append(cores)
-
+    r = Rerun(file, log, core_shares(jobs), logs)
     todo = [e for e in longest_first(experiments, minutes or {}) if not finished(log, e)]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(experiment, todo))
+    again = "python report.py --rerun" + (" --fresh" if fresh else "") + (f" --jobs {jobs}" if jobs > 1 else "")
+    handler = signal.signal(signal.SIGTERM, interrupted)
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        list(pool.map(r.experiment, todo))
+    except KeyboardInterrupt:
+        r.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        r.save()
+        sys.exit(f"rerun stopped: `{again}` continues where it stopped")
+    finally:
+        pool.shutdown(wait=True)
+        signal.signal(signal.SIGTERM, handler)
     failed = [c for c, v in log["experiments"].items() if v["returncode"]]
-    save()
+    r.save()
     if failed:
-        sys.exit(f"{', '.join(failed)} failed (see {logs if jobs > 1 else 'above'}); the same command continues "
-                 f"where it stopped")
+        sys.exit(f"{', '.join(failed)} failed (see {logs if jobs > 1 else 'above'}); `{again}` continues where it "
+                 f"stopped")
     if jobs > 1 and record is not None:
         record()
     log["total_s"] = round(sum(v["wall_s"] for v in log["experiments"].values()), 1)
-    save()
+    r.save()
     print(f"all {len(log['experiments'])} commands: {log['total_s'] / 60:.0f} min of experiments in "
           f"{log['elapsed_s'] / 60:.0f} min")

@@ -3,12 +3,16 @@ a kill does not restart from zero, a fresh one that never sets old runs beside n
 their own cores; and the machine a run records names the CPU kernels its floats come from."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import report
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from experiments import rerun, runner
 
 # an experiment's command, run as a real process: it counts its runs, fails while a marker file is there (removing
@@ -56,7 +60,7 @@ def test_an_interrupted_fresh_rerun_continues_without_old_runs(tunnel, capsys):
     for name in "AB":  # the runs recorded before: a fresh rerun trains them all again
         (results / f"{name}.json").write_text(json.dumps({"old": True}))
     (work / "fail-B").touch()
-    with pytest.raises(SystemExit, match=r"B .* failed .* the same command continues where it stopped"):
+    with pytest.raises(SystemExit, match=r"B .* failed .*`python report.py --rerun --fresh` continues where it "):
         rerun.rerun([A, B], log, fresh=True)
     assert ran(work) == ["A", "B"]
     assert json.loads((results / "A.json").read_text())["new"] and not (results / "B.json").exists()
@@ -74,6 +78,40 @@ def test_an_interrupted_fresh_rerun_continues_without_old_runs(tunnel, capsys):
     assert ran(work) == ["A", "B", "B", "A", "B"]
     rerun.rerun([B, A], log, fresh=True, minutes={"A": 5, "B": 1})  # a new fresh rerun, the longest first
     assert ran(work)[-2:] == ["A", "B"]
+
+
+# a rerun in a process of its own, as `python report.py --rerun --jobs 2` runs: two experiments whose commands train
+# until they get a SIGTERM (then stop as train.py does, exit status 143)
+DRIVER = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from experiments import rerun, runner
+work = sys.argv[2]
+runner.RESULTS = work
+SLOW = ("import os, signal, sys, time; name = sys.argv[1]; "
+        "signal.signal(signal.SIGTERM, lambda *a: (open(os.path.join(sys.argv[2], 'stopped-' + name), 'w').close(), "
+        "sys.exit(143))); open(os.path.join(sys.argv[2], 'pid-' + name), 'w').write(str(os.getpid())); time.sleep(120)")
+open(os.path.join(work, 'slow.py'), 'w').write(SLOW)
+exps = [runner.Experiment(name=n, section='', rerun=(f'python {work}/slow.py {n} {work}',), sweeps=()) for n in 'AB']
+rerun.rerun(exps, os.path.join(work, 'rerun.json'), jobs=2, logs=os.path.join(work, 'logs'))
+"""
+
+
+def test_a_sigterm_stops_the_rerun_and_every_process_it_runs(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two jobs need two cores")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, ROOT, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while not all((tmp_path / f"pid-{n}").exists() for n in "AB"):  # both experiments training
+        assert time.time() - t < 60 and driver.poll() is None, driver.stderr.read()
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGTERM)
+    err = driver.communicate(timeout=60)[1]
+    assert driver.returncode == 1 and err.strip() == \
+        "rerun stopped: `python report.py --rerun --jobs 2` continues where it stopped", err
+    assert all((tmp_path / f"stopped-{n}").exists() for n in "AB")  # each stopped as a run does, not orphaned
+    log = json.loads((tmp_path / "rerun.json").read_text())
+    assert "total_s" not in log and {v["returncode"] for v in log["experiments"].values()} == {143}
 
 
 def test_two_experiments_at_once_each_on_its_own_cores(tunnel):
