@@ -156,6 +156,7 @@ def rerun(experiments, file, fresh=False, jobs=1, minutes=None, record=None, log
     log = started_log(file, fresh, experiments)
     log["jobs"] = jobs
     r = Rerun(file, log, core_shares(jobs), logs)
+    r.save()  # (at once: a fresh rerun killed before its first command ends is continued, not forgotten again)
     todo = [e for e in longest_first(experiments, minutes or {}) if not finished(log, e)]
     again = "python report.py --rerun" + (" --fresh" if fresh else "") + (f" --jobs {jobs}" if jobs > 1 else "")
     handler = signal.signal(signal.SIGTERM, interrupted)

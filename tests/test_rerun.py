@@ -93,7 +93,7 @@ SLOW = ("import os, signal, sys, time; name = sys.argv[1]; "
         "sys.exit(143))); open(os.path.join(sys.argv[2], 'pid-' + name), 'w').write(str(os.getpid())); time.sleep(120)")
 open(os.path.join(work, 'slow.py'), 'w').write(SLOW)
 exps = [runner.Experiment(name=n, section='', rerun=(f'python {work}/slow.py {n} {work}',), sweeps=()) for n in 'AB']
-rerun.rerun(exps, os.path.join(work, 'rerun.json'), jobs=2, logs=os.path.join(work, 'logs'))
+rerun.rerun(exps, os.path.join(work, 'rerun.json'), fresh=True, jobs=2, logs=os.path.join(work, 'logs'))
 """
 
 
@@ -105,10 +105,13 @@ def test_a_sigterm_stops_the_rerun_and_every_process_it_runs(tmp_path):
     while not all((tmp_path / f"pid-{n}").exists() for n in "AB"):  # both experiments training
         assert time.time() - t < 60 and driver.poll() is None, driver.stderr.read()
         time.sleep(0.05)
+    # a kill -9 now would lose nothing: the log says a fresh rerun is under way, so that starting it again continues
+    # it rather than forgetting the runs it trained
+    assert json.loads((tmp_path / "rerun.json").read_text())["fresh"]
     driver.send_signal(signal.SIGTERM)
     err = driver.communicate(timeout=60)[1]
     assert driver.returncode == 1 and err.strip() == \
-        "rerun stopped: `python report.py --rerun --jobs 2` continues where it stopped", err
+        "rerun stopped: `python report.py --rerun --fresh --jobs 2` continues where it stopped", err
     assert all((tmp_path / f"stopped-{n}").exists() for n in "AB")  # each stopped as a run does, not orphaned
     log = json.loads((tmp_path / "rerun.json").read_text())
     assert "total_s" not in log and {v["returncode"] for v in log["experiments"].values()} == {143}
