@@ -97,7 +97,8 @@ class Rerun:
                     continue
                 if self.stopping:
                     return
-                print(f"=== {cmd}" + (f" (cores {sorted(cores)})" if self.jobs > 1 else ""), flush=True)
+                with self.lock:  # (one line at a time from the jobs)
+                    print(f"=== {cmd}" + (f" (cores {sorted(cores)})" if self.jobs > 1 else ""), flush=True)
                 t = time.perf_counter()
                 rc = self.run_command(cmd, cores if self.jobs > 1 else None,
                                       os.path.join(self.logs, f"{e.name}.log") if self.jobs > 1 else None)
