@@ -67,8 +67,8 @@ def finished(log, e):
 
 
 def longest_first(experiments, minutes):
-    """The experiments in order of their training time (minutes: {name: minutes}, those the results record before
-    the rerun starts), the longest first, so that the last job to finish is a short one."""
+    """The experiments in order of their training time (minutes: {name: minutes}, those the results record when the
+    rerun starts, kept in its log), the longest first, so that the last job to finish is a short one."""
     return sorted(experiments, key=lambda e: -minutes.get(e.name, 0))
 
 
@@ -158,7 +158,9 @@ def rerun(experiments, file, fresh=False, jobs=1, minutes=None, record=None, log
     log["jobs"] = jobs
     r = Rerun(file, log, core_shares(jobs), logs)
     r.save()  # (at once: a fresh rerun killed before its first command ends is continued, not forgotten again)
-    todo = [e for e in longest_first(experiments, minutes or {}) if not finished(log, e)]
+    # the order is that of the rerun's start (a continued fresh rerun has forgotten the runs that timed them)
+    minutes = log.setdefault("minutes", minutes or {})
+    todo = [e for e in longest_first(experiments, minutes) if not finished(log, e)]
     again = "python report.py --rerun" + (" --fresh" if fresh else "") + (f" --jobs {jobs}" if jobs > 1 else "")
     handler = signal.signal(signal.SIGTERM, interrupted)
     pool = ThreadPoolExecutor(max_workers=jobs)

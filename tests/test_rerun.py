@@ -76,8 +76,12 @@ def test_an_interrupted_fresh_rerun_continues_without_old_runs(tunnel, capsys):
 
     rerun.rerun([A, B], log, fresh=False)  # a finished log: a new rerun, which resumes each experiment
     assert ran(work) == ["A", "B", "B", "A", "B"]
-    rerun.rerun([B, A], log, fresh=True, minutes={"A": 5, "B": 1})  # a new fresh rerun, the longest first
+    (work / "fail-A").touch(), (work / "fail-B").touch()
+    with pytest.raises(SystemExit):  # a new fresh rerun, the longest first (both fail)
+        rerun.rerun([B, A], log, fresh=True, minutes={"A": 5, "B": 1})
     assert ran(work)[-2:] == ["A", "B"]
+    rerun.rerun([B, A], log, fresh=True, minutes={"A": 0, "B": 9})  # continued: the order of its start still holds
+    assert ran(work)[-2:] == ["A", "B"] and json.loads(open(log).read())["minutes"] == {"A": 5, "B": 1}
 
 
 # a rerun in a process of its own, as `python report.py --rerun --jobs 2` runs: two experiments whose commands train
