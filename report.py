@@ -3,9 +3,10 @@ The wind tunnel's report: every table the README shows for the experiments is ge
 (mean +- std over the seeds each experiment ran), and a test fails when the README disagrees with it.
 
     python report.py                    # regenerate every generated block of README.md and experiments/README.md
-    python report.py --rerun [--fresh] [--jobs N]  # first rerun every experiment that records findings (~6 h on a
-                                        # 2-core CPU; started again, it continues where it stopped; --fresh trains
-                                        # every run again; --jobs 2 runs two experiments at once, a core each)
+    python report.py --rerun [--fresh] [--jobs N]  # first rerun every experiment that records findings (hours: the
+                                        # training time under the findings table; started again, it continues where
+                                        # it stopped; --fresh trains every run again; --jobs 2 runs two
+                                        # experiments at once, a core each)
     python report.py --record           # record every finding again from results/ under the ledger's rule
                                         # (experiments/findings.py), training nothing
     python report.py --explain          # re-attach each experiment's explanations to results/findings.json
@@ -256,17 +257,23 @@ def training_minutes(sweep):
 def rerun(fresh=False, jobs=1):
     """Every experiment's rerun commands (experiments/rerun.py: `jobs` at a time, the longest first, continuing an
     unfinished rerun), their wall times in results/rerun.json."""
-    minutes = {e.name: sum(map(training_minutes, e.sweeps)) for e in registry()}
-    experiments.rerun.rerun(registry(), os.path.join(RESULTS, "rerun.json"), fresh, jobs, minutes, record)
+    exps = registry()
+    minutes = {e.name: sum(map(training_minutes, e.sweeps)) for e in exps}
+    experiments.rerun.rerun(exps, os.path.join(RESULTS, "rerun.json"), fresh, jobs, minutes, record)
 
 
-def compare(other_file, mine=None):
+def other_ledger(other_file):
+    """Another machine's results/findings.json, or one line saying what to give."""
+    if not os.path.isfile(other_file):
+        raise ConfigError(f"{other_file} not found: give the results/findings.json of the other machine's rerun")
+    return read_json(other_file)
+
+
+def compare(other_file, mine=None, theirs=None):
     """How many verdicts of another machine's ledger (its results/findings.json after `python report.py --rerun
     --fresh`) agree with ours: (the ids with the same verdict, {id: (our verdict, theirs)} of the others), over the
     counted findings both ledgers hold."""
-    if not os.path.isfile(other_file):
-        raise ConfigError(f"{other_file} not found: give the results/findings.json of the other machine's rerun")
-    theirs = read_json(other_file)
+    theirs = theirs or other_ledger(other_file)
     mine = mine or findings.load()
     common = sorted(k for k in mine if k in theirs and not mine[k].get("sanity"))
     same = [k for k in common if mine[k]["verdict"] == theirs[k]["verdict"]]
@@ -277,9 +284,8 @@ def comparison(other_file):
     """What results/rerun_comparison.json holds: both ledgers' machines, the count of verdicts that are the same, and
     per finding both verdicts, mean differences and intervals (and the other machine's per-seed differences), so
     that the count can be checked without the other machine's runs."""
-    mine = findings.load()
-    same, moved = compare(other_file, mine)
-    theirs = read_json(other_file)
+    mine, theirs = findings.load(), other_ledger(other_file)
+    same, moved = compare(other_file, mine, theirs)
 
     def side(f):
         return dict(verdict=f["verdict"], mean=f["diff"]["mean"], ci90=f["diff"]["ci90"], machines=f["machines"])

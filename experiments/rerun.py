@@ -61,9 +61,14 @@ def forget_runs(experiments):
                 os.remove(file)
 
 
+def done(log, cmd):
+    """Whether the command ran to the end in this rerun."""
+    return log["experiments"].get(cmd, {}).get("returncode") == 0
+
+
 def finished(log, e):
     """Whether every rerun command of experiment e ran to the end in this rerun."""
-    return all(log["experiments"].get(c, {}).get("returncode") == 0 for c in e.rerun)
+    return all(done(log, c) for c in e.rerun)
 
 
 def longest_first(experiments, minutes):
@@ -93,7 +98,7 @@ class Rerun:
             cores = self.free.pop()
         try:
             for cmd in e.rerun:
-                if self.log["experiments"].get(cmd, {}).get("returncode") == 0:
+                if done(self.log, cmd):
                     continue
                 if self.stopping:
                     return
