@@ -11,7 +11,8 @@ The wind tunnel's report: every table the README shows for the experiments is ge
                                         # (experiments/findings.py), training nothing
     python report.py --explain          # re-attach each experiment's explanations to results/findings.json
     python report.py --compare OTHER/results/findings.json   # how many verdicts a rerun elsewhere shares with ours
-                                        # (results/rerun_comparison.json, and its README paragraph)
+                                        # (results/rerun_comparison.json, and its README paragraph); it counts the
+                                        # findings whose command that fresh rerun (OTHER/results/rerun.json) finished
 
 The experiments are the files of experiments/ that declare an `EXPERIMENT` (experiments/runner.py): their rerun
 commands, sweeps, tables and explanations are read from there, so adding an experiment is writing one file. A block
@@ -263,39 +264,60 @@ def rerun(fresh=False, jobs=1):
 
 
 def other_ledger(other_file):
-    """Another machine's results/findings.json, or one line saying what to give."""
+    """Another machine's results/findings.json and the log of the fresh rerun that wrote it (its rerun.json, beside
+    it), or one line saying what to give."""
     if not os.path.isfile(other_file):
         raise ConfigError(f"{other_file} not found: give the results/findings.json of the other machine's rerun")
-    return read_json(other_file)
+    log = os.path.join(os.path.dirname(other_file), "rerun.json")
+    if not os.path.isfile(log) or not read_json(log).get("fresh"):
+        raise ConfigError(f"{other_file} has no log of a fresh rerun beside it ({log}): compare the ledger of a "
+                          f"`python report.py --rerun --fresh`, with its results/rerun.json")
+    return read_json(other_file), read_json(log)
 
 
-def compare(other_file, mine=None, theirs=None):
+def compare(other_file, mine=None, other=None):
     """How many verdicts of another machine's ledger (its results/findings.json after `python report.py --rerun
-    --fresh`) agree with ours: (the ids with the same verdict, {id: (our verdict, theirs)} of the others), over the
-    counted findings both ledgers hold."""
-    theirs = theirs or other_ledger(other_file)
+    --fresh`) agree with ours: (the ids with the same verdict, {id: (our verdict, theirs)} of the others, the ids not
+    rerun there yet), over the counted findings both ledgers hold. Only a finding whose command the other rerun
+    finished is compared: the others are still the copies of ours its clone began with."""
+    theirs, log = other or other_ledger(other_file)
     mine = mine or findings.load()
     common = sorted(k for k in mine if k in theirs and not mine[k].get("sanity"))
-    same = [k for k in common if mine[k]["verdict"] == theirs[k]["verdict"]]
-    return same, {k: (mine[k]["verdict"], theirs[k]["verdict"]) for k in common if k not in same}
+    not_rerun = [k for k in common if not experiments.rerun.done(log, theirs[k]["command"])]
+    rerun_there = [k for k in common if k not in not_rerun]
+    same = [k for k in rerun_there if mine[k]["verdict"] == theirs[k]["verdict"]]
+    return same, {k: (mine[k]["verdict"], theirs[k]["verdict"]) for k in rerun_there if k not in same}, not_rerun
 
 
 def comparison(other_file):
     """What results/rerun_comparison.json holds: both ledgers' machines, the count of verdicts that are the same, and
     per finding both verdicts, mean differences and intervals (and the other machine's per-seed differences), so
-    that the count can be checked without the other machine's runs."""
-    mine, theirs = findings.load(), other_ledger(other_file)
-    same, moved = compare(other_file, mine, theirs)
+    that the count can be checked without the other machine's runs; the findings not rerun there yet, and the other
+    rerun's log."""
+    mine, other = findings.load(), other_ledger(other_file)
+    theirs, log = other
+    same, moved, not_rerun = compare(other_file, mine, other)
 
     def side(f):
         return dict(verdict=f["verdict"], mean=f["diff"]["mean"], ci90=f["diff"]["ci90"], machines=f["machines"])
     per = {k: dict(here=side(mine[k]), there={**side(theirs[k]), "per_seed": theirs[k]["diff"]["per_seed"]})
            for k in sorted(same + list(moved))}
-    log = os.path.join(os.path.dirname(other_file), "rerun.json")  # (the other rerun's log, when it is beside it)
     return dict(other=other_file, compared=time.strftime("%Y-%m-%d %H:%M:%S"), same=len(same), of=len(per),
                 moved=sorted(moved), here=sorted({m for v in per.values() for m in v["here"]["machines"]}),
                 there=sorted({m for v in per.values() for m in v["there"]["machines"]}), findings=per,
-                rerun=read_json(log) if os.path.isfile(log) else None)
+                not_rerun={k: theirs[k]["command"] for k in not_rerun}, rerun=log)
+
+
+def rerun_scope(c):
+    """Which rerun the comparison c counts: a full one, or the experiments an unfinished one has finished."""
+    r, there = c["rerun"], ", ".join(c["there"])
+    flags = f"`python report.py --rerun --fresh --jobs {r.get('jobs', 1)}`"
+    if not c["not_rerun"]:
+        return f"after a full rerun on {there} ({flags}: {r['elapsed_s'] / 3600:.1f} h, started {r['started'][:10]})"
+    waiting = "; ".join(f"`{cmd}`" for cmd in sorted(set(c["not_rerun"].values())))
+    return (f"so far, over the experiments that a rerun on {there} has finished ({flags}, started "
+            f"{r['started'][:10]}, {r['elapsed_s'] / 3600:.1f} h so far); {len(c['not_rerun'])} findings wait for "
+            f"{waiting}")
 
 
 def rerun_comparison_table():
@@ -311,12 +333,9 @@ def rerun_comparison_table():
         h, t = c["findings"][k]["here"], c["findings"][k]["there"]
         rows.append(f"| {k} | {h['verdict']} | {t['verdict']} | {h['mean']:+.4f} [{h['ci90'][0]:+.4f}, "
                     f"{h['ci90'][1]:+.4f}] | {t['mean']:+.4f} [{t['ci90'][0]:+.4f}, {t['ci90'][1]:+.4f}] |")
-    r = c["rerun"]
-    took = (f" (`python report.py --rerun --fresh --jobs {r.get('jobs', 1)}`: {r['elapsed_s'] / 3600:.1f} h, "
-            f"started {r['started'][:10]})" if r and "total_s" in r else "")
-    return (f"**{c['same']} of {c['of']} verdicts the same** after a full rerun on {', '.join(c['there'])}{took} "
-            f"(ours: {', '.join(c['here'])}; compared {c['compared'][:10]}, `results/rerun_comparison.json`). The "
-            f"other machine's mean difference lies inside our 90% interval for {inside} of {c['of']} findings. "
+    return (f"**{c['same']} of {c['of']} verdicts the same** {rerun_scope(c)} (ours: {', '.join(c['here'])}; "
+            f"compared {c['compared'][:10]}, `results/rerun_comparison.json`). The other machine's mean difference "
+            f"lies inside our 90% interval for {inside} of {c['of']} findings. "
             + ("The verdicts that moved:\n\n" + "\n".join(rows) if c["moved"] else "No verdict moved."))
 
 
@@ -324,6 +343,8 @@ def print_comparison(other_file):
     c = comparison(other_file)
     write_json(COMPARISON, c)
     print(f"{c['same']} of {c['of']} verdicts the same in {other_file} (written to {COMPARISON})")
+    if c["not_rerun"]:
+        print(f"  not compared: {len(c['not_rerun'])} findings whose commands that rerun has not finished")
     for k in c["moved"]:
         print(f"  {k}: {c['findings'][k]['here']['verdict']} here, {c['findings'][k]['there']['verdict']} there")
 

@@ -146,12 +146,17 @@ def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys, monk
     del theirs[counted[1]]  # a finding the other ledger lacks is not counted
     other = tmp_path / "findings.json"
     other.write_text(json.dumps(theirs))
-    (tmp_path / "rerun.json").write_text(json.dumps(dict(started="2026-12-02 01:00:00", jobs=2, elapsed_s=14400,
-                                                         total_s=25000, experiments={})))  # the other rerun's log
-    same, moved = report.compare(str(other))
-    assert len(same) == len(counted) - 2
-    assert moved == {flipped: (mine[flipped]["verdict"], theirs[flipped]["verdict"])}
     monkeypatch.setattr(report, "COMPARISON", str(tmp_path / "rerun_comparison.json"))
+    with pytest.raises(SystemExit) as e:  # a ledger without the log of the fresh rerun that wrote it
+        report.main(["--compare", str(other)])
+    assert e.value.code == 2 and "has no log of a fresh rerun beside it" in capsys.readouterr().err
+    commands = sorted({f["command"] for f in mine.values()})
+    log = dict(started="2026-12-02 01:00:00", fresh=True, jobs=2, elapsed_s=14400, total_s=25000,
+               experiments={c: dict(wall_s=60, returncode=0) for c in commands})
+    (tmp_path / "rerun.json").write_text(json.dumps(log))  # the other rerun's log: every command finished
+    same, moved, not_rerun = report.compare(str(other))
+    assert len(same) == len(counted) - 2 and not_rerun == []
+    assert moved == {flipped: (mine[flipped]["verdict"], theirs[flipped]["verdict"])}
     report.print_comparison(str(other))
     assert f"{len(counted) - 2} of {len(counted) - 1} verdicts the same" in capsys.readouterr().out
     saved = json.loads((tmp_path / "rerun_comparison.json").read_text())
@@ -162,6 +167,20 @@ def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys, monk
                                 f"on 1-core CPU (x86_64, AVX2) (`python report.py --rerun --fresh --jobs 2`: 4.0 h")
     assert f"inside our 90% interval for {len(counted) - 2} of {len(counted) - 1} findings" in paragraph
     assert f"| {flipped} | {mine[flipped]['verdict']} | {theirs[flipped]['verdict']} |" in paragraph
+    # a rerun still under way: the findings of a command it has not finished are the clone's copies of ours, not
+    # agreement, so they are left out of the count
+    waiting = mine[counted[2]]["command"]
+    log["experiments"][waiting]["returncode"] = -2
+    del log["total_s"]
+    (tmp_path / "rerun.json").write_text(json.dumps(log))
+    same, moved, not_rerun = report.compare(str(other))
+    assert not_rerun and not_rerun == [k for k in counted if k in theirs and mine[k]["command"] == waiting]
+    assert not set(not_rerun) & (set(same) | set(moved))
+    report.print_comparison(str(other))
+    assert f"not compared: {len(not_rerun)} findings" in capsys.readouterr().out
+    paragraph = report.rerun_comparison_table()
+    assert "verdicts the same** so far, over the experiments that a rerun on" in paragraph
+    assert f"{len(not_rerun)} findings wait for `{waiting}`" in paragraph
     with pytest.raises(SystemExit) as e:
         report.main(["--compare", str(tmp_path / "missing.json")])
     assert e.value.code == 2 and "not found: give the results/findings.json" in capsys.readouterr().err
