@@ -268,11 +268,12 @@ def other_ledger(other_file):
     it), or one line saying what to give."""
     if not os.path.isfile(other_file):
         raise ConfigError(f"{other_file} not found: give the results/findings.json of the other machine's rerun")
-    log = os.path.join(os.path.dirname(other_file), "rerun.json")
-    if not os.path.isfile(log) or not read_json(log).get("fresh"):
-        raise ConfigError(f"{other_file} has no log of a fresh rerun beside it ({log}): compare the ledger of a "
+    log_file = os.path.join(os.path.dirname(other_file), "rerun.json")
+    log = read_json(log_file) if os.path.isfile(log_file) else {}
+    if not log.get("fresh"):
+        raise ConfigError(f"{other_file} has no log of a fresh rerun beside it ({log_file}): compare the ledger of a "
                           f"`python report.py --rerun --fresh`, with its results/rerun.json")
-    return read_json(other_file), read_json(log)
+    return read_json(other_file), log
 
 
 def compare(other_file, mine=None, other=None):
