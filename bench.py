@@ -306,12 +306,9 @@ def bench_split(a):
                     later.append(max(rel[1:]))
             out[kind] = dict(first_step_max=max(first), later_steps_max=max(later), steps=extra["max_steps"])
             print(f"{kind:5s}: step 1 differs by <= {max(first):.1e} (relative), later steps by <= {max(later):.1e}")
-    os.makedirs("results", exist_ok=True)
-    with open(os.path.join("results", "batch_split_drift.json"), "w") as f:
-        json.dump(dict(command="python bench.py --modes split", hardware=hardware(torch.device("cpu")),
-                       torch=torch.__version__, wall_s=round(time.perf_counter() - t0, 1),
-                       splits="1x8 vs 4x2 and 2x4, seeds 1337, 1, 2, 3",
-                       **out), f, indent=1)
+    write_json(os.path.join("results", "batch_split_drift.json"), dict(
+        command="python bench.py --modes split", hardware=hardware(torch.device("cpu")), torch=torch.__version__,
+        wall_s=round(time.perf_counter() - t0, 1), splits="1x8 vs 4x2 and 2x4, seeds 1337, 1, 2, 3", **out))
 
 
 # one short run on the embedded docs, its losses printed as JSON (run in a process of its own per kernel setting)

@@ -22,14 +22,11 @@ What is guaranteed:
   directories, official.from_pretrained: safetensors, or pytorch_model.bin with weights_only=True.)
 """
 
-import contextlib
-import fcntl
 import io
 import json
 import os
 import pickle
 import shutil
-import socket
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -45,7 +42,9 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from configurator import ConfigError
 from corpus import load_data
-from files import fix_for, fsync_dir, make_dirs, one_line, replace_atomically, write_error
+from files import (check_regular, fix_for, fsync_dir, locked as locked_dir, make_dirs, one_line, open_append,
+                   open_regular,
+                   replace_atomically)
 from model import MiniCPM, MiniCPMConfig, model_config
 from mup import load_named_optimizer_state
 from official import WEIGHT_FILES, config_from_json, from_pretrained, is_official_dir, save_pretrained
@@ -106,10 +105,10 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path):
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} not found: train into {os.path.dirname(path) or '.'} first")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(check_regular(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a plain-data checkpoint "
                               f"({first_line(e)}); nothing in it was run and it is left in place: delete it or pick "
@@ -200,10 +199,8 @@ def save_dcp(path, model, optimizer, train_state, keep=None):
     try:
         dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp)
         if rank == 0:
-            with open(os.path.join(tmp, "train_state.json"), "w") as f:
-                json.dump(train_state, f)
-                f.flush()
-                os.fsync(f.fileno())
+            replace_atomically(os.path.join(tmp, "train_state.json"), lambda f: json.dump(train_state, f), mode="w",
+                               durable=True)
             for name in os.listdir(tmp):  # the shards are durable before the directory is published
                 with open(os.path.join(tmp, name), "rb") as f:
                     os.fsync(f.fileno())
@@ -232,7 +229,7 @@ def dcp_train_state(path):
     for p in (path, path + ".old"):
         if os.path.isfile(os.path.join(p, "train_state.json")):
             try:
-                with open(os.path.join(p, "train_state.json")) as f:
+                with open_regular(os.path.join(p, "train_state.json")) as f:
                     return p, json.load(f)
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"DCP checkpoint {p}: train_state.json is unreadable ({first_line(e)})") from None
@@ -322,7 +319,7 @@ def stored_config(path):
         path = checkpoint_path(path)
         if os.path.isdir(path):
             return dcp_train_state(path)[1]["config"]
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+        return torch.load(check_regular(path), map_location="cpu", weights_only=True, mmap=True)["config"]
     except Exception:  # (any unreadable file: reading it for real says what is wrong, in one line)
         return None
 
@@ -453,7 +450,7 @@ def export_checkpoint(src, dst):
     trained on from a released checkpoint also gets that directory's other config fields and files (its modeling
     code ...), as the released directory has them."""
     held = [f for f in ("config.json", "tokenizer.json", "tiktoken.json") + WEIGHT_FILES
-            if os.path.exists(os.path.join(dst, f))]
+            if os.path.exists(os.path.join(dst, f))] + run_files(dst)
     if held:
         raise CheckpointError(f"{dst} already holds a model ({', '.join(held)}): export into a new directory (its "
                               f"files would be mixed with the new ones), or remove it first")
@@ -471,84 +468,75 @@ def export_checkpoint(src, dst):
 # the run directory: lock and metrics.jsonl
 
 
+def is_checkpoint(name):
+    """Whether a name in an out_dir is a checkpoint (ckpt.pt, a DCP directory, a kept ckpt_NNNNNN.pt or
+    ckpt_dcp_NNNNNN, a DCP directory's previous copy): what only --overwrite=True may delete."""
+    return name in ("ckpt.pt", DCP_DIR, DCP_DIR + ".old") or (name.startswith("ckpt_") and (
+        name.endswith(".pt") or name.startswith(DCP_DIR + "_")) and not name.endswith(".tmp"))
+
+
 def run_files(out_dir):
-    """The checkpoints of a run an out_dir holds: what --resume would continue, and a fresh run must not replace
-    without --overwrite (metrics.jsonl alone, of a run killed before its first checkpoint, holds nothing to resume)."""
-    return [f for f in ("ckpt.pt", DCP_DIR) if os.path.exists(os.path.join(out_dir, f))]
+    """The checkpoints an out_dir holds (is_checkpoint): what --resume would continue, and what a fresh run must not
+    replace without --overwrite (metrics.jsonl alone, of a run killed before its first checkpoint, holds nothing)."""
+    return sorted(n for n in os.listdir(out_dir) if is_checkpoint(n)) if os.path.isdir(out_dir) else []
 
 
-RUN_OUTPUTS = ("ckpt.pt", DCP_DIR, DCP_DIR + ".old", DCP_DIR + ".tmp", "ckpt.pt.tmp", "summary.json", "loss.png")
+# what a run writes besides its checkpoints: removed when a fresh run starts in the out_dir
+RUN_OUTPUTS = (DCP_DIR + ".tmp", "ckpt.pt.tmp", "summary.json", "loss.png", "eval.json")
 
 
 def claim_out_dir(out_dir, resume, overwrite, init_from=""):
-    """Whether a run (train.py's or dpo.py's) may write into out_dir: one that holds a run's checkpoints needs
-    --resume or --overwrite, and --overwrite, which empties it (start_over), must not hold the run's source."""
+    """Whether a run (train.py's or dpo.py's) may write into out_dir: one that holds checkpoints needs --resume or
+    --overwrite, and --overwrite, which empties it (start_over), must not hold the run's source."""
     held = run_files(out_dir) if not resume and not overwrite else []
     if held:
         raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(held)}): continue it with --resume=True, or "
-                          f"start over with --overwrite=True (its checkpoint and metrics go)")
+                          f"start over with --overwrite=True (its checkpoints and metrics go)")
     out = os.path.abspath(out_dir)
     if overwrite and init_from and os.path.commonpath([os.path.abspath(init_from), out]) == out:
         raise CheckpointError(f"init_from {init_from} lies inside out_dir {out_dir}, which --overwrite=True empties: "
                               f"write this run into another --out_dir")
 
 
-def start_over(out_dir, log=print):
-    """Remove what an earlier run left in out_dir (checkpoints, kept ones too, summary.json, loss.png), so that a
-    fresh run there (--overwrite, or after a run that died before its first checkpoint) never sits beside another
-    run's files."""
+def start_over(out_dir, overwrite, log=print):
+    """Remove what an earlier run left in out_dir (summary.json, loss.png, metrics.jsonl ...), so that a fresh run
+    there never sits beside another run's files; its checkpoints only under --overwrite=True (claim_out_dir refuses
+    a plain run into an out_dir that holds one)."""
     names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
-    old = [n for n in names if n in RUN_OUTPUTS or (n.startswith("ckpt_") and (n.endswith(".pt") or
-                                                                               n.startswith(DCP_DIR + "_")))]
-    old += ["metrics.jsonl"] if "metrics.jsonl" in names else []
+    old = [n for n in names if n in RUN_OUTPUTS or (overwrite and is_checkpoint(n))]
+    old += ["metrics.jsonl"] if "metrics.jsonl" in names else []  # last: it says a run was here until the rest went
     if not old:
         return
     log(f"starting over in {out_dir}: the earlier run's {', '.join(sorted(old))} go")
     for n in old:
         p = os.path.join(out_dir, n)
-        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
 
 
-@contextlib.contextmanager
 def locked(out_dir):
-    """Hold an exclusive flock on out_dir/.lock while the block runs. The kernel releases it when the process ends,
-    however it ends, so a killed run never leaves a stale lock; a second run stops at once with one line."""
-    make_dirs(out_dir)
-    try:
-        f = open(os.path.join(out_dir, ".lock"), "a+")
-    except OSError as e:  # a read-only mount, an immutable or unwritable .lock
-        raise write_error(os.path.join(out_dir, ".lock"), e) from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise CheckpointError(f"out_dir {out_dir} is in use by another run ({holder}): wait for it to finish, stop it, "
-                              f"or choose another --out_dir") from None
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()
+    """Hold an exclusive flock on out_dir/.lock while the block runs (files.locked): the kernel releases it when the
+    process ends, however it ends, so a killed run never leaves a stale lock; a second run stops at once, one line."""
+    return locked_dir(out_dir, lambda holder: CheckpointError(
+        f"out_dir {out_dir} is in use by another run ({holder}): wait for it to finish, stop it, or choose another "
+        f"--out_dir"))
 
 
-def open_metrics(out_dir, resume, step, log=print):
+def open_metrics(out_dir, resume, overwrite, step, log=print):
     """The rows of out_dir/metrics.jsonl so far, the file rewritten to hold them: on resume those up to the
-    checkpoint's step (rows logged after it are dropped, a torn last line too), else none: a fresh file, and what an
-    earlier run left there removed (start_over)."""
+    checkpoint's step (rows logged after it are dropped, a torn last line too; none if the file is missing: a resume
+    never deletes anything), else none: a fresh file, and what an earlier run left there removed (start_over)."""
     path, rows = os.path.join(out_dir, "metrics.jsonl"), []
     make_dirs(out_dir)
-    if resume and os.path.isfile(path):
-        rows, torn = read_jsonl(path, torn_ok=True)
-        if torn:
-            log(f"{path}: dropped a torn last line (a crash while it was written)")
-        rows = [r for r in rows if r.get("step", 0) <= step]
+    if resume:
+        if os.path.lexists(path):
+            rows, torn = read_jsonl(path, torn_ok=True)
+            if torn:
+                log(f"{path}: dropped a torn last line (a crash while it was written)")
+            rows = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= step]
+        else:
+            log(f"{path} is missing: the resumed run's metrics start at step {step}")
     else:
-        start_over(out_dir, log)
+        start_over(out_dir, overwrite, log)
     write_jsonl(path, rows)
     return rows
 
@@ -556,7 +544,7 @@ def open_metrics(out_dir, resume, step, log=print):
 def read_jsonl(path, torn_ok=False):
     """Rows of a jsonl file. torn_ok: a last line cut short (a crash mid-append) is dropped, as (rows, True);
     any other bad line is an error naming file:line."""
-    with open(path, "rb") as f:
+    with open_regular(path, "rb") as f:
         lines = f.read().split(b"\n")
     rows, torn = [], False
     for i, line in enumerate(lines, 1):
@@ -579,7 +567,7 @@ def write_jsonl(path, rows):
 
 def append_jsonl(path, row):
     try:
-        with open(path, "a") as f:
+        with open_append(path) as f:
             f.write(json.dumps(row) + "\n")
     except OSError as e:
         raise CheckpointError(f"could not append to {path} ({first_line(e)}): {fix_for(e, path)}; the last "

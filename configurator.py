@@ -35,6 +35,9 @@ def exit_on_user_error(work, *errors):
     except USER_ERRORS + errors as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before or after a run's loop (its loop stops at the end of a step: StopFlag)
+        print("stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(130)
 
 
 def unknown_key(key, valid):
@@ -50,6 +53,8 @@ def check_numbers(cfg, lower_bounds, positive=()):
             raise ConfigError(f"config key {k}={v} must be a finite number")
     for k, lo in lower_bounds.items():
         v, strict = cfg[k], k in positive
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2 ** 63:
+            raise ConfigError(f"config key {k}={v} is too large: it must be below 2**63")
         if v is not None and not (v > lo if strict else v >= lo):
             raise ConfigError(f"config key {k}={v} must be {'>' if strict else '>='} {lo}"
                               + (" (a negative clip would turn descent into ascent)" if k == "grad_clip" else ""))

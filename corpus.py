@@ -22,6 +22,7 @@ themselves, ours and a released checkpoint's, are tokenizer.py).
 """
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from configurator import ConfigError, exit_on_user_error
-from files import make_dirs, replace_atomically, write_json
+from files import locked, make_dirs, open_regular, replace_atomically, write_json
 from tokenizer import (chat_pieces, data_tokenizer_id, get_encoding, ids_and_labels, known_tokenizers, tokenizer_id,
                        with_bos)
 
@@ -99,8 +100,20 @@ def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
     The split is deterministic: the last val_fraction of the token stream is validation.
     shard_tokens > 0: stream the documents (any iterable, e.g. a hub dataset) into shards of about that many tokens,
     {train,val}_00000.bin ..., holding only one shard in memory; every 1/val_fraction-th document is validation."""
-    if shard_tokens:
-        return prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens)
+    if not 0 <= val_fraction < 1:  # (nan fails this too)
+        raise ValueError(f"val_fraction={val_fraction} must be within [0, 1): the share of tokens held out")
+    if shard_tokens < 0:
+        raise ValueError(f"shard_tokens={shard_tokens} must be >= 0 (0: one train.bin / val.bin)")
+    with locked(out_dir, lambda holder: ValueError(f"{out_dir} is being prepared by another process ({holder}): "
+                                                   f"wait for it, or write into another --out")):
+        with contextlib.suppress(FileNotFoundError):  # until the new files are whole, the directory is not data
+            os.unlink(os.path.join(out_dir, "meta.json"))
+        if shard_tokens:
+            return prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens)
+        return prepare_one(out_dir, docs, tokenizer, val_fraction)
+
+
+def prepare_one(out_dir, docs, tokenizer, val_fraction):
     enc = get_encoding(tokenizer)
     dtype = np.uint16 if enc.n_vocab <= 65536 else np.uint32
     docs = list(docs)
@@ -216,19 +229,26 @@ class TokenData:
     def __init__(self, data="embedded"):
         path = os.path.join(DATA_DIR, data) if data in BUILTIN else data
         if data in BUILTIN and not os.path.isfile(os.path.join(path, "meta.json")):
-            prepare(path, BUILTIN[data]())
+            with locked(path, None):  # another process preparing it: wait, then use what it wrote
+                ready = os.path.isfile(os.path.join(path, "meta.json"))
+            if not ready:
+                prepare(path, BUILTIN[data]())
         meta_file = os.path.join(path, "meta.json")
         if not os.path.isfile(meta_file):
             raise FileNotFoundError(f"data={data!r}: {meta_file} not found: run `python corpus.py --input FILES "
                                     f"--out {path}` first, or use data='embedded'")
         try:
-            with open(meta_file) as f:
+            with open_regular(meta_file) as f:
                 meta = json.load(f)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise ValueError(f"{meta_file} is not valid JSON ({e}): prepare the data again") from None
         self.meta = check_meta(meta, meta_file)
         self.path, self.vocab_size = path, self.meta["vocab_size"]
         files = self.meta.get("shards", {s: [f"{s}.bin"] for s in ("train", "val")})
+        if not (isinstance(files, dict) and all(isinstance(files.get(s), list) and all(
+                isinstance(f, str) and f == os.path.basename(f) and f not in ("", ".", "..") for f in files[s])
+                for s in ("train", "val"))):
+            raise ValueError(f"{meta_file}: shards must list file names in its own directory: prepare the data again")
         self.shards = {s: [self._open(os.path.join(path, f)) for f in files[s]] for s in ("train", "val")}
         for s in ("train", "val"):  # what meta.json promises, checked before any step trains on it
             n = sum(len(a) for a in self.shards[s])
@@ -381,11 +401,15 @@ class SFTData:
         self.path, self.enc = path, get_encoding(tokenizer)
         self.vocab_size = self.enc.n_vocab
         template = getattr(self.enc, "chat_template", None) or ""
-        with open(path, "rb") as f:
+        with open_regular(path, "rb") as f:
             self._digest = digest(f.read(), tokenizer_id(tokenizer).encode(), template.encode())
         rows = read_jsonl_rows(path, "chat")
         pieces = [chat_pieces(self.enc, r["turns"]) for r in rows]  # (each row tokenized once)
         ex = [ids_and_labels(p) for p in pieces]
+        for r, (_, labels) in zip(rows, ex):  # (its loss would be 0/0: nan at step 1, read as a divergence)
+            if all(t == -100 for t in labels[1:]):
+                raise ValueError(f"{path} line {r.get('_line', '?')}: no response token is trained under "
+                                 f"{tokenizer}'s chat format (an empty response, or a template that drops it)")
         self.split = {"train": [e for i, e in enumerate(ex) if i % 10],
                       "val": [e for i, e in enumerate(ex) if not i % 10]}
         if not self.split["train"]:

@@ -151,7 +151,7 @@ def run_dpo(cfg, quiet):
     model.train()
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
     step = resume_dpo(cfg, model, optimizer, global_batch) if cfg["resume"] else 0
-    history = open_metrics(out_dir, cfg["resume"], step, log) if master else []
+    history = open_metrics(out_dir, cfg["resume"], cfg["overwrite"], step, log) if master else []
     raw = model
     if world > 1:
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)

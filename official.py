@@ -19,7 +19,7 @@ from dataclasses import asdict, fields
 import torch
 
 from tokenizer import TOKENIZER_EXTRAS, TOKENIZER_FILES, copy_file, save_tokenizer
-from files import make_dirs, replace_atomically, write_json
+from files import check_regular, make_dirs, one_line, open_regular, replace_atomically, write_json
 from model import MiniCPM, MiniCPMConfig
 from rope import rope_base, rope_scaling_type
 
@@ -28,7 +28,9 @@ def from_pretrained(path, dtype=torch.float32, device="cpu"):
     """Load an official-format MiniCPM directory (tied or untied, single file or sharded with an index; dense
     or MiniCPM-MoE in the released layout)."""
     config = config_from_json(path)
-    state = from_official_layout(read_weights(path), config)
+    raw = read_weights(path)
+    check_weights(raw, path)
+    state = from_official_layout(raw, config)
     with torch.device("meta"):
         model = MiniCPM(config)
     check_state_dict(model, state, path)
@@ -61,6 +63,7 @@ def other_files(path):
     modeling code, generation_config.json, README ... (top level; hidden files left)."""
     skip = {"config.json", *WEIGHT_FILES, *TOKENIZER_FILES, *TOKENIZER_EXTRAS}
     return sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)) and f not in skip
+                  and not os.path.islink(os.path.join(path, f))  # (a link may point anywhere: a private key)
                   and not f.startswith(".") and not f.endswith((".safetensors", ".bin", ".pt", ".index.json")))
 
 
@@ -124,9 +127,9 @@ def read_config_json(path):
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: from_pretrained needs a directory with config.json and weights")
     try:
-        with open(file) as f:
+        with open_regular(file) as f:
             raw = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{file} holds a {type(raw).__name__}, not a config object: re-download or re-export it")
@@ -158,21 +161,57 @@ def read_weights(path):
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             continue
-        files = [file]
-        if name.endswith(".index.json"):
-            with open(file) as f:
-                files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+        if not name.endswith(".index.json"):
+            return _read_weight_file(file)
+        weight_map = read_index(file)
         state = {}
-        for fn in files:
-            state.update(_read_weight_file(fn))
+        for shard in sorted(set(weight_map.values())):
+            part = _read_weight_file(os.path.join(path, shard))
+            for k in part:
+                if weight_map.get(k) != shard:
+                    raise ValueError(f"{file}: {shard} holds {k}, which the index puts in "
+                                     f"{weight_map.get(k, 'no shard')}: the shards and the index do not match")
+            state.update(part)
+        lost = sorted(set(weight_map) - set(state))
+        if lost:
+            raise ValueError(f"{file}: the index lists {_some(lost)}, which no shard holds: the download is incomplete")
         return state
     raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin "
                             f"(or their .index.json for sharded checkpoints)")
 
 
+def read_index(file):
+    """The weight_map {key: shard file name} of a sharded checkpoint's index, checked: every shard a plain file name
+    in the index's own directory (never a path that leaves it)."""
+    try:
+        with open_regular(file) as f:
+            weight_map = json.load(f).get("weight_map")
+    except (ValueError, AttributeError, RecursionError) as e:
+        raise ValueError(f"{file} is not a checkpoint index ({one_line(e)}): re-download it") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{file} has no weight_map object: re-download it")
+    for k, shard in weight_map.items():
+        if not isinstance(shard, str) or shard != os.path.basename(shard) or shard in ("", ".", ".."):
+            raise ValueError(f"{file}: the shard of {k} is {shard!r}, not a file name in its directory: the index is "
+                             f"damaged or not from a checkpoint; re-download it")
+    return weight_map
+
+
+def check_weights(state, where):
+    """Released weights are floating-point and finite: an integer tensor would be cast, a NaN or inf would score
+    nan without a word."""
+    for k, v in state.items():
+        if not v.is_floating_point():
+            raise ValueError(f"{where}: {k} is {str(v.dtype).replace('torch.', '')}, not floating point: these are "
+                             f"not a model's weights (quantized checkpoints are not read)")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{where}: {k} holds NaN or inf: the file is damaged; re-download it")
+
+
 def _read_weight_file(file):
-    if not os.path.isfile(file):
+    if not os.path.exists(file):
         raise FileNotFoundError(f"{file} not found (listed in the checkpoint's index): the download is incomplete")
+    check_regular(file)
     if file.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file

@@ -34,7 +34,7 @@ from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData
 from experiments import findings
 from experiments.runner import RESULTS, ROOT, read_json, read_results, trained
-from files import write_json
+from files import replace_atomically, write_json
 
 README = os.path.join(ROOT, "README.md")
 EXPERIMENTS_README = os.path.join(ROOT, "experiments", "README.md")
@@ -222,8 +222,7 @@ def update_readme(docs=DOCS):
         head, rest = texts[where[0]].split(begin, 1)
         texts[where[0]] = head + begin + "\n" + fn() + "\n" + end + rest.split(end, 1)[1]
     for doc, text in texts.items():
-        with open(doc, "w") as f:
-            f.write(text)
+        replace_atomically(doc, lambda f: f.write(text), mode="w")
 
 
 def unexplained():

@@ -184,6 +184,21 @@ def setup_distributed(device_type):
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
 
 
+def check_same_config(cfg, world):
+    """Every process of a torchrun job runs the same config (one node may have read another config file): compared
+    once, before the first collective that depends on it, so that a mismatch is one line on every rank, not a
+    deadlock in mismatched collectives."""
+    if world <= 1:
+        return
+    configs = [None] * world
+    dist.all_gather_object(configs, {k: repr(v) for k, v in cfg.items()})
+    for rank, other in enumerate(configs):
+        diff = sorted(k for k in set(other) | set(configs[0]) if other.get(k) != configs[0].get(k))
+        if diff:
+            raise ConfigError(f"rank {rank} runs another config than rank 0 (differing keys: {', '.join(diff)}): "
+                              f"give every node the same config file and flags")
+
+
 def all_mean(x, world):
     """The mean of a tensor over the processes (in place)."""
     if world > 1:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from corpus import embedded_documents
+from files import replace_atomically
 from tokenizer import prompt_ids
 
 
@@ -57,9 +58,7 @@ def write_task_data(out_dir, n_train=4000, n_val=300, seed=0):
                            ("pref", [dict(prompt=e["prompt"], chosen=e["response"], rejected=e["rejected"])
                                      for e in ex])):
             path = os.path.join(out_dir, f"{kind}_{split}.jsonl")
-            with open(path + ".tmp", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(path + ".tmp", path)
+            replace_atomically(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), mode="w")
             files[f"{kind}_{split}"] = path
     return files
 

@@ -23,10 +23,11 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 
 import tiktoken
 
-from files import make_dirs, replace_atomically, write_json
+from files import make_dirs, one_line, replace_atomically, write_json
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
 # GPT-2's pre-tokenization regex; with byte-level ranks it only decides where BPE could merge, so any split works
@@ -322,23 +323,89 @@ def _continued(done, text, enc):
     return text[len(done):]
 
 
+# a chat template renders a conversation in far less than these: one that loops or grows past them is refused
+TEMPLATE_LINES = 2_000_000  # lines of the compiled template run per render (about a second)
+TEMPLATE_CHARS = 1_000_000  # characters of any string it builds, and of its output
+
+
+class TemplateLimit(Exception):
+    pass
+
+
+def bounded(render, where):
+    """render() under TEMPLATE_LINES lines of the compiled template (a trace on its frames only) and TEMPLATE_CHARS
+    characters of output: a template that nests loops or builds huge strings stops in one line, not hours later."""
+    count = [0]
+
+    def local(frame, event, arg):
+        count[0] += 1
+        if count[0] > TEMPLATE_LINES:
+            raise TemplateLimit(f"{where} ran over {TEMPLATE_LINES:,} steps")
+        return local
+
+    def calls(frame, event, arg):
+        return local if frame.f_code.co_filename == "<template>" else None
+    before = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        out, n = [], 0
+        for chunk in render():
+            n += len(chunk)
+            if n > TEMPLATE_CHARS:
+                raise TemplateLimit(f"{where} wrote over {TEMPLATE_CHARS:,} characters")
+            out.append(chunk)
+        return "".join(out)
+    finally:
+        sys.settrace(before)
+
+
 def chat_renderer(enc):
     """render(messages, add_generation_prompt) -> text, of enc's chat template in Jinja's immutable sandbox (the
-    template can call no Python code), with optional jinja2 (a dependency of transformers)."""
+    template can call no Python code) under bounds (bounded; strings past TEMPLATE_CHARS refused as they are made),
+    with optional jinja2 (a dependency of transformers). A template that does not parse, fails, or breaks the
+    sandbox's rules or the bounds is one ValueError line."""
     try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment  # optional
+        from jinja2 import TemplateError  # optional
+        from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
     except ImportError:
         raise ImportError(f"{enc.path}/tokenizer_config.json has a chat template: pip install jinja2 to render it") \
             from None
+    where = f"the chat template of {enc.path}"
 
     def raise_exception(message):
-        raise ValueError(f"the chat template of {enc.path}: {message}")
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        raise ValueError(f"{where}: {message}")
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**", "+"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise TemplateLimit(f"{where} raises to the power {right}")
+            if operator == "*" and isinstance(left, int) and isinstance(right, (str, list)):
+                left, right = right, left
+            if operator == "*" and isinstance(left, (str, list)) and isinstance(right, int) and \
+                    len(left) * right > TEMPLATE_CHARS:
+                raise TemplateLimit(f"{where} builds a string of over {TEMPLATE_CHARS:,} characters")
+            return super().call_binop(context, operator, left, right)
+    env = Bounded(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
-    template = env.from_string(enc.chat_template)
-    return lambda messages, add_generation_prompt: template.render(
-        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=enc.bos_text,
-        eos_token=enc.eos_text)
+    try:
+        template = env.from_string(enc.chat_template)
+    except TemplateError as e:
+        raise ValueError(f"{where} does not parse ({one_line(e)}): fix or remove chat_template") from None
+
+    def render(messages, add_generation_prompt):
+        try:
+            return bounded(lambda: template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                     bos_token=enc.bos_text, eos_token=enc.eos_text), where)
+        except TemplateLimit as e:
+            raise ValueError(f"{e}: a chat template renders a conversation in far less; fix or remove chat_template") \
+                from None
+        except (TemplateError, SecurityError, TypeError, AttributeError, KeyError, IndexError, ZeroDivisionError,
+                OverflowError, RecursionError, MemoryError) as e:
+            raise ValueError(f"{where} fails on a conversation ({one_line(e)}): fix or remove chat_template") \
+                from None
+    return render
 
 
 def chat_ids(enc, turns):

@@ -49,7 +49,7 @@ from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
 from sample import generate_text
-from system import (StopFlag, all_mean, check_fits_in_memory, flops_per_token, hardware, launch_command, peak_flops,
+from system import (StopFlag, all_mean, check_fits_in_memory, check_same_config, flops_per_token, hardware, launch_command, peak_flops,
                     process_device, resolve_system, setup_distributed, shard_model)
 from tokenizer import data_tokenizer_id
 from wsd import DecayStats, lr_at, schedule_defaults
@@ -302,7 +302,7 @@ def read_source(cfg):
     elif os.path.isdir(os.path.join(cfg["out_dir"], DCP_DIR)) and not os.path.exists(path):
         raise CheckpointError(f"{cfg['out_dir']} holds an FSDP checkpoint ({DCP_DIR}): resume it with --fsdp=True "
                               f"under torchrun")
-    elif not os.path.isfile(path):
+    elif not os.path.lexists(path):
         raise CheckpointError(f"checkpoint {path} not found: nothing to resume in {cfg['out_dir']}; to start a new "
                               f"run there, drop --resume=True")
     else:
@@ -433,10 +433,11 @@ def check_eval_split(cfg, world):
 
 
 @torch.no_grad()
-def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
+def evaluate(model, data, cfg, global_batch, rank, world, device, autocast, stop=None):
     """(validation loss in nats/token, in bits/byte): eval_steps batches of eval_rows rows (else the training
     global batch) drawn with eval_seed (else the run's seed), each process scoring its share in chunks of at most
-    batch_size rows, so equal for any split; the pure cross-entropy (an MoE's balancing term is not part of it)."""
+    batch_size rows, so equal for any split; the pure cross-entropy (an MoE's balancing term is not part of it).
+    None when `stop` (a StopFlag) is set between two batches: a signal's checkpoint does not wait for the rest."""
     rows = cfg["eval_rows"] or global_batch
     share, B = rows // world, cfg["batch_size"]  # (rows split over the processes: check_eval_split)
     seed = cfg["seed"] if cfg["eval_seed"] is None else cfg["eval_seed"]
@@ -444,6 +445,9 @@ def evaluate(model, data, cfg, global_batch, rank, world, device, autocast):
     model.eval()
     losses = torch.zeros((), device=device)
     for i in range(cfg["eval_steps"]):
+        if stop is not None and stop.anywhere(device, world):
+            model.train(was_training)
+            return None
         for lo in range(rank * share, (rank + 1) * share, B):
             hi = min(lo + B, (rank + 1) * share)
             x, y = data.batch("val", seed, i, rows, cfg["seq_len"], rows=slice(lo, hi))
@@ -538,7 +542,7 @@ def run(cfg, quiet, progress=None):
         while r.step < cfg["max_steps"]:
             train_step(r)
             if r.step % cfg["eval_interval"] == 0 or r.step == cfg["max_steps"]:
-                evaluate_run(r)
+                evaluate_run(r, stop)
             stopped = stop.anywhere(r.device, r.world)
             if stopped or r.step % cfg["ckpt_interval"] == 0 or r.step == cfg["max_steps"]:
                 save_run(r)
@@ -553,6 +557,7 @@ def start(cfg, quiet, progress=None):
     dev, ptdtype, use_compile = resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])
     rank, local_rank, world = setup_distributed(dev.split(":")[0])
     device, master, fsdp = process_device(dev, local_rank), rank == 0, cfg["fsdp"]
+    check_same_config(cfg, world)
     if fsdp and not dist.is_initialized():
         raise ConfigError("fsdp=True shards the model over the processes of torchrun: run it as `torchrun "
                           "--standalone --nproc_per_node=N train.py --fsdp=True ...` (N=1 works too)")
@@ -570,7 +575,7 @@ def start(cfg, quiet, progress=None):
     raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source)
     lineage = dict(tokenizer=data.meta["tokenizer"], tokenizer_id=data_tokenizer_id(data.meta),
                    origin=source.origin if source else None, stage_start=stage_start(cfg, source, step))
-    rows_log = open_metrics(out_dir, cfg["resume"], step, log) if master and out_dir else []
+    rows_log = open_metrics(out_dir, cfg["resume"], cfg["overwrite"], step, log) if master and out_dir else []
     model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
         # experts that get no token in a step have no gradient: DDP must expect unused parameters
@@ -674,9 +679,12 @@ def log_step(r, train_loss, lr_now, grad_norm, dt, router_logits, aux):
     r.bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
 
 
-def evaluate_run(r):
-    """Validation on the run's data, logged and printed."""
-    val, bpb = evaluate(r.raw_model, r.data, r.cfg, r.global_batch, r.rank, r.world, r.device, r.autocast)
+def evaluate_run(r, stop):
+    """Validation on the run's data, logged and printed; left off when a signal comes during it (StopFlag)."""
+    scores = evaluate(r.raw_model, r.data, r.cfg, r.global_batch, r.rank, r.world, r.device, r.autocast, stop)
+    if scores is None:
+        return
+    val, bpb = scores
     r.log_row(dict(step=r.step, val_loss=val, val_bpb=bpb))
     r.history["val_loss"].append((r.step, val))
     r.history["val_bpb"].append((r.step, bpb))
@@ -712,7 +720,16 @@ def finish(r, stopped):
         r.history["val_bpb_by_set"] = {name: evaluate(r.raw_model, d, cfg, r.global_batch, r.rank, r.world, r.device,
                                                       r.autocast)[1] for name, d in r.eval_sets.items()}
         r.log("held-out sets (bits/byte): " + ", ".join(f"{k} {v:.4f}" for k, v in r.history["val_bpb_by_set"].items()))
-    text = None
+    h = r.history
+    result = dict(step=r.step, stopped=stopped, tokens=r.step * r.tokens_per_step, **h,
+                  tok_per_s=statistics.median([x["tok_per_s"] for x in r.rows_log if "tok_per_s" in x][1:] or [0.0]),
+                  final_train_loss=h["train_loss"][-1] if h["train_loss"] else None,
+                  final_val_loss=h["val_loss"][-1][1] if h["val_loss"] else None,
+                  final_val_bpb=h["val_bpb"][-1][1] if h["val_bpb"] else None,
+                  epochs=epochs(r.data, r.step * r.tokens_per_step, cfg["passkey_ratio"]))
+    writes = r.master and out_dir and not stopped
+    if writes:  # before the sample: a signal during it leaves a finished run's summary and figure
+        write_run_outputs(r, result, None)
     if cfg["fsdp"] and cfg["sample_tokens"] > 0 and not stopped:
         r.log(f"no end-of-run sample under FSDP (the weights are sharded): python train.py export {r.ckpt_path} "
               f"DIR, then python sample.py --model_dir=DIR")
@@ -721,19 +738,12 @@ def finish(r, stopped):
         with r.autocast:
             text = generate_text(r.raw_model, r.data.encoding(), "The ", cfg["sample_tokens"])
         print("-" * 40 + " sample " + "-" * 40 + "\n" + text + "\n" + "-" * 88)
-    h = r.history
-    result = dict(step=r.step, stopped=stopped, tokens=r.step * r.tokens_per_step, **h,
-                  tok_per_s=statistics.median([x["tok_per_s"] for x in r.rows_log if "tok_per_s" in x][1:] or [0.0]),
-                  final_train_loss=h["train_loss"][-1] if h["train_loss"] else None,
-                  final_val_loss=h["val_loss"][-1][1] if h["val_loss"] else None,
-                  final_val_bpb=h["val_bpb"][-1][1] if h["val_bpb"] else None,
-                  epochs=epochs(r.data, r.step * r.tokens_per_step, cfg["passkey_ratio"]))
-    if r.master and out_dir and not stopped:
-        write_run_outputs(r, result, text)
+        if writes:
+            write_run_outputs(r, result, text, figure=False)
     return dict(result, model=r.raw_model)
 
 
-def write_run_outputs(r, result, text):
+def write_run_outputs(r, result, text, figure=True):
     """summary.json (what the run did, where, how fast: the numbers a README may quote), then loss.png; a full disk
     here is one line that says the run itself is complete."""
     out_dir, h = r.cfg["out_dir"], r.history
@@ -743,7 +753,8 @@ def write_run_outputs(r, result, text):
             hardware=hardware(r.device), wall_s=round(time.time() - r.t_start, 1), sample=text,
             **{k: v for k, v in result.items() if k not in h},
             first_train_loss=h["train_loss"][0] if h["train_loss"] else None))
-        plot_metrics(r.rows_log, os.path.join(out_dir, "loss.png"))
+        if figure:
+            plot_metrics(r.rows_log, os.path.join(out_dir, "loss.png"))
     except WriteError as e:
         raise WriteError(f"{e}; the run itself is complete (its checkpoint at step {r.step} is in {r.ckpt_path}): "
                          f"`python plots.py {out_dir}` redraws loss.png") from None

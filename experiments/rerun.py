@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from configurator import ConfigError
 from experiments.runner import ROOT, read_json, this_machine
-from files import make_dirs, write_json
+from files import make_dirs, open_append, write_json
 
 LOGS = os.path.join(ROOT, "out-rerun")  # each experiment's output when jobs > 1 (out*/ is not committed)
 
@@ -126,7 +126,7 @@ class Rerun:
         out = None
         if logfile is not None:
             make_dirs(self.logs)
-            out = open(logfile, "a")
+            out = open_append(logfile)
         try:
             with self.lock:
                 if self.stopping:

@@ -44,6 +44,16 @@ def assert_same_losses(got, ref, later=2e-4):
     np.testing.assert_allclose(got[1:], ref[1:], rtol=later)
 
 
+@pytest.fixture
+def one_thread():
+    """torch in this process on one thread, as the subprocesses of run_cli run: a run compared bit for bit with one
+    in a subprocess then has one process setting (on some CPUs 1 and 2 threads sum in another order)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(args, env_extra=None, **kw):
     """Run `python *args` in the repository as a user would, one thread (2-core CI machines)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}

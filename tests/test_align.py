@@ -245,7 +245,7 @@ def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
     assert os.path.isfile(tmp_path / "assets" / "align_quick.png")
 
 
-def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(tmp_path):
+def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(tmp_path, one_thread):
     # dpo.py trains through train.py's pieces: the out_dir lock, the refusal of an out_dir holding a run, metrics
     # through checkpoint.py, a checkpoint on SIGTERM (a real signal) and --resume=True continuing exactly
     data = tasks.write_task_data(str(tmp_path / "tasks"), 200, 20)
@@ -276,10 +276,10 @@ def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(t
         dpo.train_dpo(dict(c, out_dir=str(cut), resume=True, beta=0.5), quiet=True)
     res = dpo.train_dpo(dict(c, out_dir=str(cut), resume=True), quiet=True)
     assert res["step"] == 24 and [r["step"] for r in rows(cut)] == list(range(1, 25))
-    np.testing.assert_allclose([r["loss"] for r in rows(cut)], [r["loss"] for r in full], rtol=1e-5, atol=1e-6)
+    assert [r["loss"] for r in rows(cut)] == [r["loss"] for r in full]  # one thread in both: the same bits
     m = checkpoint.model_from_checkpoint(str(cut))[0]
     x = torch.randint(0, 259, (1, 8))
-    assert torch.allclose(m(x)[0], res["model"](x)[0])
+    assert torch.equal(m(x)[0], res["model"](x)[0])
 
 
 @pytest.mark.parametrize("arg, message", [

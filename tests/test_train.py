@@ -167,7 +167,7 @@ def test_eval_rows_scores_every_batch_size_on_one_sample(tmp_path):
     assert not os.path.isfile(tmp_path / "ddp" / "metrics.jsonl")  # (checked at the first evaluation: a step trained)
 
 
-def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, one_thread):
     full = train.train(cfg(tmp_path / "full", max_steps=200, decay_steps=10, eval_interval=100), quiet=True)
     c = cfg(tmp_path / "cut", max_steps=200, decay_steps=10, eval_interval=100)
     p = subprocess.Popen([sys.executable, "train.py", *cli_args(c)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -184,7 +184,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert "stopped by signal" in out
     res = train.train({**c, "resume": True}, quiet=True)
     assert res["step"] == 200
-    np.testing.assert_allclose([v for _, v in losses(tmp_path / "cut")], full["train_loss"], rtol=1e-5, atol=1e-5)
+    assert [v for _, v in losses(tmp_path / "cut")] == full["train_loss"]  # one thread in both: the same bits
     assert [s for s, _ in losses(tmp_path / "cut")] == list(range(1, 201))  # no duplicated or missing rows
 
 
