@@ -144,10 +144,7 @@ def run_dpo(cfg, quiet):
         claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
     model, source, pairs = load_policy_and_pairs(cfg, dev)
     global_batch = cfg["batch_size"] * cfg["grad_accum"] * world
-    # the pairs of every step, drawn up front (from seed and step alone, as a resumed or other-world run would)
-    orders = [torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, len(pairs[0]), global_batch))
-              for step in range(S)]
-    ref = reference_logps(model, pairs, orders, device, quiet or not master)
+    ref = reference_logps(model, pairs, pairs_drawn(cfg, len(pairs[0]), global_batch), device, quiet or not master)
     model.train()
     optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
     step = resume_dpo(cfg, model, optimizer, global_batch) if cfg["resume"] else 0
@@ -159,7 +156,8 @@ def run_dpo(cfg, quiet):
     bar = tqdm(total=S, initial=step, disable=quiet or not master, desc="DPO")
     with StopFlag() as stop, closing(bar):
         while step < S:
-            row = dpo_step(cfg, model, raw, optimizer, pairs, ref, orders[step], step, rank, world, device)
+            order = step_order(cfg, step, len(pairs[0]), global_batch)
+            row = dpo_step(cfg, model, raw, optimizer, pairs, ref, order, step, rank, world, device)
             step += 1
             history.append(row)
             if master:
@@ -242,11 +240,26 @@ def evaluate_pairs(policy, reference, pairs, beta, device, batch=64):
                                             "logps/rejected"), means)}
 
 
+def step_order(cfg, step, n_pairs, global_batch):
+    """The pairs of a step: drawn from seed and step alone, as a resumed or other-world run would."""
+    return torch.from_numpy(np.random.default_rng([cfg["seed"], step]).integers(0, n_pairs, global_batch))
+
+
+def pairs_drawn(cfg, n_pairs, global_batch):
+    """The sorted indices of the pairs the run's steps draw; the walk over the steps stops once every pair is drawn,
+    so a run of 10^9 steps does not draw them all up front."""
+    seen = torch.zeros(n_pairs, dtype=torch.bool)
+    for step in range(cfg["max_steps"]):
+        seen[step_order(cfg, step, n_pairs, global_batch)] = True
+        if seen.all():
+            break
+    return seen.nonzero().flatten()
+
+
 @torch.no_grad()
-def reference_logps(model, pairs, orders, device, quiet):
-    """The reference is the initial policy: its log-probs (2, n pairs) once, for the pairs the steps draw (a short
-    run draws few of them); NaN for the others."""
-    used = torch.cat(orders).unique()
+def reference_logps(model, pairs, used, device, quiet):
+    """The reference is the initial policy: its log-probs (2, n pairs) once, for the pairs the steps draw (`used`: a
+    short run draws few of them); NaN for the others."""
     model.eval()
     ref = torch.full((2, len(pairs[0])), math.nan)
     for i in tqdm(range(0, len(used), 64), disable=quiet, desc="DPO reference log-probs"):

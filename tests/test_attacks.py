@@ -15,6 +15,7 @@ import torch
 
 import checkpoint
 import corpus
+import dpo
 import files
 import official
 import tokenizer
@@ -274,3 +275,9 @@ def test_a_file_where_the_out_dir_should_be_is_not_a_full_disk(tmp_path):
 def test_a_seed_too_large_for_torch_is_one_line():
     with pytest.raises(train.ConfigError, match="seed=18446744073709551616 is too large"):
         train.get_config([f"--seed={2 ** 64}"])
+
+
+def test_a_dpo_run_of_a_billion_steps_draws_no_list_of_them():
+    t0 = time.time()
+    assert dpo.pairs_drawn(dict(seed=1, max_steps=10 ** 9), 50, 16).tolist() == list(range(50))
+    assert time.time() - t0 < 10
