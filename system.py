@@ -38,7 +38,7 @@ def resolve_system(device="auto", dtype="auto", compile="auto"):
 def machine(device):
     """The machine a run's floats come from, in words: the GPU, or the CPU's cores, architecture and the vector kernels
     torch runs on it (AVX512, AVX2, ...: another kernel sums in another order, so a run's loss moves by ~0.01 between
-    them, while the thread count leaves it bit for bit the same)."""
+    them; on some CPUs the thread count moves it too)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{len(os.sched_getaffinity(0))}-core CPU ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"

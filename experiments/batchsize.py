@@ -19,7 +19,7 @@ import numpy as np
 
 from batchsize import PAPER_A, PAPER_B, best_batch_per_loss, fit_batch_size_law, optimal_batch_size
 from corpus import corpus_keys
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
 from model import ladder_keys
 from plots import save, subplots
@@ -195,4 +195,4 @@ EXPERIMENT = Experiment(name="batchsize", section="§3.2", rerun=(runner.command
 
 
 if __name__ == "__main__":
-    runner.cli("Optimal batch size vs loss (paper §3.2)", experiment)
+    cli.main("Optimal batch size vs loss (paper §3.2)", experiment)

@@ -16,7 +16,7 @@ import numpy as np
 
 from checkpoint import model_from_checkpoint
 from corpus import TokenData, corpus_keys
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
 from longctx import loss_by_position, passkey_accuracy
 from model import MiniCPMConfig
@@ -295,5 +295,5 @@ EXPERIMENT = Experiment(name="longctx", section="§7.2", rerun=(runner.command("
 
 
 if __name__ == "__main__":
-    runner.cli("Context extension: RoPE vs NTK vs ABF + continued training, passkey and loss by position "
+    cli.main("Context extension: RoPE vs NTK vs ABF + continued training, passkey and loss by position "
                "(paper §7.2)", experiment)

@@ -12,7 +12,7 @@ import torch
 
 from checkpoint import read_jsonl
 from corpus import corpus_keys
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results, seeds_of
 from model import MiniCPM, ladder_keys, model_config
 from moe import param_counts
@@ -159,4 +159,4 @@ EXPERIMENT = Experiment(name="moe", section="§7.3", rerun=(runner.command("moe"
 
 
 if __name__ == "__main__":
-    runner.cli("MiniCPM-MoE by sparse upcycling against the dense model continued (paper §7.3)", experiment)
+    cli.main("MiniCPM-MoE by sparse upcycling against the dense model continued (paper §7.3)", experiment)

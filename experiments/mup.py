@@ -19,7 +19,7 @@ from tqdm import tqdm
 from batchsize import log2_vertex
 from configurator import exit_on_user_error
 from corpus import TokenData, corpus_keys
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results, seeds_of
 from model import MiniCPM
 from mup import configure_optimizer, width_config
@@ -90,7 +90,7 @@ def plot_coord_check(results, widths, steps, lr, file):
     save(fig, file, dpi=120)
 
 
-def run_coord_check(widths, steps, lr, seeds, layers=2, out=runner.ASSETS, tag=""):
+def run_coord_check(widths, steps, lr, seeds, layers=2, out=runner.ROOT, tag=""):
     """The coordinate check, each seed on its own (the table averages them); with >= 3 seeds the per-seed slopes of
     the hidden activations, muP against SP, are recorded as findings (findings.py)."""
     t0 = time.perf_counter()
@@ -104,11 +104,12 @@ def run_coord_check(widths, steps, lr, seeds, layers=2, out=runner.ASSETS, tag="
         for k in KINDS:
             v = results[mode][k]
             print(f"{mode + ' ' + k:16s}" + "".join(f"{x:9.3f}" for x in v) + f"   {growth(v, widths):+.3f}")
-    plot_coord_check(results, widths, steps, lr, os.path.join(out, f"coord_check{tag}.png"))
+    figure = os.path.join(out, "assets", f"coord_check{tag}.png")
+    plot_coord_check(results, widths, steps, lr, figure)
     summary = dict(widths=widths, steps=steps, lr=lr, seeds=list(seeds), results=results, per_seed=per_seed,
                    wall_s=time.perf_counter() - t0, hardware=runner.this_machine())
-    runner.write_summary(runner.ROOT, f"coord_check{tag}", summary)
-    print(f"figure: {os.path.join(out, f'coord_check{tag}.png')}")
+    runner.write_summary(out, f"coord_check{tag}", summary)
+    print(f"figure: {figure}")
     if len(seeds) >= 3:
         coord_findings(summary, tag)
     return results
@@ -392,25 +393,30 @@ def main():
     p = argparse.ArgumentParser(description="muP experiments (paper §3): the coordinate check (mean |activation| vs "
                                             "width) and learning-rate transfer, muP against standard parametrisation")
     p.add_argument("experiment", nargs="?", choices=["coord", "transfer", "all"], default="all")
-    p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512, 1024], help="coordinate check widths")
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--widths", type=cli.positive_int, nargs="+", default=[128, 256, 512, 1024],
+                   help="coordinate check widths")
+    p.add_argument("--steps", type=cli.positive_int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=cli.positive_int, default=None,
                    help="coordinate check: seeds (default 3; 1 with --quick); lr transfer: " + runner.SEEDS_HELP +
                    " (default 1)")
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=cli.positive_int, default=2)
     p.add_argument("--data", default=None, help="lr transfer: " + runner.DATA_HELP)
     p.add_argument("--fresh", action="store_true", help=runner.FRESH_HELP)
     p.add_argument("--quick", action="store_true", help="2-core CPU sizes: coord widths 64..512 with one seed; "
                                                         "tiny lr-transfer sweep")
+    p.add_argument("--record", action="store_true", help=cli.RECORD_HELP)
     a = p.parse_args()
+    out = cli.destination(a.record)
     coord_seeds = a.seeds or (1 if a.quick else 3)
     if a.quick:
         a.widths = [64, 128, 256, 512]
     if a.experiment in ("coord", "all"):
-        run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers, tag="_quick" if a.quick else "")
+        exit_on_user_error(lambda: run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers, out=out,
+                                                   tag="_quick" if a.quick else ""), ValueError)
     if a.experiment in ("transfer", "all"):
-        exit_on_user_error(lambda: lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1, data=a.data))
+        exit_on_user_error(lambda: lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1, data=a.data,
+                                               out=out))
 
 
 if __name__ == "__main__":

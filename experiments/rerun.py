@@ -77,6 +77,13 @@ def longest_first(experiments, minutes):
     return sorted(experiments, key=lambda e: -minutes.get(e.name, 0))
 
 
+def argv_of(cmd):
+    """The argv of a rerun's command: this Python, and --record for an experiment's (a rerun writes the repository's
+    results and ledger, experiments/cli.py)."""
+    argv = [sys.executable, *cmd.split()[1:]]
+    return argv + ["--record"] if argv[1:2] == ["-m"] and argv[2:3] and argv[2].startswith("experiments.") else argv
+
+
 class Rerun:
     """One invocation of a rerun: its log (saved after every command), the cores free for the next experiment, and
     the processes running, so that a Ctrl-C or a SIGTERM stops them all (each run stops at the end of its step,
@@ -122,7 +129,7 @@ class Rerun:
         torch there starts one thread per core it may use.)"""
         if cores is not None:
             os.sched_setaffinity(0, cores)
-        argv = [sys.executable, *cmd.split()[1:]]
+        argv = argv_of(cmd)
         out = None
         if logfile is not None:
             make_dirs(self.logs)

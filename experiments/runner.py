@@ -10,10 +10,10 @@ explanations of its findings. Adding an experiment is writing one file here.
     python -m experiments.wsd --quick --seeds 3      # from the repository root (the experiments import train.py)
 """
 
-import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -23,12 +23,13 @@ from tqdm import tqdm
 import system
 import train
 from checkpoint import run_files
-from configurator import ConfigError, exit_on_user_error
+from configurator import ConfigError
 from files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
 ASSETS = os.path.join(ROOT, "assets")
+RUNS = os.path.join(ROOT, "runs")  # a user's own reruns: results, figures, ledger (cli.py; --record: the repository's)
 
 FRESH_HELP = ("train every run again (default: runs already in results/*.json with the same config are reused, so "
               "an interrupted experiment resumes and a finished one only redraws its figures)")
@@ -120,7 +121,12 @@ def sweep(results_file, runs, desc="runs", fresh=False):
         done = {k: v for k, v in read_json(results_file).items() if k in runs}  # drop runs the sweep no longer has
     recorded = {k: checked(runs[k]) for k in done}
     if any(not reusable(done[k], cfg, done.get(source_of(cfg, done))) for k, cfg in recorded.items()):
+        print(f"{rel(results_file)}: its recorded runs were trained by another train.py or config (or lack the "
+              f"checkpoints their branches need): all {len(runs)} are trained again")
         done = {}  # (a stale run: train them all here)
+    elif done:
+        print(f"{rel(results_file)}: {len(done)} of {len(runs)} runs reused as recorded, {len(runs) - len(done)} to "
+              f"train" + (" (--fresh trains every one)" if len(done) == len(runs) else ""))
     for name, cfg in tqdm(runs.items(), desc=desc):
         cfg = checked(cfg)  # (here, after its source trained: a branch inherits its model keys from the checkpoint)
         source = source_of(cfg, done)
@@ -135,13 +141,21 @@ def sweep(results_file, runs, desc="runs", fresh=False):
         # a run redone replaces what an older one left; its steps show under the sweep's bar
         res = train.train({**cfg, "overwrite": True}, quiet=True, progress=name)
         res.pop("model")
-        if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run
-            raise KeyboardInterrupt(f"sweep interrupted during {name}; rerun to continue")
+        if res["stopped"]:  # Ctrl-C / SIGTERM: keep what finished, record nothing of this run; exit as train.py does
+            print(f"stopped by signal during {name}: the runs that finished are in {rel(results_file)}; the same "
+                  f"command continues", file=sys.stderr)
+            raise SystemExit(res["exit_code"])
         done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0, trainer=train.TRAINER_VERSION,
                           hardware=this_machine(), run_id=time.time_ns(),
                           from_run=done[source].get("run_id") if source else None)
         write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
+
+
+def rel(path):
+    """A path as a user reads it: relative to the repository when inside it."""
+    inside = os.path.commonpath([os.path.abspath(path), ROOT]) == ROOT
+    return os.path.relpath(path, ROOT) if inside else path
 
 
 def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
@@ -204,23 +218,6 @@ def write_summary(out, name, summary):
     write_json(os.path.join(out, "results", f"{name}.json"), summary)
 
 
-def parser(description):
-    """The command line every experiment shares: --quick, --fresh, --seeds N, --data DIR."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU")
-    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
-    p.add_argument("--seeds", type=int, default=1, help=SEEDS_HELP)
-    p.add_argument("--data", default=None, help=DATA_HELP)
-    return p
-
-
-def cli(description, experiment, argv=None):
-    """`python -m experiments.<name> [--quick] [--fresh] [--seeds N] [--data DIR]`: experiment(quick=..., fresh=...,
-    seeds=..., data=...), a bad --data or config as one line on stderr, not a traceback."""
-    a = parser(description).parse_args(argv)
-    return exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # reading results back (the README's tables)
 
@@ -259,6 +256,8 @@ def seeds_of(sweep_results, name, key="final_val_loss"):
 
 def ms(values, fmt=".3f"):
     """mean +- std (ddof 1) of a list, or the value alone for one seed."""
+    if not values:  # (a results file holding no run of this name yet)
+        return "n/a"
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt.lstrip('+')}}"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from corpus import TokenData, corpus_keys
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, read_results
 from model import MiniCPM, ladder_keys, model_config
 from plots import save, subplots
@@ -287,4 +287,4 @@ EXPERIMENT = Experiment(name="scaling_law", section="§4.5", rerun=(runner.comma
 
 
 if __name__ == "__main__":
-    runner.cli("Scaling law L(N, D) with WSD branches (paper §4.5)", experiment)
+    cli.main("Scaling law L(N, D) with WSD branches (paper §4.5)", experiment)

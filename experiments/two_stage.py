@@ -16,7 +16,7 @@ import torch
 from checkpoint import model_from_checkpoint
 from corpus import TokenData, corpus_keys, read_jsonl_rows
 from dpo import encode_pairs, encode_responses, evaluate_pairs, sequence_logps, train_dpo
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
 from plots import save, subplots
 from tasks import task_examples, task_score, write_task_data
@@ -336,4 +336,4 @@ EXPERIMENT = Experiment(name="two_stage", section="§5, §7.1", rerun=(runner.co
 
 
 if __name__ == "__main__":
-    runner.cli("Two-stage pre-training (decay mixing, A-1 vs A-2), SFT, and DPO (paper §5, §7.1)", experiment)
+    cli.main("Two-stage pre-training (decay mixing, A-1 vs A-2), SFT, and DPO (paper §5, §7.1)", experiment)

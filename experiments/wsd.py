@@ -17,7 +17,7 @@ import torch
 
 from configurator import exit_on_user_error
 from corpus import corpus_keys
-from experiments import findings, runner
+from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results, seeds_of
 from model import MiniCPM, ladder_keys, model_config
 from plots import save, subplots
@@ -509,7 +509,7 @@ EXPERIMENT = Experiment(
 
 
 def main():
-    p = runner.parser("Warmup-Stable-Decay (paper §4): draw the schedules, then compare WSD with Cosine, decay "
+    p = cli.parser("Warmup-Stable-Decay (paper §4): draw the schedules, then compare WSD with Cosine, decay "
                       "lengths and shapes, and branched decays")
     p.add_argument("--S", type=int, default=1000, help="steps of the schedule drawing")
     p.add_argument("--W", type=int, default=20)
@@ -521,15 +521,22 @@ def main():
     a = p.parse_args()
     if a.data and (a.decay_length_at or a.small_long):  # their corpus is python_source, by design
         p.error("--data applies to the schedule experiment, not to --decay_length_at or --small_long")
+    if (a.decay_length_at or a.small_long) and a.seeds < 3:
+        p.error(f"--decay_length_at and --small_long record a verdict, which needs --seeds 3 or more (got {a.seeds})")
+    if a.decay_length_at is not None and a.decay_length_at < 20:
+        p.error(f"--decay_length_at {a.decay_length_at}: S must be >= 20 steps (a 10% decay of at least 2 steps)")
+    out = cli.destination(a.record)
     if a.decay_length_at or a.small_long:
-        print(decay_length_at(a.decay_length_at, max(3, a.seeds), fresh=a.fresh) if a.decay_length_at else
-              small_long_vs_large_short(max(3, a.seeds), fresh=a.fresh))
+        found = exit_on_user_error(lambda: decay_length_at(a.decay_length_at, a.seeds, out=out, fresh=a.fresh)
+                                   if a.decay_length_at else small_long_vs_large_short(a.seeds, out=out, fresh=a.fresh))
+        print(f"{found['id']}: {found['verdict']}, A - B = {found['diff']['mean']:+.4f} [{found['diff']['ci90'][0]:+.4f}, "
+              f"{found['diff']['ci90'][1]:+.4f}] over {found['seeds']} seeds (ledger: {findings.FILE})")
         return
-    file = os.path.join(runner.ASSETS, "wsd_schedules.png")
+    file = os.path.join(out, "assets", "wsd_schedules.png")
     plot_schedules(file, a.S, a.W)
     print(f"figure: {file}")
     if not a.plot_only:
-        exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data))
+        exit_on_user_error(lambda: experiment(quick=a.quick, fresh=a.fresh, seeds=a.seeds, data=a.data, out=out))
 
 
 if __name__ == "__main__":

@@ -154,3 +154,49 @@ def test_the_machine_names_the_cpu_kernels_its_floats_come_from():
                   {"ATEN_CPU_CAPABILITY": "default"})
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip().endswith(", DEFAULT)"), got.stdout
+
+
+# ------------------------------------------------------------------------------------------ a user's own rerun
+
+
+def tree_digest(*dirs):
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d in dirs for f in sorted(os.listdir(d))
+            if os.path.isfile(os.path.join(d, f))}
+
+
+def test_an_experiment_run_without_record_leaves_the_committed_results(tmp_path, monkeypatch, capsys):
+    from experiments import findings, mup
+    before = tree_digest(runner.RESULTS, runner.ASSETS)
+    monkeypatch.setattr(runner, "RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(findings, "FILE", findings.FILE)  # (restored after: destination() points it at runs/)
+    monkeypatch.setattr(sys, "argv", ["mup.py", "coord", "--widths", "64", "128", "--steps", "1", "--seeds", "3"])
+    mup.main()
+    assert "writing under" in capsys.readouterr().out
+    assert tree_digest(runner.RESULTS, runner.ASSETS) == before  # results/, assets/ and the ledger untouched
+    mine = json.loads((tmp_path / "runs" / "results" / "findings.json").read_text())
+    assert set(mine) == {"coord_check_attention", "coord_check_mlp"} and (tmp_path / "runs" / "assets" / "coord_check.png").exists()
+
+
+def test_a_rerun_records_an_experiment_and_nothing_else():
+    assert rerun.argv_of("python -m experiments.wsd --quick --seeds 5")[1:] == \
+        ["-m", "experiments.wsd", "--quick", "--seeds", "5", "--record"]
+    assert rerun.argv_of("python /tmp/exp.py A") == [sys.executable, "/tmp/exp.py", "A"]
+
+
+@pytest.mark.parametrize("argv, message", [(["-m", "experiments.wsd", "--seeds", "0"], "0 must be >= 1"),
+                                           (["-m", "experiments.wsd", "--small_long", "--seeds", "1"],
+                                            "needs --seeds 3 or more"),
+                                           (["-m", "experiments.mup", "transfer", "--steps", "0"], "0 must be >= 1")])
+def test_experiment_flags_out_of_range_are_one_line(argv, message):
+    r = run_cli(argv, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_sweep_says_which_runs_it_reuses(tmp_path, capsys):
+    c = dict(preset="tiny", hidden_size=32, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+             intermediate_size=64, seq_len=16, batch_size=2, max_steps=2, warmup_steps=0, decay_steps=0,
+             eval_interval=2, eval_steps=1, sample_tokens=0, device="cpu", out_dir="")
+    file = str(tmp_path / "sweep.json")
+    runner.sweep(file, {"a": c})
+    runner.sweep(file, {"a": c, "b": {**c, "seed": 2}})
+    assert "1 of 2 runs reused as recorded, 1 to train" in capsys.readouterr().out
