@@ -43,11 +43,11 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from configurator import ConfigError
 from corpus import load_data
 from files import (check_regular, fix_for, fsync_dir, locked as locked_dir, make_dirs, one_line, open_append,
-                   open_regular,
+                   open_regular, parse_json,
                    replace_atomically)
 from model import MiniCPM, MiniCPMConfig, model_config
 from mup import load_named_optimizer_state
-from official import WEIGHT_FILES, config_from_json, from_pretrained, is_official_dir, save_pretrained
+from official import WEIGHT_FILES, config_from_json, export_llama, from_pretrained, is_official_dir, save_pretrained
 from system import check_fits_in_memory
 from tokenizer import known_tokenizers, save_tokenizer, tokenizer_id, tokenizer_of
 
@@ -442,7 +442,7 @@ def model_from_checkpoint(path, device="cpu"):
     return Loaded(model.to(device).eval(), ckpt["config"], checkpoint_tokenizer(ckpt, path), ckpt.get("origin"))
 
 
-def export_checkpoint(src, dst):
+def export_checkpoint(src, dst, fmt="minicpm"):
     """A train.py checkpoint (ckpt.pt, or an FSDP run's DCP directory) -> the official single-file format in dst
     (config.json + model.safetensors, or pytorch_model.bin without safetensors), which official.from_pretrained
     reads, and the run's tokenizer beside it (tokenizer.save_tokenizer: a checkpoint directory's tokenizer files
@@ -455,6 +455,9 @@ def export_checkpoint(src, dst):
         raise CheckpointError(f"{dst} already holds a model ({', '.join(held)}): export into a new directory (its "
                               f"files would be mixed with the new ones), or remove it first")
     loaded = model_from_checkpoint(src)
+    if fmt == "llama":  # transformers loads it without custom code (a MiniCPM-MoE model as Mixtral)
+        export_llama(loaded.model, dst, tokenizer=loaded.tokenizer)
+        return dst
     for need in (loaded.origin, loaded.tokenizer if loaded.tokenizer not in known_tokenizers() else None):
         if need and not os.path.isdir(need):
             raise CheckpointError(f"{src} was trained on from {need}, which is not there any more: put it back (its "
@@ -551,12 +554,16 @@ def read_jsonl(path, torn_ok=False):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            row = parse_json(line, f"{path}:{i}")
+        except ValueError as e:
             if torn_ok and not any(rest.strip() for rest in lines[i:]):
                 torn = True
                 continue
-            raise CheckpointError(f"{path}:{i} is not a JSON row: repair or delete the line") from None
+            raise CheckpointError(f"{e}: repair or delete the line") from None
+        if not isinstance(row, dict):
+            raise CheckpointError(f"{path}:{i} is a JSON {type(row).__name__}, not a row object: repair or delete "
+                                  f"the line")
+        rows.append(row)
     return (rows, torn) if torn_ok else rows
 
 

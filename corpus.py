@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from configurator import ConfigError, exit_on_user_error
-from files import locked, make_dirs, open_regular, replace_atomically, write_json
+from files import locked, make_dirs, open_regular, parse_json, replace_atomically, write_json
 from tokenizer import (chat_pieces, data_tokenizer_id, get_encoding, ids_and_labels, known_tokenizers, tokenizer_id,
                        with_bos)
 
@@ -87,7 +87,7 @@ def read_document_file(path):
                 continue
             try:
                 text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                 raise ValueError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
             if not isinstance(text, str):
                 raise ValueError(f"{path}:{i}: the \"text\" field is {type(text).__name__}, not a string")
@@ -351,10 +351,7 @@ def read_jsonl_rows(path, fields):
                 raise ValueError(f"{where}: not UTF-8 text (byte {e.start} of the line): re-encode the file") from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            row = parse_json(line, where)
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object")
             if fields == "chat":

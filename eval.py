@@ -16,10 +16,12 @@ import argparse
 import functools
 import math
 import os
+import statistics
 import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
@@ -45,17 +47,20 @@ def load_model(out_dir=None, model_dir=None, device="cpu"):
 
 @torch.no_grad()
 def bits_per_byte(model, data, seq_len, windows=64, seed=0, batch=8):
-    """(mean loss in nats/token, bits per byte) over `windows` validation windows of seq_len tokens (paper §4.5:
-    the loss per byte compares models of different tokenizers)."""
+    """(mean loss in nats/token, bits per byte, the half-width of its 95% interval in bits per byte) over `windows`
+    validation windows of seq_len tokens (paper §4.5: the loss per byte compares models of different tokenizers).
+    The interval is the sampling error of the windows (1.96 standard errors of their mean): another sample of
+    windows, such as the one training evaluates, lands within about that much."""
     device = next(model.parameters()).device
-    total, n = 0.0, 0
+    per_window = []
     for i in range(math.ceil(windows / batch)):
         rows = min(batch, windows - i * batch)
         x, y = data.batch("val", seed, i, rows, seq_len)
-        total += model(x.to(device), y.to(device))[1].item() * rows
-        n += rows
-    loss = total / n
-    return loss, loss / math.log(2) / data.meta["bytes_per_token"]
+        logits = model(x.to(device))[0].float()
+        per_window += F.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none").mean(1).tolist()
+    loss, to_bpb = statistics.fmean(per_window), 1 / math.log(2) / data.meta["bytes_per_token"]
+    half = 1.96 * statistics.stdev(per_window) / math.sqrt(len(per_window)) if len(per_window) > 1 else math.nan
+    return loss, loss * to_bpb, half * to_bpb
 
 
 def passkey(model, encode, decode, lengths, trials=8, digits=5):
@@ -79,17 +84,21 @@ def evaluate(a):
                           f"copy the checkpoint's tokenizer files into it")
     enc = get_encoding(name)
     seq_len = a.seq_len or min(cfg["seq_len"] if cfg else 256, model.config.max_length - 1)
-    result = dict(model=a.model_dir or a.out_dir, tokenizer=tokenizer_id(name), seq_len=seq_len)
+    if not 1 <= seq_len < model.config.max_length:
+        raise ConfigError(f"--seq_len={seq_len} must be within [1, {model.config.max_length - 1}] (the model's "
+                          f"max_length - 1), or 0 for the run's own")
+    result = dict(model=a.model_dir or a.out_dir, tokenizer=tokenizer_id(name), seq_len=seq_len, windows=a.windows)
     default = cfg["data"] if cfg and "," not in cfg["data"] and not cfg["data"].endswith(".jsonl") else "embedded"
     sets = [s for s in (a.data if a.data is not None else default).split(",") if s]
-    result["loss"], result["bits_per_byte"] = {}, {}
+    result["loss"], result["bits_per_byte"], result["bits_per_byte_95"] = {}, {}, {}
     for s in sets:
         data = TokenData(s)
         if data_tokenizer_id(data.meta) != tokenizer_id(name):
             raise ConfigError(f"--data {s} is tokenized with {data_tokenizer_id(data.meta)}, the model with "
                               f"{tokenizer_id(name)}: give data prepared with the model's tokenizer (python corpus.py "
                               f"--tokenizer {name} ...)")
-        result["loss"][s], result["bits_per_byte"][s] = bits_per_byte(model, data, seq_len, a.windows)
+        result["loss"][s], result["bits_per_byte"][s], result["bits_per_byte_95"][s] = bits_per_byte(
+            model, data, seq_len, a.windows)
     encode, decode = (lambda s: with_bos(enc, enc.encode_ordinary(s))), functools.partial(decode_ids, enc)
     lengths = [int(x) for x in a.passkey_lengths.split(",") if x] if a.passkey_lengths else \
         [L for L in (128, 256, 512, 1024, 2048, 4096) if L <= model.config.max_length][-3:]
@@ -104,8 +113,8 @@ def evaluate(a):
 def report(result):
     """The numbers, one line each."""
     lines = [f"{result['model']} (tokenizer {result['tokenizer']}, windows of {result['seq_len']} tokens)"]
-    lines += [f"  bits per byte on {s}: {b:.4f} ({result['loss'][s]:.4f} nats/token)"
-              for s, b in result["bits_per_byte"].items()]
+    lines += [f"  bits per byte on {s}: {b:.4f} +- {result['bits_per_byte_95'][s]:.4f} (95%, {result['windows']} "
+              f"windows; {result['loss'][s]:.4f} nats/token)" for s, b in result["bits_per_byte"].items()]
     lines += [f"  passkey at {T} tokens: {p['mean']:.0%} (by depth {', '.join(f'{x:.0%}' for x in p['by_depth'])})"
               for T, p in result["passkey"].items()]
     if "tasks" in result:

@@ -171,3 +171,24 @@ def locked(directory, busy_error):
         f.write(f"process {os.getpid()} on {os.uname().nodename}\n")
         f.flush()
         yield
+
+
+def parse_json(text, where):
+    """json.loads of text, a bad document as one ValueError line naming `where` and the line and column (nesting
+    too deep for Python's parser included)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{where} is JSON nested too deeply to read") from None
+
+
+def read_json(path, kind=dict, fix="restore it or write it again"):
+    """The JSON document of the regular file path, checked to be a `kind` (dict, list ...): else one ValueError line
+    naming the file, what it holds and `fix`."""
+    with open_regular(path, "rb") as f:
+        obj = parse_json(f.read(), path)
+    if kind is not None and not isinstance(obj, kind):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not a JSON {kind.__name__}: {fix}")
+    return obj

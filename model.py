@@ -460,7 +460,10 @@ class MiniCPM(nn.Module):
             if top_k == 1 or temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
-                logits = logits / temperature
+                scaled = logits / temperature
+                if not torch.isfinite(scaled).all():  # a tiny temperature overflows: the same ranking, from 0 down
+                    scaled = (logits - logits.max(-1, keepdim=True).values) / temperature
+                logits = scaled
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")

@@ -6,13 +6,13 @@ back), and the training curve of a run.
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 
 from matplotlib.figure import Figure
 
+from checkpoint import CheckpointError, read_jsonl
 from files import make_dirs, replace_atomically
 
 
@@ -63,9 +63,13 @@ def main(argv=None):
               file=sys.stderr)
         sys.exit(2)
     out = a.out or os.path.join(os.path.dirname(path), "loss.png")
-    with open(path) as f:
-        plot_metrics([json.loads(line) for line in f if line.strip()], out)
-    print(f"figure: {out}")
+    try:
+        rows, torn = read_jsonl(path, torn_ok=True)  # (a run still writing it may have cut its last line short)
+        plot_metrics(rows, out)
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"figure: {out}" + (" (its torn last line left out)" if torn else ""))
 
 
 if __name__ == "__main__":

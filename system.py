@@ -83,6 +83,23 @@ def check_fits_in_memory(config):
                           f"vocab_size, hidden_size, num_hidden_layers, intermediate_size and num_experts")
 
 
+def check_step_fits(config, batch_size, seq_len, device, activation_checkpointing=False):
+    """Refuse, in one line, a training step that cannot fit this device's memory, by a lower bound of what it holds:
+    fp32 weights, gradients and AdamW moments (16 bytes a parameter), each layer's fp32 activations (at least
+    12 d + 3 f floats a token; one layer's under activation checkpointing), and the logits with their softmax and
+    gradient (3 V floats a token). A step over it would only end in the OOM killer, without a word."""
+    c, tokens = config, batch_size * seq_len
+    layers = 1 if activation_checkpointing else c.num_hidden_layers
+    need = 16 * config_params(c) + 4 * tokens * (layers * (12 * c.hidden_size + 3 * c.intermediate_size)
+                                                 + 3 * c.vocab_size)
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else \
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"a training step of batch_size={batch_size} rows x seq_len={seq_len} tokens needs at least "
+                          f"{need / 2 ** 30:,.1f} GiB, more than this {device.type.upper()}'s {have / 2 ** 30:,.1f} "
+                          f"GiB: lower batch_size (raise grad_accum to keep the global batch) or seq_len")
+
+
 def saved_activation_bytes(config, batch_size, seq_len, activation_checkpointing, probe=None):
     """The bytes autograd keeps for the backward of one training forward (loss included) of `config` under bf16
     autocast, as train.py runs on a GPU: measured on this CPU under autocast (the same bf16 / fp32 split of the ops)

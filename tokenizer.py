@@ -27,7 +27,7 @@ import sys
 
 import tiktoken
 
-from files import make_dirs, one_line, replace_atomically, write_json
+from files import make_dirs, one_line, read_json, replace_atomically, write_json
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|user|>", "<|assistant|>")
 # GPT-2's pre-tokenization regex; with byte-level ranks it only decides where BPE could merge, so any split works
@@ -35,6 +35,10 @@ _PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\
 # the files of a directory's tokenizer, in the order they are looked for, and those copied with it on export
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+class TokenizerUnavailable(FileNotFoundError, RuntimeError):
+    """A tiktoken BPE that is neither cached nor downloadable: a missing file to every entry point (one line)."""
 
 
 def known_tokenizers():
@@ -62,7 +66,7 @@ def get_encoding(name="bytes"):
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network and nothing cached: tiktoken raises a requests/urllib error
-        raise RuntimeError(f"tiktoken BPE {name!r} is not cached and could not be downloaded ({type(e).__name__}): "
+        raise TokenizerUnavailable(f"tiktoken BPE {name!r} is not cached and could not be downloaded ({type(e).__name__}): "
                            f"go online once, or point TIKTOKEN_CACHE_DIR at a cache holding it, "
                            f"or use tokenizer='bytes'") from None
 
@@ -115,12 +119,18 @@ class DirTokenizer:
         file = os.path.join(self.path, "tokenizer_config.json")
         if not os.path.isfile(file):
             return {}
-        try:
-            with open(file, encoding="utf-8") as f:
-                config = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{file} is not valid JSON ({e}): re-download the checkpoint") from None
-        return config if isinstance(config, dict) else {}
+        config = read_json(file, dict, "re-download the checkpoint")
+        for key in ("chat_template", "eos_token", "bos_token"):  # what this file reads: a string (or its known forms)
+            v = config.get(key)
+            ok = v is None or isinstance(v, str) or (key == "chat_template" and isinstance(v, list) and all(
+                isinstance(t, dict) and isinstance(t.get("template"), str) for t in v)) or \
+                (key != "chat_template" and isinstance(v, dict) and isinstance(v.get("content"), str))
+            if not ok:
+                raise ValueError(f"{file}: {key} is a JSON {type(v).__name__} this tokenizer cannot use: fix it or "
+                                 f"re-download the checkpoint")
+        if not isinstance(config.get("add_bos_token"), (bool, type(None))):
+            raise ValueError(f"{file}: add_bos_token must be true or false")
+        return config
 
     def _open_tokenizers(self, file, config):
         try:
@@ -245,8 +255,11 @@ def tokenizer_of(model_dir):
                             ("tokenizer.json", lambda s: "bytes" if s == tokenizer_files("bytes")[1] else None)):
         path = os.path.join(model_dir, name_file)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                name = read(json.load(f))
+            doc = read_json(path, None, "export the model again")
+            name = read(doc) if isinstance(doc, dict) or name_file == "tokenizer.json" else None
+            if name_file == "tiktoken.json" and not isinstance(name, str):
+                raise ValueError(f"{path} must be an object naming the encoding, {{\"tiktoken_encoding\": \"gpt2\"}}: "
+                                 f"export the model again")
             if name:
                 return name
     return os.path.abspath(model_dir) if tokenizer_file(model_dir) else None

@@ -49,8 +49,9 @@ from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import configure_optimizer, named_optimizer_state, set_lr
 from plots import plot_metrics
 from sample import generate_text
-from system import (StopFlag, all_mean, check_fits_in_memory, check_same_config, flops_per_token, hardware, launch_command, peak_flops,
-                    process_device, resolve_system, setup_distributed, shard_model)
+from system import (StopFlag, all_mean, check_fits_in_memory, check_same_config, check_step_fits, flops_per_token,
+                    hardware, launch_command, peak_flops, process_device, resolve_system, setup_distributed,
+                    shard_model)
 from tokenizer import data_tokenizer_id
 from wsd import DecayStats, lr_at, schedule_defaults
 
@@ -263,6 +264,7 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, sou
     or a released checkpoint) or a fresh muP init (source None); `fingerprints`, the content of this run's data
     (data_fingerprints), is what a resumed checkpoint must have trained on. Returns (model, optimizer, step)."""
     check_fits_in_memory(mcfg)
+    check_step_fits(mcfg, cfg["batch_size"], cfg["seq_len"], device, cfg["activation_checkpointing"])
     torch.manual_seed(cfg["seed"])
     model = MiniCPM(mcfg).to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]
@@ -760,6 +762,18 @@ def write_run_outputs(r, result, text, figure=True):
                          f"`python plots.py {out_dir}` redraws loss.png") from None
 
 
+EXPORT_USAGE = """python train.py export CHECKPOINT OUT_DIR [--format=minicpm|llama]
+
+CHECKPOINT: a run's out_dir, its ckpt.pt, or an FSDP run's DCP directory (ckpt_dcp). OUT_DIR: a new directory.
+  --format=minicpm  the official MiniCPM layout (config.json, model.safetensors, the tokenizer). Our from_pretrained,
+                    sample.py and eval.py read it. transformers reads it only with the official modeling code
+                    (trust_remote_code): a run trained from scratch carries none, so copy it in or use llama.
+  --format=llama    a LlamaForCausalLM (a MiniCPM-MoE model: MixtralForCausalLM), the multipliers folded into the
+                    weights: transformers loads it with no custom code, with the same logits."""
+EXPORT_READERS = dict(minicpm="official.from_pretrained reads it; transformers with the official modeling code",
+                      llama="transformers' AutoModelForCausalLM reads it")
+
+
 def usage():
     """The docstring, then every config key with its default and the comment beside it in this file (and, for the
     model keys, in model.py's MiniCPMConfig): written once, where a reader finds it."""
@@ -777,10 +791,16 @@ def main(argv):
         return
 
     def work():
-        if argv[:1] == ["export"]:  # python train.py export out/ckpt_dcp official_dir
-            if len(argv) != 3:
-                raise ConfigError("usage: python train.py export CHECKPOINT(ckpt.pt | DCP dir | out_dir) OUT_DIR")
-            print(f"exported to {export_checkpoint(argv[1], argv[2])} (official.from_pretrained reads it)")
+        if argv[:1] == ["export"]:  # python train.py export out/ckpt_dcp official_dir [--format=llama]
+            fmt = next((x.split("=", 1)[1] for x in argv[1:] if x.startswith("--format=")), "minicpm")
+            paths = [x for x in argv[1:] if not x.startswith("--format=")]
+            if paths[:1] in (["--help"], ["-h"]):
+                print(EXPORT_USAGE)
+                return 0
+            if len(paths) != 2 or fmt not in ("minicpm", "llama"):
+                raise ConfigError("usage: python train.py export CHECKPOINT OUT_DIR [--format=minicpm|llama] "
+                                  "(--help: what each writes)")
+            print(f"exported to {export_checkpoint(paths[0], paths[1], fmt)} ({EXPORT_READERS[fmt]})")
             return 0
         return train(get_config(argv))["exit_code"]
     try:

@@ -23,11 +23,11 @@ finding: its arms and their per-seed values, the differences, the interval, the 
 and the wall time, so anyone can recompute it.
 """
 
-import json
 import math
 import os
 import statistics
 
+from configurator import ConfigError
 from experiments.runner import RESULTS, read_json
 from files import write_json
 
@@ -140,11 +140,24 @@ def record(*, fid, section, claim, paper, test, delta, why, a, b, a_per_seed, b_
     return finding
 
 
+# what every finding of the ledger holds (report.py's tables read these)
+FIELDS = ("id", "section", "claim", "test", "delta", "a", "b", "diff", "seeds", "verdict", "command")
+
+
 def load():
+    """The ledger {id: finding}, {} where none is written yet; a ledger that is not one (corrupt, {}, a finding
+    without its fields) is one ConfigError line: the README's tables are never rebuilt from it."""
     if not os.path.isfile(FILE):
         return {}
-    with open(FILE) as f:
-        return json.load(f)
+    ledger = read_json(FILE)
+    fix = f"restore it (git checkout -- {os.path.relpath(FILE)}) or record the findings again (python report.py --record)"
+    if not ledger:
+        raise ConfigError(f"{FILE} holds no findings: {fix}")
+    for fid, f in ledger.items():
+        lacks = [k for k in FIELDS if k not in f] if isinstance(f, dict) else ["everything"]
+        if lacks:
+            raise ConfigError(f"{FILE}: finding {fid} lacks {', '.join(lacks)}: {fix}")
+    return ledger
 
 
 def _fmt(x):

@@ -10,7 +10,6 @@ explanations of its findings. Adding an experiment is writing one file here.
     python -m experiments.wsd --quick --seeds 3      # from the repository root (the experiments import train.py)
 """
 
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ import system
 import train
 from checkpoint import run_files
 from configurator import ConfigError
+import files
 from files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,11 +225,9 @@ def write_summary(out, name, summary):
 def read_json(file):
     """A results file, a truncated or corrupt one as one line that names it."""
     try:
-        with open(file) as f:
-            return json.load(f)
+        return files.read_json(file, dict)
     except ValueError as e:
-        raise ConfigError(f"{file} is not valid JSON ({e}): restore it (git checkout -- {file}) or rerun the "
-                          f"experiment that writes it") from None
+        raise ConfigError(f"{e}; restore it (git checkout -- {file}) or rerun the experiment that writes it") from None
 
 
 def read_results(name):

@@ -281,3 +281,102 @@ def test_a_dpo_run_of_a_billion_steps_draws_no_list_of_them():
     t0 = time.time()
     assert dpo.pairs_drawn(dict(seed=1, max_steps=10 ** 9), 50, 16).tolist() == list(range(50))
     assert time.time() - t0 < 10
+
+
+# ------------------------------------------------------------------------------------------ a newcomer's path
+
+
+def test_export_help_and_a_llama_export_from_the_command_line(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    a_run(tmp_path / "run")
+    train.main(["export", "--help"])
+    assert "--format=llama" in capsys.readouterr().out
+    train.main(["export", str(tmp_path / "run"), str(tmp_path / "llama"), "--format=llama"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "llama")).eval()
+    ours = checkpoint.model_from_checkpoint(str(tmp_path / "run")).model
+    x = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_eval_states_its_sampling_error_and_refuses_a_bad_length(tmp_path):
+    a_run(tmp_path / "run")
+    r = run_cli(["eval.py", f"--out_dir={tmp_path / 'run'}", "--seq_len=-5"])
+    one_line_error(r, "--seq_len=-5 must be within [1,")
+    r = run_cli(["eval.py", f"--out_dir={tmp_path / 'run'}", "--windows=16", "--tasks=0", "--passkey_lengths=128",
+                 "--passkey_trials=1"], timeout=300)
+    assert r.returncode == 0 and "+- " in r.stdout and "(95%, 16 windows" in r.stdout, r.stderr[-2000:]
+
+
+def test_a_tiny_temperature_samples_the_top_token():
+    m = checkpoint.MiniCPM(checkpoint.MiniCPMConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2))
+    x = torch.randint(0, 64, (1, 4))
+    torch.manual_seed(0)
+    assert torch.equal(m.generate(x, 5, temperature=1e-30, top_k=None), m.generate(x, 5, temperature=0))
+
+
+# ------------------------------------------------------------------------------------------ files that are JSON
+
+
+def test_metrics_rows_that_are_not_objects_or_nest_too_deeply_are_one_line(tmp_path):
+    c = a_run(tmp_path, max_steps=6)
+    (tmp_path / "ckpt.pt").write_bytes((tmp_path / "ckpt_000004.pt").read_bytes())
+    good = (tmp_path / "metrics.jsonl").read_text()
+    for bad, message in (("[1, 2]", "is a JSON list, not a row object"), ("[" * 100000 + "]" * 100000, "too deeply")):
+        (tmp_path / "metrics.jsonl").write_text(bad + "\n" + good)
+        with pytest.raises(checkpoint.CheckpointError, match=f"metrics.jsonl:1 .*{message}"):
+            train.train({**c, "resume": True}, quiet=True)
+
+
+def test_a_deeply_nested_sft_row_is_one_line(tmp_path):
+    f = tmp_path / "sft.jsonl"
+    f.write_text('{"prompt": "a", "response": "b"}\n' + '{"prompt": ' + "[" * 100000 + "]" * 100000 + "}\n")
+    with pytest.raises(ValueError, match="sft.jsonl:2 is JSON nested too deeply"):
+        corpus.read_jsonl_rows(str(f), "chat")
+
+
+@pytest.mark.parametrize("ledger", ["{}", "[]", '{"x": {"id": "x"}}', "{"])
+def test_report_refuses_a_ledger_that_is_not_one_and_rewrites_nothing(tmp_path, monkeypatch, ledger):
+    import report
+    from experiments import findings
+    (tmp_path / "findings.json").write_text(ledger)
+    monkeypatch.setattr(findings, "FILE", str(tmp_path / "findings.json"))
+    docs = {doc: open(doc).read() for doc in report.DOCS}
+    with pytest.raises(SystemExit) as e:
+        report.main([])
+    assert e.value.code == 2 and {doc: open(doc).read() for doc in report.DOCS} == docs
+
+
+def test_plots_draws_a_run_whose_last_line_is_torn(tmp_path, capsys):
+    import plots
+    a_run(tmp_path)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train_lo')
+    (tmp_path / "loss.png").unlink()
+    plots.main([str(tmp_path)])
+    assert "torn last line left out" in capsys.readouterr().out and (tmp_path / "loss.png").exists()
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("tokenizer_config.json", '{"chat_template": 5}', "chat_template is a JSON int"),
+    ("tokenizer_config.json", '{"eos_token": ["</s>"]}', "eos_token is a JSON list"),
+    ("tokenizer_config.json", '{"add_bos_token": "yes"}', "add_bos_token must be true or false"),
+    ("tiktoken.json", "[1, 2]", "must be an object naming the encoding")])
+def test_tokenizer_files_of_odd_types_are_one_line(tmp_path, name, text, message):
+    a_run(tmp_path / "run")
+    checkpoint.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "exp"))
+    if name == "tokenizer_config.json":  # a tokenizer of its own (not byte for byte ours): read from the directory
+        spec = json.loads((tmp_path / "exp" / "tokenizer.json").read_text())
+        (tmp_path / "exp" / "tokenizer.json").write_text(json.dumps({**spec, "truncation": {"max_length": 512}}))
+    (tmp_path / "exp" / name).write_text(text)
+    r = run_cli(["sample.py", f"--model_dir={tmp_path / 'exp'}", "--max_new_tokens=2", "--num_samples=1"])
+    one_line_error(r, message)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(tmp_path):
+    r = run_cli(["train.py", *cli_args(cfg(tmp_path, batch_size=10 ** 6, seq_len=256, warmup_steps=0,
+                                           decay_steps=0))], timeout=120)
+    one_line_error(r, "a training step of batch_size=1000000 rows x seq_len=256 tokens needs at least",
+                   "raise grad_accum")
+    assert not (tmp_path / "metrics.jsonl").exists()
