@@ -66,9 +66,9 @@ def get_encoding(name="bytes"):
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network and nothing cached: tiktoken raises a requests/urllib error
-        raise TokenizerUnavailable(f"tiktoken BPE {name!r} is not cached and could not be downloaded ({type(e).__name__}): "
-                           f"go online once, or point TIKTOKEN_CACHE_DIR at a cache holding it, "
-                           f"or use tokenizer='bytes'") from None
+        raise TokenizerUnavailable(f"tiktoken BPE {name!r} is not cached and could not be downloaded "
+                                   f"({type(e).__name__}): go online once, or point TIKTOKEN_CACHE_DIR at a cache "
+                                   f"holding it, or use tokenizer='bytes'") from None
 
 
 def tokenizer_id(name):

@@ -1,8 +1,8 @@
 """
 The command line every experiment shares, and where its runs go.
 
-    python -m experiments.wsd --quick --seeds 3            # your own rerun: runs/results/, runs/assets/, runs/results/findings.json
-    python -m experiments.wsd --quick --seeds 5 --record   # the repository's: results/, assets/, results/findings.json
+    python -m experiments.wsd --quick --seeds 3            # your own: runs/results/, runs/assets/, their ledger
+    python -m experiments.wsd --quick --seeds 5 --record   # the repository's: results/, assets/, its ledger
 
 A user's rerun never changes the committed results: without --record every file an experiment writes (its runs'
 checkpoints, results, figures and findings) goes under runs/. `python report.py --rerun` records (it adds --record).

@@ -150,7 +150,7 @@ def load():
     if not os.path.isfile(FILE):
         return {}
     ledger = read_json(FILE)
-    fix = f"restore it (git checkout -- {os.path.relpath(FILE)}) or record the findings again (python report.py --record)"
+    fix = f"restore it (git checkout -- {os.path.relpath(FILE)}) or record them again (python report.py --record)"
     if not ledger:
         raise ConfigError(f"{FILE} holds no findings: {fix}")
     for fid, f in ledger.items():

@@ -412,8 +412,8 @@ def main():
     if a.quick:
         a.widths = [64, 128, 256, 512]
     if a.experiment in ("coord", "all"):
-        exit_on_user_error(lambda: run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers, out=out,
-                                                   tag="_quick" if a.quick else ""), ValueError)
+        exit_on_user_error(lambda: run_coord_check(a.widths, a.steps, a.lr, tuple(range(coord_seeds)), a.layers,
+                                                   out=out, tag="_quick" if a.quick else ""), ValueError)
     if a.experiment in ("transfer", "all"):
         exit_on_user_error(lambda: lr_transfer(quick=a.quick, fresh=a.fresh, seeds=a.seeds or 1, data=a.data,
                                                out=out))

@@ -227,7 +227,7 @@ def read_json(file):
     try:
         return files.read_json(file, dict)
     except ValueError as e:
-        raise ConfigError(f"{e}; restore it (git checkout -- {file}) or rerun the experiment that writes it") from None
+        raise ConfigError(f"{e}: restore it (git checkout -- {file}) or rerun the experiment that writes it") from None
 
 
 def read_results(name):

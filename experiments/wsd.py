@@ -529,8 +529,9 @@ def main():
     if a.decay_length_at or a.small_long:
         found = exit_on_user_error(lambda: decay_length_at(a.decay_length_at, a.seeds, out=out, fresh=a.fresh)
                                    if a.decay_length_at else small_long_vs_large_short(a.seeds, out=out, fresh=a.fresh))
-        print(f"{found['id']}: {found['verdict']}, A - B = {found['diff']['mean']:+.4f} [{found['diff']['ci90'][0]:+.4f}, "
-              f"{found['diff']['ci90'][1]:+.4f}] over {found['seeds']} seeds (ledger: {findings.FILE})")
+        lo, hi = found["diff"]["ci90"]
+        print(f"{found['id']}: {found['verdict']}, A - B = {found['diff']['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] over "
+              f"{found['seeds']} seeds (ledger: {findings.FILE})")
         return
     file = os.path.join(out, "assets", "wsd_schedules.png")
     plot_schedules(file, a.S, a.W)

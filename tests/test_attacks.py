@@ -150,7 +150,8 @@ def test_a_chat_template_that_loops_or_grows_stops_in_one_line():
             ("{{ 'x' * 10000000000 }}", "characters"),
             ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "characters"),
             ("{% for m in messages %}", "does not parse"),
-            ("{{ messages[5].content }}", "fails on a conversation")]:
+            ("{{ messages[5].content }}", "fails on a conversation"),
+            ("{{ messages.append(1) }}", "fails on a conversation .*SecurityError")]:
         Enc.chat_template = template
         t0 = time.time()
         with pytest.raises(ValueError, match=f"the chat template of rel.*{why}"):
@@ -380,3 +381,33 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(tmp
     one_line_error(r, "a training step of batch_size=1000000 rows x seq_len=256 tokens needs at least",
                    "raise grad_accum")
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------ signals outside the loop
+
+
+def test_ctrl_c_outside_a_loop_is_one_line_and_130():
+    r = subprocess.run([sys.executable, "-c", "import os, signal, time, configurator\nconfigurator.exit_on_user_error("
+                        "lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(30)))"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr.strip() == "stopped by Ctrl-C", r.stderr
+
+
+def test_sigterm_during_the_end_of_run_sample_leaves_a_finished_run(tmp_path):
+    # the summary and figure of a finished run come before its sample: a signal during the sample costs only it
+    c = cfg(tmp_path, max_steps=2, warmup_steps=0, decay_steps=0, sample_tokens=10 ** 5,
+            max_position_embeddings=10 ** 5)
+    p = subprocess.Popen([sys.executable, "train.py", *cli_args(c)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "summary.json").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == -signal.SIGTERM  # (after the loop: the default action, as any program)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["sample"] is None and (tmp_path / "loss.png").exists()

@@ -174,7 +174,8 @@ def test_an_experiment_run_without_record_leaves_the_committed_results(tmp_path,
     assert "writing under" in capsys.readouterr().out
     assert tree_digest(runner.RESULTS, runner.ASSETS) == before  # results/, assets/ and the ledger untouched
     mine = json.loads((tmp_path / "runs" / "results" / "findings.json").read_text())
-    assert set(mine) == {"coord_check_attention", "coord_check_mlp"} and (tmp_path / "runs" / "assets" / "coord_check.png").exists()
+    assert set(mine) == {"coord_check_attention", "coord_check_mlp"}
+    assert (tmp_path / "runs" / "assets" / "coord_check.png").exists()
 
 
 def test_a_rerun_records_an_experiment_and_nothing_else():
