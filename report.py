@@ -38,7 +38,8 @@ from files import replace_atomically, write_json
 
 README = os.path.join(ROOT, "README.md")
 EXPERIMENTS_README = os.path.join(ROOT, "experiments", "README.md")
-DOCS = (README, EXPERIMENTS_README)  # the documents whose generated blocks report.py writes
+# the documents whose generated blocks report.py writes
+DOCS = (README, EXPERIMENTS_README, os.path.join(ROOT, "docs", "training.md"), os.path.join(ROOT, "docs", "model.md"))
 COMPARISON = os.path.join(RESULTS, "rerun_comparison.json")  # the verdicts a rerun elsewhere shares (--compare)
 
 
@@ -374,8 +375,8 @@ def main(argv=None):
             explain()
         update_readme()
         names = list(blocks())
-        print(f"README.md, experiments/README.md: {len(names)} generated blocks rewritten from results/ "
-              f"({', '.join(names)})")
+        print(f"{', '.join(os.path.relpath(d, ROOT) for d in DOCS)}: {len(names)} generated blocks rewritten from "
+              f"results/ ({', '.join(names)})")
         if unexplained():  # (shown in the README's ledger as they are; an explanation is its experiment's EXPLAIN)
             print(f"not reproduced, with no explanation yet: {', '.join(unexplained())}: say why in the experiment's "
                   f"EXPLAIN, then python report.py --explain")
