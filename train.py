@@ -84,10 +84,8 @@ decay_data = ""  # paper §5, two-stage pre-training: the mixture the WSD decay 
 long_ratio = 1.0  # long-context mix (paper §7.2: 0.44): the fraction of rows that are seq_len-long windows ...
 short_len = 0  # ... the others are made of independent short_len-token windows
 passkey_ratio = 0.0  # the fraction of rows that are passkey documents (longctx.py)
-# model: a preset from model.PRESETS, each field below overrides it when not None
+# model: a preset from model.PRESETS; the model keys at the end of this block override it
 preset = "tiny"
-for _f in fields(MiniCPMConfig):
-    globals()[_f.name] = None
 # optimisation (paper §3: AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1.0, muP lr ~0.01)
 lr = 0.01  # the base lr eta; hidden matrices get lr / m (mup.py); 0 keeps the weights (a round-trip check)
 weight_decay = 0.1
@@ -115,6 +113,27 @@ dtype = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
 compile = "auto"  # auto: torch.compile on CUDA, eager on CPU
 fsdp = False  # FSDP2 (fully_shard per block, bf16 params / fp32 reductions on CUDA) + DCP checkpoints; torchrun
 activation_checkpointing = False  # recompute each block in the backward: ~4x longer contexts for ~1/3 more compute
+# model keys: model.py's MiniCPMConfig fields; None takes the preset's value (or, resuming or starting from a
+# checkpoint, its model's). Their meanings and defaults: python train.py --help
+vocab_size = None
+hidden_size = None
+num_hidden_layers = None
+num_attention_heads = None
+num_key_value_heads = None
+intermediate_size = None
+max_position_embeddings = None
+rms_norm_eps = None
+rope_theta = None
+rope_scaling = None
+scale_emb = None
+scale_depth = None
+dim_model_base = None
+init_std = None
+tie_word_embeddings = None
+use_mup = None
+num_experts = None
+top_k = None
+router_aux_loss_coef = None
 
 # the numbers a config gives change with this version (1: step s trained at lr(s - 1), so the first warmup step at lr
 # 0 and the last decay step never at the final lr; 2: step s trains at lr(s)): checkpoints and sweep results of
@@ -779,7 +798,7 @@ def usage():
     model keys, in model.py's MiniCPMConfig): written once, where a reader finds it."""
     here = os.path.abspath(__file__)
     return __doc__ + configurator.help_text([
-        ("config keys (set in a config file or as --key=value)", (here, "-- config", "CONFIG_KEYS")),
+        ("config keys (set in a config file or as --key=value)", (here, "-- config", "# model keys:")),
         (f"model keys (default: the value in --preset, one of {', '.join(PRESETS)}; shown: MiniCPMConfig's own "
          f"default, model.py)", (os.path.join(os.path.dirname(here), "model.py"), "class MiniCPMConfig", "def __post")
          )])

@@ -38,8 +38,8 @@ def _check(W, T, S, final_lr_ratio):
         raise ValueError(f"W={W} > T={T}: warmup must end before the decay starts; lower W or raise T")
     if T > S:
         raise ValueError(f"T={T} > S={S}: the decay must start before the end; lower T or raise S")
-    if not 0 < final_lr_ratio <= 1:
-        raise ValueError(f"final_lr_ratio={final_lr_ratio} must be in (0, 1]")
+    if not 0 <= final_lr_ratio <= 1:  # 0: decay to zero (Bergsma et al. 2025, "Straight to Zero")
+        raise ValueError(f"final_lr_ratio={final_lr_ratio} must be in [0, 1]")
 
 
 def wsd_lr(s, *, lr, W, T, S, decay="exp", final_lr_ratio=0.1, half_life=None):
@@ -49,6 +49,9 @@ def wsd_lr(s, *, lr, W, T, S, decay="exp", final_lr_ratio=0.1, half_life=None):
         raise ValueError(f"decay={decay!r}: unknown shape, use one of {', '.join(DECAYS)}")
     if half_life is not None and not half_life > 0:
         raise ValueError(f"half_life={half_life} must be > 0 (or None to end the decay at final_lr_ratio)")
+    if decay == "exp" and half_life is None and final_lr_ratio == 0:
+        raise ValueError("an exp decay never reaches 0: use decay=linear (or cosine, 1-sqrt) to decay to zero, or "
+                         "give half_life")
     if s < W:
         return lr * s / W
     if s < T:
@@ -59,7 +62,12 @@ def wsd_lr(s, *, lr, W, T, S, decay="exp", final_lr_ratio=0.1, half_life=None):
     x = (s - T) / (S - T)  # decay progress in [0, 1]
     r = final_lr_ratio
     if decay == "exp":
-        h = half_life if half_life is not None else (S - T) * math.log(2) / math.log(1 / r) if r < 1 else math.inf
+        if half_life is not None:
+            h = half_life
+        elif r < 1:  # the half-life that ends the decay at r
+            h = (S - T) * math.log(2) / math.log(1 / r)
+        else:
+            h = math.inf
         f = 0.5 ** ((s - T) / h)
     elif decay == "linear":
         f = 1 - (1 - r) * x

@@ -5,6 +5,7 @@ one rule for the wind-tunnel shapes, no state hidden on modules."""
 import ast
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 import mup
 import report
+import train
 from conftest import ROOT
 from model import PRESETS, MiniCPM, MiniCPMConfig, ladder
 
@@ -158,3 +160,11 @@ def test_every_write_goes_through_files_py():
                 if isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"):
                     offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
     assert offenders == [], f"files opened for writing outside files.py: {offenders}"
+
+
+def test_train_py_writes_every_model_key_by_name():
+    # a reader finds each model key in train.py's config by its name; none is made by a loop
+    src = open(os.path.join(ROOT, "train.py")).read()
+    for name in train.MODEL_KEYS:
+        assert re.search(rf"^{name} = None$", src, re.M), name
+    assert "globals()[_f.name]" not in src and "for _f in fields" not in src

@@ -2,6 +2,8 @@ import math
 
 import pytest
 
+import train
+import wsd
 from wsd import DECAYS, cosine_loop_lr, cosine_lr, wsd_lr
 
 KW = dict(lr=0.01, W=10, T=80, S=100)
@@ -34,10 +36,21 @@ def test_wsd_explicit_half_life_is_honoured():
 
 @pytest.mark.parametrize("kw, name", [
     (dict(W=90), "W=90 > T=80"), (dict(T=120), "T=120 > S=100"), (dict(decay="step"), "decay='step'"),
-    (dict(half_life=0), "half_life"), (dict(final_lr_ratio=0.0), "final_lr_ratio"), (dict(W=-1), "W=-1")])
+    (dict(half_life=0), "half_life"), (dict(final_lr_ratio=-0.1), "final_lr_ratio"),
+    (dict(final_lr_ratio=0.0), "an exp decay never reaches 0"), (dict(W=-1), "W=-1")])
 def test_wsd_bad_arguments(kw, name):
     with pytest.raises(ValueError, match=name.replace("(", r"\(")):
         wsd_lr(5, **{**KW, **kw})
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine", "1-sqrt"])
+def test_a_decay_straight_to_zero(decay):
+    # Bergsma et al. 2025 ("Straight to Zero"): final_lr_ratio = 0 ends the decay at 0, in train.py's config too
+    f = lambda s: wsd_lr(s, lr=1.0, W=0, T=80, S=100, decay=decay, final_lr_ratio=0.0)  # noqa: E731
+    assert f(80) == 1.0 and 0 < f(99) < f(90) < 1 and f(100) == 0.0
+    assert cosine_lr(100, lr=1.0, T=100, final_lr_ratio=0.0) == pytest.approx(0.0, abs=1e-12)
+    c = train.get_config(["--max_steps=100", f"--decay={decay}", "--final_lr_ratio=0"])
+    assert wsd.lr_at(c, 100) == 0.0
 
 
 def test_cosine_baselines():
