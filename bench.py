@@ -239,7 +239,7 @@ def bench_finetune_memory(a):
     return out
 
 
-# the first run at each scale (README "A GPU recipe"): (config file, GPUs)
+# the first run at each scale (docs/training.md, "A GPU recipe"): (config file, GPUs)
 RECIPES = (("config/wt_9m.py", 1), ("config/wt_0.1b_fineweb.py", 1), ("config/minicpm_1.2b.py", 8))
 ASSUMED_MFU = 0.40  # the MFU targets bench.py --modes mfu is held to (an H100 measurement is owed: README)
 CPU_SPEED = "wt_9m_cpu_speed"  # a measured CPU run (results/): its tokens/s and FLOPs/token give this CPU's FLOP/s

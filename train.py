@@ -26,27 +26,24 @@ import statistics
 import sys
 import time
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import configurator
-from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, dcp_train_state, export_checkpoint, first_line,
-                        keep_copy, load_checkpoint, load_dcp, load_full_state, load_state, locked, open_metrics,
-                        read_start_point, StartPoint, claim_out_dir, save_checkpoint, save_dcp,
-                        stored_config)
+from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, claim_out_dir, export_checkpoint, keep_copy, locked,
+                        open_metrics, save_checkpoint, save_dcp)
 from configurator import ConfigError
-from corpus import MixtureData, TokenData, epochs, load_data, load_eval_sets
+from corpus import MixtureData, epochs
 from files import WriteError, write_json
-from longctx import mixed_batch, passkey_document
-from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss, untie_state_dict
-from model import model_config as _model_config
-from moe import upcycle_optimizer_state, upcycle_state_dict
-from mup import configure_optimizer, named_optimizer_state, set_lr
+from guards import (MODEL_KEYS, TRAINER_VERSION, check_eval_split, data_fingerprints, inherited_model_keys,
+                    load_run_data, model_config, read_source, resume_from, stage_start, start_from)
+from longctx import mixed_batch
+from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss
+from mup import configure_optimizer, set_lr
 from plots import plot_metrics
 from sample import generate_text
 from system import (StopFlag, all_mean, check_fits_in_memory, check_same_config, check_step_fits, flops_per_token,
@@ -135,22 +132,8 @@ num_experts = None
 top_k = None
 router_aux_loss_coef = None
 
-# the numbers a config gives change with this version (1: step s trained at lr(s - 1), so the first warmup step at lr
-# 0 and the last decay step never at the final lr; 2: step s trains at lr(s)): checkpoints and sweep results of
-# another version are not continued or reused as if they were this one's
-TRAINER_VERSION = 2
-
 CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not callable(globals()[k])
                and not isinstance(globals()[k], type(sys)) and k.islower()]
-MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
-MOE_KEYS = {"num_experts", "top_k", "router_aux_loss_coef"}
-CONTEXT_KEYS = {"rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings"}
-# keys that may change when resuming without changing the run's numbers
-RESUMABLE_CHANGES = {"out_dir", "resume", "overwrite", "eval_interval", "eval_steps", "eval_seed", "eval_rows",
-                     "ckpt_interval", "sample_tokens", "device", "dtype", "compile", "activation_checkpointing",
-                     "keep_ckpts"}
-# may change on resume when the global batch (batch_size x grad_accum x world size) stays the same
-SPLIT_KEYS = {"batch_size", "grad_accum"}
 LOWER_BOUNDS = dict(max_steps=1, batch_size=1, grad_accum=1, seq_len=1, eval_steps=1, eval_interval=1, ckpt_interval=1,
                     lr=0, grad_clip=0, weight_decay=0, seed=0, warmup_steps=0, decay_steps=0, half_life=0,
                     cosine_steps=0, short_len=0, stage_warmup_steps=0, eval_seed=0, eval_rows=1)
@@ -190,296 +173,7 @@ def validate_config(cfg):
     return cfg
 
 
-def inherited_model_keys(cfg):
-    """A run that continues a checkpoint (resume=True: its own) or starts from one (init_from: another run's, or a
-    released checkpoint's config.json) has its model: the model keys not given come from it (the preset is then
-    not used); those given are a new stage's transition (upcycling, a new RoPE) or are checked on resume."""
-    src = cfg["out_dir"] if cfg["resume"] else cfg["init_from"]
-    stored = stored_config(src) if src else None
-    if not isinstance(stored, dict):
-        return cfg
-    if not cfg["resume"]:  # another model's keys, its preset resolved
-        try:
-            stored = asdict(model_config(stored))
-        except ConfigError:
-            return cfg  # (start_from says what is wrong with it)
-    return {**cfg, **{k: stored.get(k) for k in MODEL_KEYS if cfg[k] is None}}
-
-
-def model_config(cfg):
-    """The MiniCPMConfig of a config dict (model.model_config), a bad value as one ConfigError line."""
-    try:
-        return _model_config(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def config_diff(a, b, ignore=()):
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
-
-
-# ---------------------------------------------------------------------------------------------------- building
-
-
-def load_run_data(cfg, mcfg, source=None):
-    """(data, decay_data or None, {eval_data name: data}) of a run, checked against the model: its tokenizer (that
-    of the checkpoint it continues or starts from, `source`; .jsonl rows are tokenized with it), vocabulary, longest
-    example, length."""
-    tokenizer = source.tokenizer if source else None
-    try:
-        data = load_data(cfg["data"], tokenizer)
-        decay_data = load_data(cfg["decay_data"], tokenizer or data.meta["tokenizer"]) if cfg["decay_data"] else None
-        eval_sets = load_eval_sets(cfg["eval_data"], data, cfg["seq_len"] + 1)
-    except ValueError as e:
-        raise ConfigError(f"data: {e}") from None
-    for d in (data, decay_data, *eval_sets.values()):
-        check_tokenizer(d, source)
-    if (isinstance(data, MixtureData) or decay_data) and (cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0):
-        raise ConfigError("long_ratio / passkey_ratio build rows from one token source: drop them or the mixture")
-    for d in (data, decay_data) if decay_data else (data,):
-        try:
-            d.check_length(cfg["seq_len"] + 1)
-        except ValueError as e:
-            raise ConfigError(f"data: {e}") from None
-        if getattr(d, "longest", 0) > cfg["seq_len"] + 1:
-            raise ConfigError(f"data {d.spec!r} has an example of {d.longest} tokens: raise seq_len to at least "
-                              f"{d.longest - 1}")
-        if mcfg.vocab_size < d.vocab_size:
-            raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the data's tokenizer vocabulary "
-                              f"({d.vocab_size}, {d.meta['tokenizer']}): set --vocab_size={d.vocab_size}")
-    if cfg["sample_tokens"] > 0:  # the end-of-run sample needs the tokenizer: a missing one is found now
-        try:
-            data.encoding()
-        except (ValueError, RuntimeError) as e:
-            raise ConfigError(f"data: {e} (or --sample_tokens=0: the end-of-run sample is what needs it)") from None
-    if cfg["passkey_ratio"] > 0:  # a passkey document must fit a row: found now, not at the first step
-        try:
-            passkey_document(np.random.default_rng(0), cfg["seq_len"] + 1, data.encoding().encode_ordinary)
-        except ValueError as e:
-            raise ConfigError(f"passkey_ratio={cfg['passkey_ratio']}: {e}: raise seq_len") from None
-    if cfg["seq_len"] > mcfg.max_position_embeddings:
-        raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
-                          f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")
-    return data, decay_data, eval_sets
-
-
-def check_tokenizer(data, source):
-    """Token data under another tokenizer than the model's (that of `source`, the checkpoint the run continues or
-    starts from) is one line naming both, never a silent mismatch."""
-    if data is None or source is None or not source.tokenizer_id:
-        return
-    parts = data.sources if isinstance(data, MixtureData) else [data]
-    for d in (p for p in parts if isinstance(p, TokenData)):
-        if data_tokenizer_id(d.meta) != source.tokenizer_id:
-            raise ConfigError(f"data {d.path} is tokenized with {d.meta['tokenizer']} ({data_tokenizer_id(d.meta)}), "
-                              f"but the model's tokenizer is {source.tokenizer} ({source.tokenizer_id}, that of "
-                              f"{source.path}): prepare the data with it: python corpus.py --input FILES --tokenizer "
-                              f"{source.tokenizer} --out DIR")
-
-
-def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source):
-    """The one model and its one optimizer, then their state from `source` (read_source: this out_dir's checkpoint
-    under `resume`; under `init_from` another run's checkpoint, a WSD branch, a context extension, sparse upcycling,
-    or a released checkpoint) or a fresh muP init (source None); `fingerprints`, the content of this run's data
-    (data_fingerprints), is what a resumed checkpoint must have trained on. Returns (model, optimizer, step)."""
-    check_fits_in_memory(mcfg)
-    check_step_fits(mcfg, cfg["batch_size"], cfg["seq_len"], device, cfg["activation_checkpointing"])
-    torch.manual_seed(cfg["seed"])
-    model = MiniCPM(mcfg).to(device)
-    model.activation_checkpointing = cfg["activation_checkpointing"]
-    if fsdp:
-        shard_model(model, ptdtype, device)
-    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
-    step, S = 0, cfg["max_steps"]
-    if cfg["resume"]:
-        step = resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints)
-        if step >= S:
-            raise ConfigError(f"{cfg['out_dir']} finished at step {step} = max_steps: nothing to resume; to train "
-                              f"further, start a new stage: --init_from={cfg['out_dir']} --max_steps=<more than "
-                              f"{step}> --out_dir=<another directory>")
-        log(f"resumed {cfg['out_dir']} at step {step}: steps {step + 1}-{S} to go")
-    elif cfg["init_from"]:
-        step = start_from(cfg, mcfg, source, model, optimizer, log)
-        if step >= S:  # (the SFT command of old READMEs trained nothing and exited 0)
-            raise ConfigError(f"init_from {cfg['init_from']} is at step {step}, and max_steps={S} counts from step 0 "
-                              f"of the first stage: nothing to train; set --max_steps={step} + the steps of this "
-                              f"stage (e.g. --max_steps={step + max(1, step // 2)})")
-        log(f"this stage trains steps {step + 1}-{S} ({S - step} steps) under this run's schedule")
-    return model, optimizer, step
-
-
-def read_source(cfg):
-    """The checkpoint a run continues (resume=True: this out_dir's) or starts from (init_from), read once, before the
-    data (whose .jsonl rows take its tokenizer), as a StartPoint; None for a fresh run. Under fsdp=True a resumed
-    checkpoint is its train_state.json (the shards are checked against it, then loaded)."""
-    if not cfg["resume"]:
-        return read_start_point(cfg["init_from"]) if cfg["init_from"] else None
-    if not cfg["out_dir"]:
-        raise ConfigError("resume=True needs an out_dir")
-    fsdp = cfg["fsdp"]
-    path = os.path.join(cfg["out_dir"], DCP_DIR if fsdp else "ckpt.pt")
-    if fsdp:
-        ckpt = dcp_train_state(path)[1]
-    elif os.path.isdir(os.path.join(cfg["out_dir"], DCP_DIR)) and not os.path.exists(path):
-        raise CheckpointError(f"{cfg['out_dir']} holds an FSDP checkpoint ({DCP_DIR}): resume it with --fsdp=True "
-                              f"under torchrun")
-    elif not os.path.lexists(path):
-        raise CheckpointError(f"checkpoint {path} not found: nothing to resume in {cfg['out_dir']}; to start a new "
-                              f"run there, drop --resume=True")
-    else:
-        ckpt = load_checkpoint(path)
-    return StartPoint(path, None, ckpt.get("model"), ckpt.get("optimizer"), ckpt.get("step"), ckpt.get("tokenizer"),
-                      ckpt.get("tokenizer_id"), ckpt.get("origin"), checkpoint=ckpt)
-
-
-def resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints):
-    """Load this out_dir's checkpoint (source, read_source) after checking that it belongs to this run; returns its
-    step."""
-    path, ckpt = source.path, source.checkpoint
-    lacks = sorted({"data", "config", "step"} - set(ckpt) | ({"rng"} - set(ckpt) if not fsdp else set()))
-    if lacks:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(lacks)}: it was not written by train.py's loop (a "
-                              f"DPO or converted checkpoint?): start from it with --init_from instead of --resume")
-    if ckpt.get("trainer", 1) != TRAINER_VERSION:
-        raise CheckpointError(f"checkpoint {path} was written by train.py version {ckpt.get('trainer', 1)} (its "
-                              f"schedule trains each step at another lr than version {TRAINER_VERSION}'s): resuming "
-                              f"would change the run's numbers midway; start a new stage from it with --init_from")
-    check_same_data(path, ckpt, cfg, fingerprints)
-    # keys added to train.py since the checkpoint was written count as their defaults (as in sweep); the data is
-    # compared by content (check_same_data), not by how its path is spelled
-    diff = config_diff({**default_config(), **ckpt["config"]}, cfg,
-                       ignore=RESUMABLE_CHANGES | SPLIT_KEYS | {"data", "decay_data"})
-    if diff:
-        raise CheckpointError(f"checkpoint {path} was written with another config; differing keys: " +
-                              ", ".join(f"{k} ({ckpt['config'].get(k)!r} vs {cfg.get(k)!r})" for k in diff))
-    if ckpt["data"]["global_batch"] != global_batch:  # another world size or split must keep the global batch
-        raise CheckpointError(f"checkpoint {path} trained with a global batch of {ckpt['data']['global_batch']} "
-                              f"rows; batch_size x grad_accum x world size = {global_batch}: choose batch_size / "
-                              f"grad_accum so that they multiply to it")
-    if fsdp:
-        return load_dcp(path, model, optimizer)["step"]
-    step = load_state(model, optimizer, ckpt, path)
-    torch.set_rng_state(ckpt["rng"]["cpu"])
-    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    return step
-
-
-def data_fingerprints(data, decay_data):
-    """{"fingerprint": the run's data, "decay_fingerprint": its decay data's}: their content (corpus.py), which a
-    resumed checkpoint must have trained on."""
-    return dict(fingerprint=data.fingerprint(), **({"decay_fingerprint": decay_data.fingerprint()} if decay_data
-                                                   else {}))
-
-
-def check_same_data(path, ckpt, cfg, fingerprints):
-    """A checkpoint resumes only on the data it trained on: the same content (the same directory spelled dir/ or
-    ./dir is the same data; a directory prepared again from other text is not); a checkpoint from before the
-    fingerprints compares the data's paths, normalized."""
-    for key, spec in (("fingerprint", "data"), ("decay_fingerprint", "decay_data")):
-        had, has = ckpt["data"].get(key), fingerprints.get(key)
-        old, new = ckpt["config"].get(spec, ""), cfg[spec]
-        if had is None:
-            same = normalized(old) == normalized(new)
-        else:
-            same = had == has
-        if not same:
-            raise CheckpointError(f"checkpoint {path} trained on other data: {spec}={new!r} now holds other tokens "
-                                  f"than the {old!r} it was trained on (prepared again from other text?): resume it "
-                                  f"on that data, or start a new stage with --init_from")
-
-
-def normalized(spec):
-    """A data spec with each path normalized (dir/ and ./dir are dir)."""
-    return ",".join(os.path.normpath(p) if p else p for p in spec.split(",")) if spec else spec
-
-
-def start_from(cfg, mcfg, source, model, optimizer, log):
-    """Another run's weights, AdamW moments and step, under this run's schedule: the same model (a WSD decay
-    branch, paper §4.3), a context extension (a new RoPE base / scaling / length, untied if asked: paper §7.2), or
-    sparse upcycling to MoE (every expert a copy of the dense MLP, a new router: paper §7.3). From a released
-    checkpoint (source.optimizer None): its weights alone, AdamW fresh, step 0 (a new WSD run from its warmup)."""
-    src, src_cfg = source.path, source.config
-    a, b = asdict(src_cfg), asdict(mcfg)
-    diff = config_diff(a, b)
-    state = source.model
-    opt_state = named_optimizer_state(src_cfg, source.optimizer) if source.optimizer is not None else {}
-    what = f"{src} (step {source.step})" if source.optimizer is not None else f"the released checkpoint {src} " \
-        f"(its weights; AdamW fresh; step 0)"
-    if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
-        state = upcycle_state_dict(state, mcfg, seed=cfg["seed"])
-        opt_state = upcycle_optimizer_state(opt_state, mcfg.num_experts)
-        log(f"upcycled {what} to {mcfg.num_experts} experts, top-{mcfg.top_k}")
-    elif set(diff) <= CONTEXT_KEYS and not (mcfg.tie_word_embeddings and not src_cfg.tie_word_embeddings):
-        if src_cfg.tie_word_embeddings and not mcfg.tie_word_embeddings:
-            state = untie_state_dict(state)  # the new head starts as the embedding, without AdamW moments
-        log(f"initialised from {what}" + "".join(f", {k}={b[k]!r}" for k in diff))
-    else:
-        raise CheckpointError(f"init_from checkpoint {src} has another model; differing keys: " +
-                              ", ".join(f"{k} ({a[k]!r} vs {b[k]!r})" for k in diff))
-    try:
-        load_full_state(model, optimizer, state, opt_state)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {src} does not fit the model ({first_line(e)})") from None
-    return source.step
-
-
-# ---------------------------------------------------------------------------------------------------- the batch
-
-
-def micro_batches(cfg, src, step, global_batch, rank, world):
-    """This process's micro-batches of step `step`, [(x, y, weight)]: rows (rank * A + micro) * B ... of the global
-    batch, a function of (seed, step) only. Token data: plain windows, or the long/short + passkey mix of
-    longctx.py (paper §7.2); weight 1/A. Data with prompt / padding labels (-100: SFT, two-stage mixtures): weight =
-    the micro-batch's share of the global batch's response tokens (x world: DDP averages the processes), so that
-    the step's loss is the mean over every response token whatever the split."""
-    A, B, seq_len = cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
-    rows = [slice((rank * A + micro) * B, (rank * A + micro + 1) * B) for micro in range(A)]
-    if isinstance(src, MixtureData):
-        x, y = src.batch("train", cfg["seed"], step, global_batch, seq_len)
-        n = max(1, int((y != -100).sum()))
-        return [(x[r], y[r], int((y[r] != -100).sum()) * world / n) for r in rows]
-    if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:  # (drawn as a whole global batch: built once a step)
-        x, y, _ = mixed_batch(src, cfg["seed"], step, global_batch, seq_len, None, cfg["long_ratio"],
-                              cfg["short_len"], cfg["passkey_ratio"])
-        return [(x[r], y[r], 1 / A) for r in rows]
-    return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
-
-
-def check_eval_split(cfg, world):
-    """eval_rows splits over the processes (evaluate scores each one's share): checked before the first step."""
-    if cfg["eval_rows"] and cfg["eval_rows"] % world:
-        raise ConfigError(f"eval_rows={cfg['eval_rows']} does not split over {world} processes: make it a multiple "
-                          f"of {world}")
-
-
-@torch.no_grad()
-def evaluate(model, data, cfg, global_batch, rank, world, device, autocast, stop=None):
-    """(validation loss in nats/token, in bits/byte): eval_steps batches of eval_rows rows (else the training
-    global batch) drawn with eval_seed (else the run's seed), each process scoring its share in chunks of at most
-    batch_size rows, so equal for any split; the pure cross-entropy (an MoE's balancing term is not part of it).
-    None when `stop` (a StopFlag) is set between two batches: a signal's checkpoint does not wait for the rest."""
-    rows = cfg["eval_rows"] or global_batch
-    share, B = rows // world, cfg["batch_size"]  # (rows split over the processes: check_eval_split)
-    seed = cfg["seed"] if cfg["eval_seed"] is None else cfg["eval_seed"]
-    was_training = model.training
-    model.eval()
-    losses = torch.zeros((), device=device)
-    for i in range(cfg["eval_steps"]):
-        if stop is not None and stop.anywhere(device, world):
-            model.train(was_training)
-            return None
-        for lo in range(rank * share, (rank + 1) * share, B):
-            hi = min(lo + B, (rank + 1) * share)
-            x, y = data.batch("val", seed, i, rows, cfg["seq_len"], rows=slice(lo, hi))
-            with autocast:
-                losses += model(x.to(device), y.to(device))[1].float() * ((hi - lo) / B)  # (1 but a last chunk)
-    model.train(was_training)
-    val = all_mean(losses / (cfg["eval_steps"] * share / B), world).item()
-    return val, val / math.log(2) / data.meta["bytes_per_token"]
-
-
-# ---------------------------------------------------------------------------------------------------- training
+# -------------------------------------------------------------------------------------------------------- the loop
 
 
 @dataclass
@@ -572,6 +266,152 @@ def run(cfg, quiet, progress=None):
     return dict(finish(r, stopped), exit_code=stop.exit_code if stopped else 0)
 
 
+def train_step(r):
+    """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients,
+    clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its metrics row."""
+    cfg, A, t0 = r.cfg, r.cfg["grad_accum"], time.perf_counter()
+    lr_now = lr_at(cfg, r.step + 1, r.stage_start)  # step r.step + 1 (wsd.lr_at: warmup from lr > 0, decay to the end)
+    set_lr(r.optimizer, lr_now)
+    src = step_data(r)
+    loss_sum, router_logits = torch.zeros((), device=r.device), ()
+    for micro, (x, y, weight) in enumerate(micro_batches(cfg, src, r.step, r.global_batch, r.rank, r.world)):
+        if cfg["fsdp"]:  # reduce-scatter the gradients on the last micro-step only
+            r.raw_model.set_requires_gradient_sync(micro == A - 1)
+        sync = r.model.no_sync() if r.world > 1 and not cfg["fsdp"] and micro < A - 1 else nullcontext()
+        with sync, r.autocast:
+            _, loss, router_logits = r.model(x.to(r.device, non_blocking=True), y.to(r.device, non_blocking=True),
+                                             output_router_logits=True)
+            objective = loss
+            if router_logits:  # MoE: + the load-balancing term, in the objective only (paper §7.3)
+                aux = load_balancing_loss(router_logits, r.mcfg.top_k)
+                objective = loss + r.mcfg.router_aux_loss_coef * aux
+        (objective * weight).backward()
+        loss_sum += loss.detach().float() * weight
+    grad_norm = torch.nn.utils.clip_grad_norm_(r.raw_model.parameters(), cfg["grad_clip"] or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
+        grad_norm = grad_norm.full_tensor()
+    train_loss, grad_norm = all_mean(loss_sum, r.world).item(), grad_norm.item()
+    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
+        raise FloatingPointError(f"the run diverged at step {r.step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
+                                 f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and the last "
+                                 f"checkpoint is kept: lower --lr or check the data")
+    if r.decay_stats:  # the gradients and weights read around the step
+        r.decay_stats.step(r.optimizer, r.step + 1, lr_now, grad_norm, train_loss)
+    else:
+        r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    r.step += 1
+    log_step(r, train_loss, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux if router_logits else None)
+
+
+def step_data(r):
+    """The data of this step: decay_data from T = S - decay_steps on (two-stage pre-training, paper §5), logged once
+    where it starts; else the run's data."""
+    cfg = r.cfg
+    T = cfg["max_steps"] - cfg["decay_steps"]
+    if r.decay_data is None or r.step < T:
+        return r.data
+    if r.step == T:
+        weights = [round(float(w), 6) for w in getattr(r.decay_data, "weights", [1.0])]
+        r.log_row(dict(step=r.step, data_switch=cfg["decay_data"], weights=weights))
+        r.write(f"step {r.step}: the decay phase starts on {cfg['decay_data']} (weights {weights})")
+    return r.decay_data
+
+
+def micro_batches(cfg, src, step, global_batch, rank, world):
+    """This process's micro-batches of step `step`, [(x, y, weight)]: rows (rank * A + micro) * B ... of the global
+    batch, a function of (seed, step) only. Token data: plain windows, or the long/short + passkey mix of
+    longctx.py (paper §7.2); weight 1/A. Data with prompt / padding labels (-100: SFT, two-stage mixtures): weight =
+    the micro-batch's share of the global batch's response tokens (x world: DDP averages the processes), so that
+    the step's loss is the mean over every response token whatever the split."""
+    A, B, seq_len = cfg["grad_accum"], cfg["batch_size"], cfg["seq_len"]
+    rows = [slice((rank * A + micro) * B, (rank * A + micro + 1) * B) for micro in range(A)]
+    if isinstance(src, MixtureData):
+        x, y = src.batch("train", cfg["seed"], step, global_batch, seq_len)
+        n = max(1, int((y != -100).sum()))
+        return [(x[r], y[r], int((y[r] != -100).sum()) * world / n) for r in rows]
+    if cfg["long_ratio"] < 1 or cfg["passkey_ratio"] > 0:  # (drawn as a whole global batch: built once a step)
+        x, y, _ = mixed_batch(src, cfg["seed"], step, global_batch, seq_len, None, cfg["long_ratio"],
+                              cfg["short_len"], cfg["passkey_ratio"])
+        return [(x[r], y[r], 1 / A) for r in rows]
+    return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
+
+
+def log_step(r, train_loss, lr_now, grad_norm, dt, router_logits, aux):
+    """The step's metrics row (MFU on a known GPU; an MoE's balancing loss and expert load), the progress bar."""
+    row = dict(step=r.step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
+               tokens=r.step * r.tokens_per_step, tok_per_s=r.tokens_per_step / dt)
+    if r.peak:
+        row["mfu"] = flops_per_token(r.mcfg, r.cfg["seq_len"]) * r.tokens_per_step / dt / (r.peak * r.world)
+    if router_logits:  # of this process's last micro-batch
+        row["aux_loss"] = aux.item()
+        row["expert_load"] = [round(v, 4) for v in expert_load(router_logits, r.mcfg.top_k).tolist()]
+    r.log_row(row)
+    r.history["train_loss"].append(train_loss)
+    r.bar.update(1)
+    r.bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+
+
+def evaluate_run(r, stop):
+    """Validation on the run's data, logged and printed; left off when a signal comes during it (StopFlag)."""
+    scores = evaluate(r.raw_model, r.data, r.cfg, r.global_batch, r.rank, r.world, r.device, r.autocast, stop)
+    if scores is None:
+        return
+    val, bpb = scores
+    r.log_row(dict(step=r.step, val_loss=val, val_bpb=bpb))
+    r.history["val_loss"].append((r.step, val))
+    r.history["val_bpb"].append((r.step, bpb))
+    r.write(f"step {r.step}: train {r.history['train_loss'][-1]:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)")
+
+
+@torch.no_grad()
+def evaluate(model, data, cfg, global_batch, rank, world, device, autocast, stop=None):
+    """(validation loss in nats/token, in bits/byte): eval_steps batches of eval_rows rows (else the training
+    global batch) drawn with eval_seed (else the run's seed), each process scoring its share in chunks of at most
+    batch_size rows, so equal for any split; the pure cross-entropy (an MoE's balancing term is not part of it).
+    None when `stop` (a StopFlag) is set between two batches: a signal's checkpoint does not wait for the rest."""
+    rows = cfg["eval_rows"] or global_batch
+    share, B = rows // world, cfg["batch_size"]  # (rows split over the processes: check_eval_split)
+    seed = cfg["seed"] if cfg["eval_seed"] is None else cfg["eval_seed"]
+    was_training = model.training
+    model.eval()
+    losses = torch.zeros((), device=device)
+    for i in range(cfg["eval_steps"]):
+        if stop is not None and stop.anywhere(device, world):
+            model.train(was_training)
+            return None
+        for lo in range(rank * share, (rank + 1) * share, B):
+            hi = min(lo + B, (rank + 1) * share)
+            x, y = data.batch("val", seed, i, rows, cfg["seq_len"], rows=slice(lo, hi))
+            with autocast:
+                losses += model(x.to(device), y.to(device))[1].float() * ((hi - lo) / B)  # (1 but a last chunk)
+    model.train(was_training)
+    val = all_mean(losses / (cfg["eval_steps"] * share / B), world).item()
+    return val, val / math.log(2) / data.meta["bytes_per_token"]
+
+
+def save_run(r):
+    """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
+    cfg, step, path = r.cfg, r.step, r.ckpt_path
+    train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION, **r.lineage,
+                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch, **r.fingerprints))
+    if cfg["fsdp"] and path:
+        keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
+        save_dcp(path, r.raw_model, r.optimizer, train_state, keep)
+    elif r.master and path:
+        rng = dict(cpu=torch.get_rng_state(),
+                   cuda=torch.cuda.get_rng_state(r.device) if r.device.type == "cuda" else None)
+        save_checkpoint(path, dict(model=r.raw_model.state_dict(), optimizer=r.optimizer.state_dict(), rng=rng,
+                                   **train_state))
+        if cfg["keep_ckpts"]:
+            keep_copy(path, os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt"))
+    if r.world > 1:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------- the start: data, model, optimizer
+
+
 def start(cfg, quiet, progress=None):
     """The processes, the data, the model and optimizer (fresh, resumed or from another run), metrics.jsonl and the
     progress bar of a run (shown unless quiet, or labelled `progress`); the run's first lines printed."""
@@ -625,110 +465,39 @@ def start(cfg, quiet, progress=None):
     return r
 
 
-def stage_start(cfg, source, step):
-    """The step this stage started at: an init_from stage's first step (its source's), kept by a resumed run; 0 for
-    a run of its own."""
+def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source):
+    """The one model and its one optimizer, then their state from `source` (read_source: this out_dir's checkpoint
+    under `resume`; under `init_from` another run's checkpoint, a WSD branch, a context extension, sparse upcycling,
+    or a released checkpoint) or a fresh muP init (source None); `fingerprints`, the content of this run's data
+    (data_fingerprints), is what a resumed checkpoint must have trained on. Returns (model, optimizer, step)."""
+    check_fits_in_memory(mcfg)
+    check_step_fits(mcfg, cfg["batch_size"], cfg["seq_len"], device, cfg["activation_checkpointing"])
+    torch.manual_seed(cfg["seed"])
+    model = MiniCPM(mcfg).to(device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]
+    if fsdp:
+        shard_model(model, ptdtype, device)
+    optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])  # the muP groups (on shards under FSDP)
+    step, S = 0, cfg["max_steps"]
     if cfg["resume"]:
-        return (source.checkpoint or {}).get("stage_start", 0)
-    return step if cfg["init_from"] else 0
+        step = resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, fingerprints,
+                           default_config())
+        if step >= S:
+            raise ConfigError(f"{cfg['out_dir']} finished at step {step} = max_steps: nothing to resume; to train "
+                              f"further, start a new stage: --init_from={cfg['out_dir']} --max_steps=<more than "
+                              f"{step}> --out_dir=<another directory>")
+        log(f"resumed {cfg['out_dir']} at step {step}: steps {step + 1}-{S} to go")
+    elif cfg["init_from"]:
+        step = start_from(cfg, mcfg, source, model, optimizer, log)
+        if step >= S:  # (the SFT command of old READMEs trained nothing and exited 0)
+            raise ConfigError(f"init_from {cfg['init_from']} is at step {step}, and max_steps={S} counts from step 0 "
+                              f"of the first stage: nothing to train; set --max_steps={step} + the steps of this "
+                              f"stage (e.g. --max_steps={step + max(1, step // 2)})")
+        log(f"this stage trains steps {step + 1}-{S} ({S - step} steps) under this run's schedule")
+    return model, optimizer, step
 
 
-def step_data(r):
-    """The data of this step: decay_data from T = S - decay_steps on (two-stage pre-training, paper §5), logged once
-    where it starts; else the run's data."""
-    cfg = r.cfg
-    T = cfg["max_steps"] - cfg["decay_steps"]
-    if r.decay_data is None or r.step < T:
-        return r.data
-    if r.step == T:
-        weights = [round(float(w), 6) for w in getattr(r.decay_data, "weights", [1.0])]
-        r.log_row(dict(step=r.step, data_switch=cfg["decay_data"], weights=weights))
-        r.write(f"step {r.step}: the decay phase starts on {cfg['decay_data']} (weights {weights})")
-    return r.decay_data
-
-
-def train_step(r):
-    """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients,
-    clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its metrics row."""
-    cfg, A, t0 = r.cfg, r.cfg["grad_accum"], time.perf_counter()
-    lr_now = lr_at(cfg, r.step + 1, r.stage_start)  # step r.step + 1 (wsd.lr_at: warmup from lr > 0, decay to the end)
-    set_lr(r.optimizer, lr_now)
-    src = step_data(r)
-    loss_sum, router_logits = torch.zeros((), device=r.device), ()
-    for micro, (x, y, weight) in enumerate(micro_batches(cfg, src, r.step, r.global_batch, r.rank, r.world)):
-        if cfg["fsdp"]:  # reduce-scatter the gradients on the last micro-step only
-            r.raw_model.set_requires_gradient_sync(micro == A - 1)
-        sync = r.model.no_sync() if r.world > 1 and not cfg["fsdp"] and micro < A - 1 else nullcontext()
-        with sync, r.autocast:
-            _, loss, router_logits = r.model(x.to(r.device, non_blocking=True), y.to(r.device, non_blocking=True),
-                                             output_router_logits=True)
-            objective = loss
-            if router_logits:  # MoE: + the load-balancing term, in the objective only (paper §7.3)
-                aux = load_balancing_loss(router_logits, r.mcfg.top_k)
-                objective = loss + r.mcfg.router_aux_loss_coef * aux
-        (objective * weight).backward()
-        loss_sum += loss.detach().float() * weight
-    grad_norm = torch.nn.utils.clip_grad_norm_(r.raw_model.parameters(), cfg["grad_clip"] or float("inf"))
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
-        grad_norm = grad_norm.full_tensor()
-    train_loss, grad_norm = all_mean(loss_sum, r.world).item(), grad_norm.item()
-    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
-        raise FloatingPointError(f"the run diverged at step {r.step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
-                                 f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and the last "
-                                 f"checkpoint is kept: lower --lr or check the data")
-    if r.decay_stats:  # the gradients and weights read around the step
-        r.decay_stats.step(r.optimizer, r.step + 1, lr_now, grad_norm, train_loss)
-    else:
-        r.optimizer.step()
-    r.optimizer.zero_grad(set_to_none=True)
-    r.step += 1
-    log_step(r, train_loss, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux if router_logits else None)
-
-
-def log_step(r, train_loss, lr_now, grad_norm, dt, router_logits, aux):
-    """The step's metrics row (MFU on a known GPU; an MoE's balancing loss and expert load), the progress bar."""
-    row = dict(step=r.step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
-               tokens=r.step * r.tokens_per_step, tok_per_s=r.tokens_per_step / dt)
-    if r.peak:
-        row["mfu"] = flops_per_token(r.mcfg, r.cfg["seq_len"]) * r.tokens_per_step / dt / (r.peak * r.world)
-    if router_logits:  # of this process's last micro-batch
-        row["aux_loss"] = aux.item()
-        row["expert_load"] = [round(v, 4) for v in expert_load(router_logits, r.mcfg.top_k).tolist()]
-    r.log_row(row)
-    r.history["train_loss"].append(train_loss)
-    r.bar.update(1)
-    r.bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr_now:.2e}", refresh=False)
-
-
-def evaluate_run(r, stop):
-    """Validation on the run's data, logged and printed; left off when a signal comes during it (StopFlag)."""
-    scores = evaluate(r.raw_model, r.data, r.cfg, r.global_batch, r.rank, r.world, r.device, r.autocast, stop)
-    if scores is None:
-        return
-    val, bpb = scores
-    r.log_row(dict(step=r.step, val_loss=val, val_bpb=bpb))
-    r.history["val_loss"].append((r.step, val))
-    r.history["val_bpb"].append((r.step, bpb))
-    r.write(f"step {r.step}: train {r.history['train_loss'][-1]:.4f}, val {val:.4f} ({bpb:.3f} bits/byte)")
-
-
-def save_run(r):
-    """The run's checkpoint at this step (every process takes part under FSDP; rank 0 writes the single file)."""
-    cfg, step, path = r.cfg, r.step, r.ckpt_path
-    train_state = dict(step=step, config=cfg, trainer=TRAINER_VERSION, **r.lineage,
-                       data=dict(seed=cfg["seed"], next_step=step, global_batch=r.global_batch, **r.fingerprints))
-    if cfg["fsdp"] and path:
-        keep = os.path.join(cfg["out_dir"], f"{DCP_DIR}_{step:06d}") if cfg["keep_ckpts"] else None
-        save_dcp(path, r.raw_model, r.optimizer, train_state, keep)
-    elif r.master and path:
-        rng = dict(cpu=torch.get_rng_state(),
-                   cuda=torch.cuda.get_rng_state(r.device) if r.device.type == "cuda" else None)
-        save_checkpoint(path, dict(model=r.raw_model.state_dict(), optimizer=r.optimizer.state_dict(), rng=rng,
-                                   **train_state))
-        if cfg["keep_ckpts"]:
-            keep_copy(path, os.path.join(cfg["out_dir"], f"ckpt_{step:06d}.pt"))
-    if r.world > 1:
-        dist.barrier()
+# --------------------------------------------------------------------------------------------------------- the end
 
 
 def finish(r, stopped):

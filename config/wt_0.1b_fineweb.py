@@ -3,7 +3,7 @@
 #   python corpus.py --hf_dataset HuggingFaceFW/fineweb-edu --hf_config sample-10BT --hf_text_field text \
 #       --hf_max_docs 2500000 --shard_tokens 100000000 --tokenizer gpt2 --out data/fineweb
 #   python train.py config/wt_0.1b_fineweb.py
-# Its tokens, time and memory (estimated from the FLOPs, an assumed MFU and the shapes): README "A GPU recipe".
+# Its tokens, time and memory (estimated from the FLOPs, an assumed MFU and the shapes): docs/training.md, "A GPU recipe".
 preset = "wt-0.1b"
 data = "data/fineweb"
 vocab_size = 50304  # gpt2's 50,257 tokens padded to a multiple of 64

@@ -175,7 +175,7 @@ def batchsize_table():
         rows.append(f"| {m} alone | " + " | ".join(f"{x:+.2f}" for x in v) + f" | {ms(v, '+.2f')} |")
     v = [fit["pooled_b"][s] for s in seeds]
     rows.append("| pooled (the paper's fit) | " + " | ".join(f"{x:+.2f}" for x in v) + f" | {ms(v, '+.2f')} |")
-    rows.append(f"| paper | | | | {fit['paper_b']:+.2f} |")
+    rows.append("| paper | " + "| " * len(seeds) + f"{fit['paper_b']:+.2f} |")
     return "\n".join(rows)
 
 

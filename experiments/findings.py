@@ -167,12 +167,17 @@ def _fmt(x):
 TEST_WORDS = {"lower": "A < B", "no_worse": "A < B + delta", "matches": "abs(A - B) < delta"}
 
 
+def cell(text):
+    """Text in a markdown table cell: a pipe (|shift|) would split the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def _rows(found):
     rows = ["| paper | claim | A (the paper's arm) | B | test, delta | A - B: mean [90% CI] (seeds) | verdict | "
             "command |", "|---|---|---|---|---|---|---|---|"]
     for f in found:
         d = f["diff"]
-        rows.append(f"| {f['section']} | {f['claim']} | {f['a']['name']} | {f['b']['name']} | "
+        rows.append(f"| {f['section']} | {cell(f['claim'])} | {cell(f['a']['name'])} | {cell(f['b']['name'])} | "
                     f"{TEST_WORDS[f['test']]}, {f['delta']:g} | {_fmt(d['mean'])} [{_fmt(d['ci90'][0])}, "
                     f"{_fmt(d['ci90'][1])}] ({f['seeds']}) | **{f['verdict']}** | `{f['command']}` |")
     return rows

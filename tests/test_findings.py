@@ -126,8 +126,9 @@ def test_the_readme_shows_what_results_hold():
     for name, fn in blocks.items():
         assert shown[name] == fn().strip(), f"README block {name} is stale: run python report.py"
     for f in findings.load().values():  # every finding's row names both arms, the margin and the verdict
-        row = next(line for line in shown["findings"].splitlines() if f"| {f['claim']} |" in line)
-        assert f"| {f['a']['name']} | {f['b']['name']} |" in row and f"**{f['verdict']}**" in row
+        row = next(line for line in shown["findings"].splitlines() if f"| {findings.cell(f['claim'])} |" in line)
+        assert f"| {findings.cell(f['a']['name'])} | {findings.cell(f['b']['name'])} |" in row
+        assert f"**{f['verdict']}**" in row
         assert f", {f['delta']:g} |" in row
         # the explanation is its experiment's EXPLAIN, the one place it is written (python report.py --explain); a
         # finding a rerun turned "not reproduced" without one is reported by report.py, not failed here: the tests
