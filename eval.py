@@ -5,6 +5,7 @@ context length and depth (§7.2), and the exact-match score of the offline instr
     python eval.py --out_dir=out                                  # a train.py or dpo.py run
     python eval.py --model_dir=official_dir                       # an official-format directory (train.py export)
     python eval.py --out_dir=out --data=embedded,python_source --passkey_lengths=64,128,256 --tasks=150
+    python eval.py --model_dir=official_dir --lm_eval=hellaswag,arc_easy   # lm-evaluation-harness (harness.py)
 
 Every number is printed and written as JSON (OUT/eval.json for a run, DIR/eval.json for a directory, or --json
 FILE). Bits per byte needs data prepared with the model's own tokenizer (a run's, the one an export carries, or a
@@ -27,6 +28,7 @@ from checkpoint import CheckpointError, model_from_checkpoint
 from configurator import ConfigError, exit_on_user_error
 from corpus import TokenData
 from files import write_json
+from harness import run_tasks
 from longctx import passkey_accuracy
 from official import from_pretrained
 from system import hardware, resolve_system
@@ -100,11 +102,13 @@ def evaluate(a):
         result["loss"][s], result["bits_per_byte"][s], result["bits_per_byte_95"][s] = bits_per_byte(
             model, data, seq_len, a.windows)
     encode, decode = (lambda s: with_bos(enc, enc.encode_ordinary(s))), functools.partial(decode_ids, enc)
-    lengths = [int(x) for x in a.passkey_lengths.split(",") if x] if a.passkey_lengths else \
+    lengths = [int(x) for x in a.passkey_lengths.split(",") if x] if a.passkey_lengths is not None else \
         [L for L in (128, 256, 512, 1024, 2048, 4096) if L <= model.config.max_length][-3:]
     result["passkey"] = passkey(model, encode, decode, lengths, a.passkey_trials)
     if a.tasks:  # the held-out prompts of the offline tasks (tasks.py), greedy answers
         result["tasks"] = task_score(model, enc, task_examples("val", 300)[:a.tasks])
+    if a.lm_eval:  # lm-evaluation-harness's tasks (harness.py)
+        result["lm_eval"] = run_tasks(model, enc, a.lm_eval, a.lm_eval_include, a.lm_eval_limit)
     result.update(hardware=hardware(torch.device(device)), command=" ".join(["python", *sys.argv]),
                   wall_s=round(time.time() - t0, 1))
     return result
@@ -117,6 +121,8 @@ def report(result):
               f"windows; {result['loss'][s]:.4f} nats/token)" for s, b in result["bits_per_byte"].items()]
     lines += [f"  passkey at {T} tokens: {p['mean']:.0%} (by depth {', '.join(f'{x:.0%}' for x in p['by_depth'])})"
               for T, p in result["passkey"].items()]
+    for task, scores in result.get("lm_eval", {}).items():
+        lines.append(f"  lm-eval {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     if "tasks" in result:
         lines.append("  offline tasks, exact match: " + ", ".join(f"{k} {v:.1%}" for k, v in result["tasks"].items()))
     return "\n".join(lines)
@@ -132,9 +138,14 @@ def main(argv=None):
     p.add_argument("--seq_len", type=int, default=0, help="window length (default: the run's seq_len, or 256)")
     p.add_argument("--windows", type=int, default=64, help="validation windows per set")
     p.add_argument("--passkey_lengths", default=None, help="comma-separated context lengths, >= 96 (default: the "
-                                                           "longest three of 128 .. 4096 that the model supports)")
+                                                           "longest three of 128 .. 4096 that the model supports); "
+                                                           "'' for none")
     p.add_argument("--passkey_trials", type=int, default=8, help="keys per (length, depth)")
     p.add_argument("--tasks", type=int, default=150, help="held-out task prompts to score (0: none)")
+    p.add_argument("--lm_eval", default="", help="lm-evaluation-harness tasks, comma-separated (optional package "
+                                                "lm-eval), e.g. hellaswag,arc_easy")
+    p.add_argument("--lm_eval_include", default=None, help="a directory of lm-eval task YAML files of your own")
+    p.add_argument("--lm_eval_limit", type=int, default=None, help="score only the first N documents of each task")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="where to write the numbers (default: eval.json in the model's "
                                                 "directory)")

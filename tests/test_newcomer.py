@@ -194,3 +194,10 @@ def test_the_readme_quotes_todays_numbers():
     conf = open(os.path.join(ROOT, "config", "wt_9m.py")).read()
     hours = 3000 * 16384 / s["tok_per_s"] / 3600
     assert f"{s['tok_per_s']:,.0f} tokens/s" in conf and f"about {hours:.0f} hours for 3000 steps" in conf
+
+
+def test_the_speedrun_time_the_readme_quotes_is_recorded():
+    s = json.load(open(os.path.join(ROOT, "results", "speedrun_tiny.json")))
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert s["command"] == "bash speedrun.sh tiny" and f"in {s['command_wall_s'] / 60:.1f} minutes" in readme
+    assert set(s["stages"]) == {"pretrain", "decay", "sft", "dpo"} and s["hardware"].startswith("2-core CPU")

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -286,3 +287,13 @@ def test_a_new_stage_can_warm_up_again_and_resumes_its_ramp(tmp_path, kept_check
     res = train.train({**warm, "resume": True}, quiet=True)
     assert res["train_loss"] == full["train_loss"][2:]
     assert [r["lr"] for r in rows(tmp_path / "warm") if "lr" in r][:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
+
+
+def test_the_gpu_defaults_bf16_and_compile_train_on_cpu(tmp_path):
+    # what a GPU run does by default (bf16 autocast, torch.compile), here on the CPU: the run trains, its first loss is
+    # the fp32 eager run's to bf16's precision (8 bits of mantissa: ~1%), and it ends lower than it started
+    c = cfg(tmp_path / "bf16", max_steps=6, warmup_steps=0, decay_steps=0, eval_interval=6)
+    low = train.train({**c, "dtype": "bfloat16", "compile": True}, quiet=True)
+    fp32 = train.train({**c, "out_dir": str(tmp_path / "fp32")}, quiet=True)
+    assert low["train_loss"][0] == pytest.approx(fp32["train_loss"][0], rel=2e-2)
+    assert low["train_loss"][-1] < low["train_loss"][0] and math.isfinite(low["final_val_loss"])
