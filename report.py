@@ -243,9 +243,11 @@ def explain():
 
 
 def record():
-    """Every experiment's findings recorded again from its results files (Experiment.record), training nothing."""
+    """Every experiment's findings recorded again from its results files (Experiment.record), training nothing; an
+    experiment that records no finding (a fit beside the paper, shown as a table) has no record."""
     for e in registry():
-        e.record()
+        if e.record is not None:
+            e.record()
 
 
 def training_minutes(sweep):

@@ -14,9 +14,11 @@ Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4), nanoGPT styl
                                                       # on from a released checkpoint: its model, weights, tokenizer
 
 The file reads top to bottom: the config (every key below can be set in a config file or as --key=value; model
-keys left at None come from `preset`), building the model and its optimizer (fresh, resumed, or from another run),
-the batch of a step, and the loop. The global batch of step s is a function of (seed, s) only: batch_size x
-grad_accum x world_size rows, split across processes and micro-steps, so any split logs the same losses.
+keys left at None come from `preset`), then the loop and its training step, then the start (the data, the model
+and its optimizer: fresh, resumed, or from another run) and the end of a run. The checks that protect a run live
+in guards.py, each called by a name that says what it guards. The global batch of step s is a function of
+(seed, s) only: batch_size x grad_accum x world_size rows, split across processes and micro-steps, so any split logs
+the same losses.
 `train(config)` runs one training and returns its metrics, for experiment scripts that run many in one process.
 """
 

@@ -115,3 +115,23 @@ def test_fit_scaling_law_recovers_known_parameters():
 def test_fit_scaling_law_rejects_degenerate_input(args, msg):
     with pytest.raises(ValueError, match=msg):
         sl.fit_scaling_law(*args)
+
+
+def test_the_annealing_law_fit_recovers_a_known_law():
+    # curves made by L0 + A S1^-alpha - C S2 on two schedules: the fit finds the law again, and predicts a third
+    from experiments import anneal_law
+    base = dict(lr=1.0, max_steps=500, warmup_steps=10, schedule="wsd", decay="exp", final_lr_ratio=0.1,
+                half_life=0.0, cosine_steps=0, stage_warmup_steps=0)
+    runs = {"stable": dict(base, decay_steps=0), "cosine": dict(base, schedule="cosine", decay_steps=0),
+            "wsd": dict(base, decay_steps=50)}
+    law = dict(L0=2.0, A=1.5, alpha=0.5, C=0.02)
+    curve = {}
+    for name, cfg in runs.items():
+        s1, s2 = anneal_law.areas(cfg, 1.0)
+        curve[name] = (s1, s2, law["L0"] + law["A"] * s1 ** -law["alpha"] - law["C"] * s2)
+    points = [(curve[n][0][s], curve[n][1][s], curve[n][2][s]) for n in ("stable", "cosine")
+              for s in range(49, 500, 50)]
+    got = anneal_law.fit(points)
+    assert got["alpha"] == pytest.approx(0.5, abs=0.01) and got["C"] == pytest.approx(0.02, rel=0.05)
+    s1, s2, y = curve["wsd"]
+    assert got["L0"] + got["A"] * s1[-1] ** -got["alpha"] - got["C"] * s2[-1] == pytest.approx(y[-1], abs=2e-3)
