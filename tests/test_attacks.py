@@ -411,3 +411,15 @@ def test_sigterm_during_the_end_of_run_sample_leaves_a_finished_run(tmp_path):
     assert p.returncode == -signal.SIGTERM  # (after the loop: the default action, as any program)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 2 and summary["sample"] is None and (tmp_path / "loss.png").exists()
+
+
+@pytest.mark.parametrize("script", ["sample.py", "eval.py"])
+def test_an_uncached_bpe_offline_is_one_line(tmp_path, script):
+    # the export names tiktoken's gpt2, nothing is cached, and the download is refused (a proxy that refuses)
+    a_run(tmp_path / "run")
+    checkpoint.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "exp"))
+    (tmp_path / "exp" / "tiktoken.json").write_text('{"tiktoken_encoding": "gpt2"}')
+    offline = dict(TIKTOKEN_CACHE_DIR=str(tmp_path / "empty"), HTTPS_PROXY="http://127.0.0.1:9",
+                   HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    one_line_error(run_cli([script, f"--model_dir={tmp_path / 'exp'}"], env_extra=offline, timeout=120),
+                   "tiktoken BPE 'gpt2' is not cached and could not be downloaded")

@@ -187,7 +187,9 @@ def test_a_rerun_records_an_experiment_and_nothing_else():
 @pytest.mark.parametrize("argv, message", [(["-m", "experiments.wsd", "--seeds", "0"], "0 must be >= 1"),
                                            (["-m", "experiments.wsd", "--small_long", "--seeds", "1"],
                                             "needs --seeds 3 or more"),
-                                           (["-m", "experiments.mup", "transfer", "--steps", "0"], "0 must be >= 1")])
+                                           (["-m", "experiments.mup", "transfer", "--steps", "0"], "0 must be >= 1"),
+                                           (["-m", "experiments.mup", "coord", "--widths", "3", "--seeds", "1",
+                                             "--steps", "1"], "num_attention_heads=2 does not divide hidden_size=3")])
 def test_experiment_flags_out_of_range_are_one_line(argv, message):
     r = run_cli(argv, timeout=120)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
