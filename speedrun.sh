@@ -18,8 +18,9 @@ case "$scale" in
         data=embedded; stable=40; decay=10; sft=30; dpo=10; batch="--batch_size=8 --seq_len=64"; tasks=30 ;;
   tiny) model="--preset=tiny"
         data=embedded; stable=600; decay=60; sft=300; dpo=100; batch="--batch_size=16 --seq_len=256"; tasks=150 ;;
-  0.1b) model="--preset=wt-0.1b --vocab_size=50304"
-        data=data/fineweb; stable=9000; decay=1000; sft=1000; dpo=200; batch="--batch_size=32 --seq_len=1024"; tasks=300 ;;
+  0.1b) model="config/wt_0.1b_fineweb.py"  # its tokens, time and memory: docs/training.md, "A GPU recipe"
+        data=data/fineweb; stable=3600; decay=400; sft=1000; dpo=200; tasks=300
+        batch="--batch_size=32 --grad_accum=16 --seq_len=1024" ;;
   *)    echo "error: unknown scale '$scale': use tiny, ci or 0.1b" >&2; exit 2 ;;
 esac
 mkdir -p "$root"
@@ -37,7 +38,7 @@ stage() {
 # 1. data: the offline instruction and preference sets (tasks.py); the corpus is embedded, or FineWeb-edu for 0.1b
 [ -f "$root/tasks/pref_train.jsonl" ] || python dpo.py --write_data="$root/tasks" > /dev/null
 if [ "$scale" = 0.1b ] && [ ! -f "$data/meta.json" ]; then
-  python corpus.py --hf_dataset HuggingFaceFW/fineweb-edu --hf_config sample-10BT --hf_max_docs 2000000 \
+  python corpus.py --hf_dataset HuggingFaceFW/fineweb-edu --hf_config sample-10BT --hf_max_docs 2500000 \
     --shard_tokens 100000000 --tokenizer gpt2 --out "$data"
 fi
 S=$((stable + decay))
