@@ -38,9 +38,13 @@ def losses(summary):
     return summary["first_train_loss"], summary["final_train_loss"]
 
 
-def numbers(root):
+def read_stages(root):
+    """{stage: (summary.json, eval.json or None)} of every stage."""
+    return {name: read_stage(root, name) for name, _ in STAGES}
+
+
+def numbers(runs):
     """What the card shows, as data: the machine, each stage's steps, tokens, time and losses, each evaluation."""
-    runs = {name: read_stage(root, name) for name, _ in STAGES}
     stages = {name: dict(steps=s["step"], tokens=s.get("tokens"), wall_s=s["wall_s"], first_loss=losses(s)[0],
                          last_loss=losses(s)[1], val_bpb=s.get("final_val_bpb"), command=s.get("command"))
               for name, (s, _) in runs.items()}
@@ -49,9 +53,8 @@ def numbers(root):
                 evals={name: e for name, (_, e) in runs.items() if e}, checks=checks(runs))
 
 
-def card(root):
-    """The report card's markdown."""
-    runs = {name: read_stage(root, name) for name, _ in STAGES}
+def card(root, runs):
+    """The report card's markdown (runs: read_stages)."""
     summaries = {name: s for name, (s, _) in runs.items()}
     hardware = summaries["pretrain"]["hardware"]
     minutes = sum(s["wall_s"] for s in summaries.values()) / 60
@@ -114,10 +117,11 @@ def main(argv):
     root = argv[0]
 
     def work():
-        text = card(root)
+        runs = read_stages(root)
+        text = card(root, runs)
         path = os.path.join(root, "report.md")
         replace_atomically(path, lambda f: f.write(text), mode="w")
-        write_json(os.path.join(root, "report.json"), numbers(root))
+        write_json(os.path.join(root, "report.json"), numbers(runs))
         print(f"report card: {path}")
     exit_on_user_error(work, ValueError)
 

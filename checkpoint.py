@@ -43,8 +43,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from configurator import ConfigError
 from corpus import load_data
 from files import (check_regular, fix_for, fsync_dir, locked as locked_dir, make_dirs, one_line, open_append,
-                   open_regular, parse_json,
-                   replace_atomically)
+                   open_regular, parse_json, read_json, replace_atomically)
 from model import MiniCPM, MiniCPMConfig, model_config
 from mup import load_named_optimizer_state
 from official import WEIGHT_FILES, config_from_json, export_llama, from_pretrained, is_official_dir, save_pretrained
@@ -229,8 +228,7 @@ def dcp_train_state(path):
     for p in (path, path + ".old"):
         if os.path.isfile(os.path.join(p, "train_state.json")):
             try:
-                with open_regular(os.path.join(p, "train_state.json")) as f:
-                    return p, json.load(f)
+                return p, read_json(os.path.join(p, "train_state.json"), dict, "write the checkpoint again")
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"DCP checkpoint {p}: train_state.json is unreadable ({first_line(e)})") from None
     single = os.path.join(os.path.dirname(os.path.normpath(path)), "ckpt.pt")
@@ -535,7 +533,7 @@ def open_metrics(out_dir, resume, overwrite, step, log=print):
             rows, torn = read_jsonl(path, torn_ok=True)
             if torn:
                 log(f"{path}: dropped a torn last line (a crash while it was written)")
-            rows = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= step]
+            rows = [r for r in rows if r.get("step", 0) <= step]
         else:
             log(f"{path} is missing: the resumed run's metrics start at step {step}")
     else:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from configurator import ConfigError, exit_on_user_error
-from files import locked, make_dirs, open_regular, parse_json, replace_atomically, write_json
+from files import locked, make_dirs, open_regular, parse_json, read_json, replace_atomically, write_json
 from tokenizer import (chat_pieces, data_tokenizer_id, get_encoding, ids_and_labels, known_tokenizers, tokenizer_id,
                        with_bos)
 
@@ -95,19 +95,25 @@ def read_document_file(path):
         return docs
 
 
-def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0):
+def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0, wait=False):
     """Tokenize documents (each followed by <|endoftext|>) into out_dir/{train,val}.bin + meta.json.
     The split is deterministic: the last val_fraction of the token stream is validation.
     shard_tokens > 0: stream the documents (any iterable, e.g. a hub dataset) into shards of about that many tokens,
-    {train,val}_00000.bin ..., holding only one shard in memory; every 1/val_fraction-th document is validation."""
+    {train,val}_00000.bin ..., holding only one shard in memory; every 1/val_fraction-th document is validation.
+    The directory is locked while it is prepared: another prepare() there stops in one line, or with wait=True (a
+    builtin corpus on first use) waits and keeps what the other one wrote."""
     if not 0 <= val_fraction < 1:  # (nan fails this too)
         raise ValueError(f"val_fraction={val_fraction} must be within [0, 1): the share of tokens held out")
     if shard_tokens < 0:
         raise ValueError(f"shard_tokens={shard_tokens} must be >= 0 (0: one train.bin / val.bin)")
-    with locked(out_dir, lambda holder: ValueError(f"{out_dir} is being prepared by another process ({holder}): "
-                                                   f"wait for it, or write into another --out")):
+    busy = None if wait else lambda holder: ValueError(f"{out_dir} is being prepared by another process ({holder}): "
+                                                       f"wait for it, or write into another --out")
+    with locked(out_dir, busy):
+        meta = os.path.join(out_dir, "meta.json")
+        if wait and os.path.isfile(meta):  # the process waited for prepared it
+            return read_json(meta)
         with contextlib.suppress(FileNotFoundError):  # until the new files are whole, the directory is not data
-            os.unlink(os.path.join(out_dir, "meta.json"))
+            os.unlink(meta)
         if shard_tokens:
             return prepare_shards(out_dir, docs, tokenizer, val_fraction, shard_tokens)
         return prepare_one(out_dir, docs, tokenizer, val_fraction)
@@ -229,20 +235,12 @@ class TokenData:
     def __init__(self, data="embedded"):
         path = os.path.join(DATA_DIR, data) if data in BUILTIN else data
         if data in BUILTIN and not os.path.isfile(os.path.join(path, "meta.json")):
-            with locked(path, None):  # another process preparing it: wait, then use what it wrote
-                ready = os.path.isfile(os.path.join(path, "meta.json"))
-            if not ready:
-                prepare(path, BUILTIN[data]())
+            prepare(path, BUILTIN[data](), wait=True)
         meta_file = os.path.join(path, "meta.json")
         if not os.path.isfile(meta_file):
             raise FileNotFoundError(f"data={data!r}: {meta_file} not found: run `python corpus.py --input FILES "
                                     f"--out {path}` first, or use data='embedded'")
-        try:
-            with open_regular(meta_file) as f:
-                meta = json.load(f)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{meta_file} is not valid JSON ({e}): prepare the data again") from None
-        self.meta = check_meta(meta, meta_file)
+        self.meta = check_meta(read_json(meta_file, None, "prepare the data again"), meta_file)
         self.path, self.vocab_size = path, self.meta["vocab_size"]
         files = self.meta.get("shards", {s: [f"{s}.bin"] for s in ("train", "val")})
         if not (isinstance(files, dict) and all(isinstance(files.get(s), list) and all(

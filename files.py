@@ -17,6 +17,7 @@ import json
 import os
 import stat
 
+
 class WriteError(OSError):
     """A file could not be written: one line, the partial file removed."""
 
@@ -185,10 +186,14 @@ def parse_json(text, where):
 
 
 def read_json(path, kind=dict, fix="restore it or write it again"):
-    """The JSON document of the regular file path, checked to be a `kind` (dict, list ...): else one ValueError line
-    naming the file, what it holds and `fix`."""
+    """The JSON document of the regular file path, checked to be a `kind` (dict, list ...; None: any): else one
+    ValueError line naming the file, what is wrong and `fix`."""
     with open_regular(path, "rb") as f:
-        obj = parse_json(f.read(), path)
+        text = f.read()
+    try:
+        obj = parse_json(text, path)
+    except ValueError as e:
+        raise ValueError(f"{e}: {fix}") from None
     if kind is not None and not isinstance(obj, kind):
         raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not a JSON {kind.__name__}: {fix}")
     return obj

@@ -11,7 +11,6 @@ architecture; this file is the only one that knows the official file layout.
 Nothing loaded runs code: safetensors, or pytorch_model.bin through torch.load(weights_only=True).
 """
 
-import json
 import math
 import os
 from dataclasses import asdict, fields
@@ -19,7 +18,7 @@ from dataclasses import asdict, fields
 import torch
 
 from tokenizer import TOKENIZER_EXTRAS, TOKENIZER_FILES, copy_file, save_tokenizer
-from files import check_regular, make_dirs, one_line, open_regular, replace_atomically, write_json
+from files import check_regular, make_dirs, read_json, replace_atomically, write_json
 from model import MiniCPM, MiniCPMConfig
 from rope import rope_base, rope_scaling_type
 
@@ -126,11 +125,7 @@ def read_config_json(path):
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: from_pretrained needs a directory with config.json and weights")
-    try:
-        with open_regular(file) as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{file} is not valid JSON ({e}): re-download or re-export the checkpoint") from None
+    raw = read_json(file, None, "re-download or re-export the checkpoint")
     if not isinstance(raw, dict):
         raise ValueError(f"{file} holds a {type(raw).__name__}, not a config object: re-download or re-export it")
     return raw
@@ -183,11 +178,7 @@ def read_weights(path):
 def read_index(file):
     """The weight_map {key: shard file name} of a sharded checkpoint's index, checked: every shard a plain file name
     in the index's own directory (never a path that leaves it)."""
-    try:
-        with open_regular(file) as f:
-            weight_map = json.load(f).get("weight_map")
-    except (ValueError, AttributeError, RecursionError) as e:
-        raise ValueError(f"{file} is not a checkpoint index ({one_line(e)}): re-download it") from None
+    weight_map = read_json(file, dict, "re-download it").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{file} has no weight_map object: re-download it")
     for k, shard in weight_map.items():

@@ -71,12 +71,17 @@ def flops_per_token(config, seq_len):
     return 6 * n + 12 * c.num_hidden_layers * seq_len * c.hidden_size
 
 
+def physical_memory():
+    """This machine's memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def check_fits_in_memory(config):
     """Refuse, in one line, a model whose fp32 weights alone exceed this machine's memory (a vocab_size or a layer
     count mistyped by a few zeros would otherwise allocate until the machine gives up)."""
     from_shapes = config_params(config)
     need = 4 * from_shapes
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = physical_memory()
     if need > have:
         raise ConfigError(f"the model of this config has {from_shapes:,} parameters ({need / 2 ** 30:,.1f} "
                           f"GiB in fp32), more than this machine's {have / 2 ** 30:,.1f} GiB of memory: check "
@@ -92,8 +97,7 @@ def check_step_fits(config, batch_size, seq_len, device, activation_checkpointin
     layers = 1 if activation_checkpointing else c.num_hidden_layers
     need = 16 * config_params(c) + 4 * tokens * (layers * (12 * c.hidden_size + 3 * c.intermediate_size)
                                                  + 3 * c.vocab_size)
-    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else \
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else physical_memory()
     if need > have:
         raise ConfigError(f"a training step of batch_size={batch_size} rows x seq_len={seq_len} tokens needs at least "
                           f"{need / 2 ** 30:,.1f} GiB, more than this {device.type.upper()}'s {have / 2 ** 30:,.1f} "

@@ -29,12 +29,12 @@ def positive_int(text):
     return value
 
 
-def parser(description, seeds_default=1):
+def parser(description):
     """--quick, --fresh, --seeds N, --data DIR and --record."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny models on a 2-core CPU")
     p.add_argument("--fresh", action="store_true", help=runner.FRESH_HELP)
-    p.add_argument("--seeds", type=positive_int, default=seeds_default, help=runner.SEEDS_HELP)
+    p.add_argument("--seeds", type=positive_int, default=1, help=runner.SEEDS_HELP)
     p.add_argument("--data", default=None, help=runner.DATA_HELP)
     p.add_argument("--record", action="store_true", help=RECORD_HELP)
     return p
@@ -46,7 +46,7 @@ def destination(record):
     out = runner.ROOT if record else runner.RUNS
     findings.FILE = os.path.join(out, "results", "findings.json")
     if not record:
-        print(f"writing under {os.path.relpath(out, runner.ROOT)}/ (--record writes the repository's results/)")
+        print(f"writing under {runner.rel(out)}/ (--record writes the repository's results/)")
     return out
 
 

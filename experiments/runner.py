@@ -224,10 +224,11 @@ def write_summary(out, name, summary):
 
 def read_json(file):
     """A results file, a truncated or corrupt one as one line that names it."""
+    fix = f"restore it (git checkout -- {file}) or rerun the experiment that writes it"
     try:
-        return files.read_json(file, dict)
+        return files.read_json(file, dict, fix)
     except ValueError as e:
-        raise ConfigError(f"{e}: restore it (git checkout -- {file}) or rerun the experiment that writes it") from None
+        raise ConfigError(str(e)) from None
 
 
 def read_results(name):

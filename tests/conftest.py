@@ -60,6 +60,12 @@ def run_cli(args, env_extra=None, **kw):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
+def file_bytes(*dirs):
+    """{path: bytes} of the files directly in each directory: what a test holds to say nothing there changed."""
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d in map(str, dirs)
+            for f in sorted(os.listdir(d)) if os.path.isfile(os.path.join(d, f))}
+
+
 def cli_args(c):
     return [f"--{k}={v}" for k, v in c.items()]
 

@@ -20,7 +20,7 @@ import files
 import official
 import tokenizer
 import train
-from conftest import ROOT, cfg, cli_args, official_dir, one_line_error, rows, run_cli
+from conftest import ROOT, cfg, cli_args, file_bytes, official_dir, one_line_error, rows, run_cli
 
 SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
              num_key_value_heads=1, max_position_embeddings=64, dim_model_base=16, scale_emb=1.0, scale_depth=1.0)
@@ -36,10 +36,6 @@ def release(path):
     """A released directory (config.json + pytorch_model.bin) of random weights at path; returns (path, state)."""
     path.mkdir(parents=True)
     return str(path), official_dir(path, SMALL)
-
-
-def contents(d):
-    return {n: (d / n).read_bytes() for n in sorted(os.listdir(d)) if (d / n).is_file()}
 
 
 # ------------------------------------------------------------------------------------------ checkpoints are kept
@@ -58,10 +54,10 @@ def test_a_resume_without_metrics_deletes_no_checkpoint(tmp_path):
 def test_a_plain_run_never_deletes_kept_checkpoints(tmp_path):
     c = a_run(tmp_path)
     (tmp_path / "ckpt.pt").unlink()
-    before = contents(tmp_path)
+    before = file_bytes(tmp_path)
     with pytest.raises(train.ConfigError, match=r"holds a run \(ckpt_000002.pt, ckpt_000004.pt\)"):
         train.train(c, quiet=True)
-    assert contents(tmp_path) == before
+    assert file_bytes(tmp_path) == before
     train.train({**c, "overwrite": True, "keep_ckpts": False}, quiet=True)  # only --overwrite deletes them
     assert not (tmp_path / "ckpt_000002.pt").exists()
 
@@ -75,9 +71,9 @@ def test_overwrite_leaves_no_file_of_the_earlier_model(tmp_path):
 
 def test_an_export_into_its_own_run_is_refused(tmp_path, cli):
     a_run(tmp_path)
-    before = contents(tmp_path)
+    before = file_bytes(tmp_path)
     cli(train.main, ["export", tmp_path, tmp_path], "already holds a model", "ckpt.pt")
-    assert contents(tmp_path) == before
+    assert file_bytes(tmp_path) == before
 
 
 # ------------------------------------------------------------------------------------------ links

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import report
-from conftest import ROOT, run_cli
+from conftest import ROOT, file_bytes, run_cli
 from experiments import rerun, runner
 
 # an experiment's command, run as a real process: it counts its runs, fails while a marker file is there (removing
@@ -159,20 +159,15 @@ def test_the_machine_names_the_cpu_kernels_its_floats_come_from():
 # ------------------------------------------------------------------------------------------ a user's own rerun
 
 
-def tree_digest(*dirs):
-    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d in dirs for f in sorted(os.listdir(d))
-            if os.path.isfile(os.path.join(d, f))}
-
-
 def test_an_experiment_run_without_record_leaves_the_committed_results(tmp_path, monkeypatch, capsys):
     from experiments import findings, mup
-    before = tree_digest(runner.RESULTS, runner.ASSETS)
+    before = file_bytes(runner.RESULTS, runner.ASSETS)
     monkeypatch.setattr(runner, "RUNS", str(tmp_path / "runs"))
     monkeypatch.setattr(findings, "FILE", findings.FILE)  # (restored after: destination() points it at runs/)
     monkeypatch.setattr(sys, "argv", ["mup.py", "coord", "--widths", "64", "128", "--steps", "1", "--seeds", "3"])
     mup.main()
     assert "writing under" in capsys.readouterr().out
-    assert tree_digest(runner.RESULTS, runner.ASSETS) == before  # results/, assets/ and the ledger untouched
+    assert file_bytes(runner.RESULTS, runner.ASSETS) == before  # results/, assets/ and the ledger untouched
     mine = json.loads((tmp_path / "runs" / "results" / "findings.json").read_text())
     assert set(mine) == {"coord_check_attention", "coord_check_mlp"}
     assert (tmp_path / "runs" / "assets" / "coord_check.png").exists()
