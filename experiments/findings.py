@@ -1,14 +1,17 @@
 """
-Findings: each claim of the paper we rerun, with seeds, an interval, a declared margin and a verdict (the wind
+Findings: each claim we rerun, with seeds, an interval, a p-value, a declared margin and a verdict (the wind
 tunnel's ledger).
 
-A finding compares two arms run with the same seeds (init and data order), A always the arm the paper favours,
+A finding compares two arms run with the same seeds (init and data order), A always the arm the claim favours,
 lower always better (an accuracy enters as its error, 1 - accuracy): d_s = A_s - B_s over seeds s = 1 .. n, and
 
-    CI = mean(d) -+ t_{0.95, n-1} sd(d) / sqrt(n)          the two-sided 90% t-interval [lo, hi] of mean(d)
+    CI = mean(d) -+ t_{0.975, n-1} sd(d) / sqrt(n)          the two-sided 95% t-interval [lo, hi] of mean(d)
+    p  = #{signs e: mean(e * d') <= mean(d')} / 2^n          the exact one-sided sign-flip p-value of "the claim is
+                                                              false", d' = d for lower, d - delta for no_worse;
+                                                              matches takes the larger of its two one-sided tests
 
-Each finding declares its test and a margin delta > 0 in its metric's units, fixed in the experiment's code before
-its runs, with the line that says why that size matters:
+Each finding declares its test and a margin delta > 0 in its metric's units, with the line that says why that size
+matters:
 
     lower     (A ends below B):            reproduced if hi < 0;       not reproduced if lo > -delta
     no_worse  (A is no worse than B):      reproduced if hi < delta;   not reproduced if lo > delta
@@ -16,24 +19,30 @@ its runs, with the line that says why that size matters:
                                            not reproduced if lo >= delta or hi <= -delta
     otherwise inconclusive: the interval is too wide to say either way (more seeds or a better design).
 
-"not reproduced" thus needs evidence against the claim (a gain of delta ruled out, a loss of delta shown), never
-the absence of evidence for it. A sanity check (a row true by construction, e.g. an update that follows the lr
-under Adam) is recorded and shown apart, and does not count as a reproduction. results/findings.json holds every
-finding: its arms and their per-seed values, the differences, the interval, the verdict, the command, the hardware
-and the wall time, so anyone can recompute it.
+A registered claim (experiments/claims.py: committed before its runs) is a primary finding: "reproduced" also needs
+its Holm-adjusted p < 0.05 over its table's family (the paper's claims, the later literature's). A finding without a
+registered claim is exploratory: shown apart, never counted. "not reproduced" needs evidence against the claim (a
+gain of delta ruled out, a loss of delta shown), never the absence of evidence for it. A sanity check (true by
+construction) is shown apart too. results/findings.json holds every finding: its arms and their per-seed values, the
+differences, the interval, the verdict, its earlier verdicts, the command, the hardware and the wall time.
 """
 
+import itertools
 import math
 import os
 import statistics
+import time
 
 from configurator import ConfigError
+from experiments import claims
 from experiments.runner import RESULTS, read_json
 from files import write_json
 
 FILE = os.path.join(RESULTS, "findings.json")
 TESTS = ("lower", "no_worse", "matches")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+LEVEL = 0.95  # the interval's coverage
+ALPHA = 0.05  # the family-wise error rate Holm's correction holds
 
 
 def _betacf(a, b, x):
@@ -83,14 +92,48 @@ def t_quantile(p, df):
     return (lo + hi) / 2
 
 
-def interval(diffs):
-    """(mean, sd, [lo, hi]) of the per-seed differences: the two-sided 90% t-interval of their mean."""
+def interval(diffs, level=LEVEL):
+    """(mean, sd, [lo, hi]) of the per-seed differences: the two-sided t-interval of their mean at `level`."""
     n = len(diffs)
     if n < 3:
         raise ValueError(f"{n} seeds: a verdict needs at least 3")
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = t_quantile(0.95, n - 1) * sd / math.sqrt(n)
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
     return mean, sd, [mean - half, mean + half]
+
+
+MAX_FLIP_SEEDS = 20  # 2^20 sign patterns: exact enumeration stays under a second
+
+
+def _flip_p(d):
+    """P(mean(e * d) <= mean(d)) over the 2^n sign vectors e: small when d sits below 0 by more than chance."""
+    if len(d) > MAX_FLIP_SEEDS:
+        raise ValueError(f"{len(d)} seeds: the exact sign-flip test enumerates at most {MAX_FLIP_SEEDS}")
+    observed = sum(d)
+    hits = sum(sum(e * x for e, x in zip(signs, d)) <= observed + 1e-12 * (1 + abs(observed))
+               for signs in itertools.product((1, -1), repeat=len(d)))
+    return hits / 2 ** len(d)
+
+
+def sign_flip_p(diffs, test, delta):
+    """The exact one-sided sign-flip p-value of the null that the claim is false at its margin."""
+    if test == "lower":
+        return _flip_p(diffs)
+    if test == "no_worse":
+        return _flip_p([x - delta for x in diffs])
+    if test == "matches":  # two one-sided tests: below +delta and above -delta
+        return max(_flip_p([x - delta for x in diffs]), _flip_p([-x - delta for x in diffs]))
+    raise ValueError(f"test={test!r}: use one of {', '.join(TESTS)}")
+
+
+def holm(ps):
+    """Holm's step-down adjusted p-values, in the order given."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def verdict(ci90, test, delta):
@@ -118,26 +161,75 @@ def provenance(sources, hardware=None):
 
 
 def record(*, fid, section, claim, paper, test, delta, why, a, b, a_per_seed, b_per_seed, command, hardware, wall_s,
-           sources, explanation="", sanity=False):
-    """Add or replace finding `fid` in results/findings.json: arm `a` (the paper's) against arm `b`, their per-seed
+           sources, explanation="", sanity=False, registered=None):
+    """Add or replace finding `fid` in results/findings.json: arm `a` (the claim's) against arm `b`, their per-seed
     values, under `test` with margin `delta` (why: the line that says why that size matters), and the machines and
     train.py versions of the runs in `sources` (the sweeps' results files it rests on; () for a measurement that
-    trains no sweep, recorded with `hardware`); returns it."""
+    trains no sweep, recorded with `hardware`); `registered`: the claim fields record_claim adds. Returns it."""
     if test not in TESTS:
         raise ValueError(f"test={test!r}: use one of {', '.join(TESTS)}")
     machines, trainers = provenance(sources, hardware) if sources else ([hardware], [])
     diffs = [x - y for x, y in zip(a_per_seed, b_per_seed, strict=True)]
-    mean, sd, ci90 = interval(diffs)
+    mean, sd, ci95 = interval(diffs)
+    ci90 = interval(diffs, 0.90)[2]  # (what a rerun elsewhere is compared against: report.py --compare)
     finding = dict(id=fid, section=section, claim=claim, paper=paper, test=test, delta=delta, why=why,
                    a=dict(name=a, per_seed=list(a_per_seed)), b=dict(name=b, per_seed=list(b_per_seed)),
-                   diff=dict(per_seed=diffs, mean=mean, sd=sd, ci90=ci90), seeds=len(diffs),
-                   verdict=verdict(ci90, test, delta), sanity=sanity, explanation=explanation, command=command,
+                   diff=dict(per_seed=diffs, mean=mean, sd=sd, ci95=ci95, ci90=ci90), seeds=len(diffs),
+                   level=LEVEL, p=sign_flip_p(diffs, test, delta), verdict=verdict(ci95, test, delta),
+                   sanity=sanity, explanation=explanation, command=command,
                    hardware="; ".join(machines), machines=machines, trainer=trainers,
-                   sources=[os.path.basename(f) for f in sources], wall_s=round(wall_s, 1))
+                   sources=[os.path.basename(f) for f in sources], wall_s=round(wall_s, 1),
+                   recorded=time.strftime("%Y-%m-%d"), **(registered or dict(table="exploratory")))
     allf = load()
+    finding["history"] = history(allf.get(fid), finding)
     allf[fid] = finding
-    write_json(FILE, allf)
-    return finding
+    write_json(FILE, adjusted(allf))
+    return allf[fid]
+
+
+def record_claim(cid, *, a_per_seed, b_per_seed, command, hardware, wall_s, sources, run_commits, explanation=""):
+    """Record the registered claim `cid` (experiments/claims.py): its arms, test and margin from the registry, its
+    hash, the commits its runs trained under, and whether the claim was committed before them."""
+    c = claims.CLAIMS[cid]
+    h = claims.current_hash(cid)
+    status, why_status = claims.status(cid, h, run_commits)
+    registered = dict(table=c["table"], claim_id=cid, claim_hash=h, run_commits=list(run_commits), status=status,
+                      status_why=why_status, tokens_per_param=c["tokens_per_param"])
+    return record(fid=cid, section=c["section"], claim=c["claim"], paper=c["section"], test=c["test"],
+                  delta=c["delta"], why=c["why"], a=c["a"], b=c["b"], a_per_seed=a_per_seed, b_per_seed=b_per_seed,
+                  command=command, hardware=hardware, wall_s=wall_s, sources=sources, explanation=explanation,
+                  sanity=c["table"] == "sanity", registered=registered)
+
+
+def history(old, new):
+    """The earlier verdicts of a finding: the old entry's, plus the old entry itself when its verdict, interval
+    level or claim differ from the new one's (a verdict that changed after a redesign stays visible)."""
+    if old is None:
+        return []
+    past = list(old.get("history", []))
+    then = dict(verdict=old["verdict"], level=old.get("level", 0.90), claim_hash=old.get("claim_hash"),
+                seeds=old["seeds"], mean=old["diff"]["mean"], recorded=old.get("recorded"))
+    if any(then[k] != new.get(k) for k in ("verdict", "level", "claim_hash")):
+        past.append(then)
+    return past
+
+
+def primary(f):
+    """A finding that counts: a registered claim of the paper or the later literature, committed before its runs."""
+    return f.get("status") == "registered" and f.get("table") in ("paper", "literature")
+
+
+def adjusted(ledger):
+    """The ledger with Holm's correction over each table's primary findings: a "reproduced" whose adjusted p is not
+    below ALPHA becomes inconclusive."""
+    for table in ("paper", "literature"):
+        family = [f for f in ledger.values() if primary(f) and f["table"] == table]
+        for f, p in zip(family, holm([f["p"] for f in family])):
+            f["p_holm"] = p
+            f["verdict"] = verdict(f["diff"]["ci95"], f["test"], f["delta"])
+            if f["verdict"] == "reproduced" and p >= ALPHA:
+                f["verdict"] = "inconclusive"
+    return ledger
 
 
 # what every finding of the ledger holds (report.py's tables read these)

@@ -23,6 +23,7 @@ import system
 import train
 from checkpoint import run_files
 from configurator import ConfigError
+from experiments import claims
 import files
 from files import write_json
 
@@ -113,9 +114,10 @@ def sweep(results_file, runs, desc="runs", fresh=False):
     default: a rerun of a finished experiment only redraws its figures); fresh=True trains every run again. A run
     that starts from another run's checkpoint (init_from inside its out_dir: a WSD branch, an upcycled MoE) is
     redone whenever that run is, so that a run never rests on a source trained on another machine or by other code;
-    every run records the machine it trained on. A recorded run that cannot stand any more (its config or the
-    train.py version changed, or the checkpoints other runs branch from are gone, as in a fresh clone) retrains the
-    whole sweep: its findings then rest on runs of one machine and one code version, never on a mix."""
+    every run records the machine it trained on and its commit (claims.head: the registered claims it ran under). A
+    recorded run that cannot stand any more (its config or the train.py version changed, or the checkpoints other
+    runs branch from are gone, as in a fresh clone) retrains the whole sweep: its findings then rest on runs of one
+    machine and one code version, never on a mix."""
     done = {}
     if os.path.isfile(results_file) and not fresh:
         done = {k: v for k, v in read_json(results_file).items() if k in runs}  # drop runs the sweep no longer has
@@ -146,7 +148,7 @@ def sweep(results_file, runs, desc="runs", fresh=False):
                   f"command continues", file=sys.stderr)
             raise SystemExit(res["exit_code"])
         done[name] = dict(config=cfg, metrics=res, seconds=time.perf_counter() - t0, trainer=train.TRAINER_VERSION,
-                          hardware=this_machine(), run_id=time.time_ns(),
+                          hardware=this_machine(), run_id=time.time_ns(), commit=claims.head(),
                           from_run=done[source].get("run_id") if source else None)
         write_json(results_file, done, indent=None)
     return {name: done[name]["metrics"] for name in runs}
