@@ -74,6 +74,8 @@ def check_value(key, value, want):
     """value converted to / checked against `want` (a type or a tuple of types); ints are accepted for floats."""
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if want is float and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(value)  # (--lr=nan is a number, and check_numbers names it as one)
     ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
     if not ok:
         names = want.__name__ if isinstance(want, type) else "/".join(t.__name__ for t in want)

@@ -295,7 +295,7 @@ class TokenData:
 
     def draw(self, split, g, length, size=None):
         """Random windows of `length` tokens as (shard index, offset) arrays, uniform over all valid starts and never
-        crossing a shard boundary; one call of g.integers, so a single file gives the offsets of earlier versions."""
+        crossing a shard boundary; one call of g.integers, so a single file's offsets follow from the seed alone."""
         counts = np.array([max(0, len(a) - length) for a in self.shards[split]])
         if counts.sum() <= 0:
             raise ValueError(f"{split} split of {self.path} has no shard longer than {length} tokens: lower seq_len "

@@ -19,6 +19,7 @@ from checkpoint import (DCP_DIR, CheckpointError, StartPoint, dcp_train_state, f
                         load_full_state, load_state, read_start_point, stored_config)
 from configurator import ConfigError
 from corpus import MixtureData, TokenData, load_data, load_eval_sets
+from dpo import PreferenceData
 from longctx import passkey_document
 from model import MiniCPMConfig, untie_state_dict
 from model import model_config as _model_config
@@ -26,8 +27,7 @@ from moe import upcycle_optimizer_state, upcycle_state_dict
 from mup import named_optimizer_state
 from tokenizer import data_tokenizer_id
 
-# the numbers a config gives change with this version (1: step s trained at lr(s - 1), so the first warmup step at lr
-# 0 and the last decay step never at the final lr; 2: step s trains at lr(s)): checkpoints and sweep results of
+# the numbers a config gives change with this version (step s trains at lr(s)): checkpoints and sweep results of
 # another version are not continued or reused as if they were this one's
 TRAINER_VERSION = 2
 MODEL_KEYS = [f.name for f in fields(MiniCPMConfig)]
@@ -55,6 +55,36 @@ def inherited_model_keys(cfg):
         except ConfigError:
             return cfg  # (start_from says what is wrong with it)
     return {**cfg, **{k: stored.get(k) for k in MODEL_KEYS if cfg[k] is None}}
+
+
+def check_objective(cfg):
+    """DPO trains a policy from init_from on preference pairs, with none of the token stream's options."""
+    if cfg["objective"] not in ("lm", "dpo"):
+        raise ConfigError(f"config key objective={cfg['objective']!r}: use lm or dpo")
+    if cfg["objective"] != "dpo":
+        return
+    if not cfg["init_from"] or not cfg["data"]:
+        raise ConfigError("DPO needs --init_from (the SFT out_dir or checkpoint) and --data (a preference .jsonl)")
+    mixed = [k for k in ("decay_data", "eval_data", "fsdp", "update_stats") if cfg[k]]
+    mixed += ["long_ratio"] * (cfg["long_ratio"] < 1) + ["passkey_ratio"] * (cfg["passkey_ratio"] > 0)
+    if mixed:
+        raise ConfigError(f"objective=dpo trains on preference pairs: drop {', '.join(mixed)}")
+
+
+def load_preference_data(cfg, mcfg, source):
+    """The preference pairs of a DPO run (dpo.PreferenceData), under the tokenizer of the model it starts from or
+    continues (`source`), checked against the model's vocabulary and length."""
+    try:
+        data = PreferenceData(cfg["data"], source.tokenizer, cfg["seq_len"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if mcfg.vocab_size < data.vocab_size:
+        raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the pairs' tokenizer vocabulary "
+                          f"({data.vocab_size}, {data.meta['tokenizer']})")
+    if cfg["seq_len"] > mcfg.max_position_embeddings:
+        raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
+                          f"{mcfg.max_position_embeddings}: lower seq_len")
+    return data
 
 
 def model_config(cfg):
@@ -157,10 +187,10 @@ def resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, finge
     if lacks:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(lacks)}: it was not written by train.py's loop (a "
                               f"DPO or converted checkpoint?): start from it with --init_from instead of --resume")
-    if ckpt.get("trainer", 1) != TRAINER_VERSION:
-        raise CheckpointError(f"checkpoint {path} was written by train.py version {ckpt.get('trainer', 1)} (its "
-                              f"schedule trains each step at another lr than version {TRAINER_VERSION}'s): resuming "
-                              f"would change the run's numbers midway; start a new stage from it with --init_from")
+    if ckpt.get("trainer") != TRAINER_VERSION:
+        raise CheckpointError(f"checkpoint {path} was written by another train.py version ({ckpt.get('trainer')}, "
+                              f"this is {TRAINER_VERSION}): resuming would change the run's numbers midway; start a "
+                              f"new stage from it with --init_from")
     check_same_data(path, ckpt, cfg, fingerprints)
     # keys added to train.py since the checkpoint was written count as their defaults (as in sweep); the data is
     # compared by content (check_same_data), not by how its path is spelled
@@ -191,38 +221,29 @@ def data_fingerprints(data, decay_data):
 
 def check_same_data(path, ckpt, cfg, fingerprints):
     """A checkpoint resumes only on the data it trained on: the same content (the same directory spelled dir/ or
-    ./dir is the same data; a directory prepared again from other text is not); a checkpoint from before the
-    fingerprints compares the data's paths, normalized."""
+    ./dir is the same data; a directory prepared again from other text is not)."""
     for key, spec in (("fingerprint", "data"), ("decay_fingerprint", "decay_data")):
-        had, has = ckpt["data"].get(key), fingerprints.get(key)
         old, new = ckpt["config"].get(spec, ""), cfg[spec]
-        if had is None:
-            same = normalized(old) == normalized(new)
-        else:
-            same = had == has
-        if not same:
+        if ckpt["data"].get(key) != fingerprints.get(key):
             raise CheckpointError(f"checkpoint {path} trained on other data: {spec}={new!r} now holds other tokens "
                                   f"than the {old!r} it was trained on (prepared again from other text?): resume it "
                                   f"on that data, or start a new stage with --init_from")
 
 
-def normalized(spec):
-    """A data spec with each path normalized (dir/ and ./dir are dir)."""
-    return ",".join(os.path.normpath(p) if p else p for p in spec.split(",")) if spec else spec
-
-
-def start_from(cfg, mcfg, source, model, optimizer, log):
+def start_from(cfg, mcfg, source, model, optimizer, log, weights_only=False):
     """Another run's weights, AdamW moments and step, under this run's schedule: the same model (a WSD decay
     branch, paper §4.3), a context extension (a new RoPE base / scaling / length, untied if asked: paper §7.2), or
     sparse upcycling to MoE (every expert a copy of the dense MLP, a new router: paper §7.3). From a released
-    checkpoint (source.optimizer None): its weights alone, AdamW fresh, step 0 (a new WSD run from its warmup)."""
+    checkpoint (source.optimizer None), or with weights_only (a DPO policy): its weights alone, AdamW fresh, step 0
+    (a new run from its warmup)."""
     src, src_cfg = source.path, source.config
     a, b = asdict(src_cfg), asdict(mcfg)
     diff = config_diff(a, b)
     state = source.model
-    opt_state = named_optimizer_state(src_cfg, source.optimizer) if source.optimizer is not None else {}
-    what = f"{src} (step {source.step})" if source.optimizer is not None else f"the released checkpoint {src} " \
-        f"(its weights; AdamW fresh; step 0)"
+    fresh = weights_only or source.optimizer is None
+    opt_state = {} if fresh else named_optimizer_state(src_cfg, source.optimizer)
+    what = f"{src} (step {source.step})" if not fresh else f"{src}'s weights (AdamW fresh; step 0)" if weights_only \
+        else f"the released checkpoint {src} (its weights; AdamW fresh; step 0)"
     if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
         state = upcycle_state_dict(state, mcfg, seed=cfg["seed"])
         opt_state = upcycle_optimizer_state(opt_state, mcfg.num_experts)
@@ -238,7 +259,7 @@ def start_from(cfg, mcfg, source, model, optimizer, log):
         load_full_state(model, optimizer, state, opt_state)
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {src} does not fit the model ({first_line(e)})") from None
-    return source.step
+    return 0 if fresh else source.step
 
 
 def check_eval_split(cfg, world):

@@ -26,6 +26,9 @@ import os
 import pkgutil
 import re
 import time
+from dataclasses import asdict
+
+import torch
 
 import corpus
 import experiments
@@ -35,6 +38,7 @@ from corpus import TokenData
 from experiments import findings
 from experiments.runner import RESULTS, ROOT, read_json, read_results, trained
 from files import replace_atomically, write_json
+from model import MiniCPM, MiniCPMConfig, model_config
 
 README = os.path.join(ROOT, "README.md")
 EXPERIMENTS_README = os.path.join(ROOT, "experiments", "README.md")
@@ -79,6 +83,18 @@ def epochs(run):
     return corpus.epochs(token_data(data), run["metrics"]["tokens"], run["config"].get("passkey_ratio", 0))
 
 
+@functools.lru_cache(maxsize=None)
+def _non_embedding(shape):
+    with torch.device("meta"):  # (counts only: no memory, no init)
+        return MiniCPM(MiniCPMConfig(**dict(shape))).num_params()
+
+
+def tokens_per_param(run):
+    """A sweep run's training tokens per non-embedding parameter (the paper's N)."""
+    shape = tuple(sorted(asdict(model_config(run["config"])).items()))
+    return run["metrics"]["tokens"] / _non_embedding(shape)
+
+
 def findings_table():
     """The ledger (findings.table), the training time behind it, and how often each sweep repeats its corpus."""
     runs = {s: list(trained(read_results(s)).values()) for e in registry() for s in e.sweeps}
@@ -92,13 +108,16 @@ def findings_table():
             most = max(e)
             reps.append(f"{s} {most[0]:.2f} ({most[1]})")
     cost = ", ".join(f"{s} {m:.0f}" for s, m in minutes.items())
+    tpp = {s: [tokens_per_param(r) for r in v] for s, v in runs.items() if v}
+    tpp = ", ".join(f"{s} {min(x):.2g}-{max(x):.2g}" for s, x in tpp.items())
     return findings.table() + (
         f"\n\nBehind this table: {sum(map(len, runs.values()))} training runs, {hours:.1f} h of training on "
         f"{machines} (the `seconds` of every run in results/), plus their evaluations; minutes of training per sweep: "
         f"{cost}. "
         f"The most epochs of its corpus one run "
         f"of each sweep trains (tokens / training tokens; embedded: {token_data('embedded').meta['train_tokens']:,} "
-        f"tokens): " + ", ".join(reps) + ".")
+        f"tokens): " + ", ".join(reps) + ". Tokens per non-embedding parameter, the fewest and the most of a sweep's "
+        f"runs: {tpp}.")
 
 
 def speed_table():
@@ -166,25 +185,22 @@ def recipe_table():
         rows.append(f"| `{x['command']}` | `{x['preset']}` ({x['params'] / 1e6:,.0f}M) | {x['tokens'] / 1e9:,.2f}B | "
                     f"{hours} | {x['memory_gib']:.0f} GiB | {cpu} | not measured: no GPU run is recorded |")
     note = (f"Time: the FLOPs (6 x parameters + attention, `system.flops_per_token`) over {r['assumed_mfu']:.0%} MFU "
-            f"of the {r['gpu']}'s {r['gpu_peak_flops'] / 1e12:.0f} TFLOP/s (the MFU the 1.2B reached in the earlier, "
-            f"unrecorded measurement below was higher); memory: `system.training_memory` at the config's batch; CPU: "
+            f"of the {r['gpu']}'s {r['gpu_peak_flops'] / 1e12:.0f} TFLOP/s (an assumption until a GPU run is "
+            f"recorded); memory: `system.training_memory` at the config's batch; CPU: "
             f"the FLOP/s `{r['cpu_measured_by']}` reached on {r['cpu']}. `{m['command']}`, {m['date'][:10]}.")
     return "\n".join(rows) + "\n\n" + note
 
 
 def verdicts_table():
-    """The README's short summary of the ledger: the tally, and the verdicts by paper section."""
-    allf = [f for f in findings.load().values() if not f.get("sanity")]
-    by = {}
-    for f in allf:
-        by.setdefault(f["section"], []).append(f["verdict"])
-    rows = ["| paper | findings | reproduced | not reproduced | inconclusive |", "|---|---|---|---|---|"]
-    for sec in sorted(by, key=lambda s: [int(x) for x in s.strip("§").split(".")]):
-        v = by[sec]
-        rows.append(f"| {sec} | {len(v)} | " + " | ".join(str(v.count(w)) for w in findings.VERDICTS) + " |")
-    tally = ", ".join(f"{sum(f['verdict'] == w for f in allf)} {w}" for w in findings.VERDICTS)
-    return f"{len(allf)} findings: {tally} (plus {len(findings.load()) - len(allf)} sanity checks).\n\n" + \
-        "\n".join(rows)
+    """The README's short summary of the ledger: the verdicts of each table (experiments/findings.py's groups)."""
+    allf = list(findings.load().values())
+    rows = ["| table | findings | reproduced | not reproduced | inconclusive |", "|---|---|---|---|---|"]
+    for g, title in findings.TITLES.items():
+        v = [f["verdict"] for f in allf if findings.group(f) == g]
+        if v:
+            rows.append(f"| {title.split(',')[0].split(' (')[0]} | {len(v)} | " +
+                        " | ".join(str(v.count(w)) for w in findings.VERDICTS) + " |")
+    return "\n".join(rows)
 
 
 def blocks():

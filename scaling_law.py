@@ -66,15 +66,10 @@ def compute_optimal(C, law):
     return N * law.unit, c / N * law.unit
 
 
-def _huber(r, delta):
-    a = r.abs()
-    return torch.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
-
-
 def fit_scaling_law(N, D, L, delta=1e-3, top_k=32):
     """Fit L(N, D) as Chinchilla did: Huber(delta) on log L with log C_N = a, log C_D = b, log L0 = e, i.e.
     log L_hat = logsumexp(a - alpha log N, b - beta log D, e). The objective is evaluated on a grid of starts and
-    L-BFGS is run from the best `top_k`; the best end point wins."""
+    L-BFGS is run from the best `top_k`, on the objective's gradient in closed form; the best end point wins."""
     N, D, L = (np.asarray(v, dtype=float) for v in (N, D, L))
     if not (N.shape == D.shape == L.shape) or N.ndim != 1:
         raise ValueError(f"N, D, L must be 1-D of equal length, got shapes {N.shape}, {D.shape}, {L.shape}")
@@ -84,30 +79,38 @@ def fit_scaling_law(N, D, L, delta=1e-3, top_k=32):
         raise ValueError("N, D and L must all be positive")
     lN, lD, lL = (torch.tensor(np.log(v), dtype=torch.float64) for v in (N, D, L))
 
-    def objective(p):  # p: (..., 5) = a, b, e, alpha, beta
+    def terms(p):  # p: (..., 5) = a, b, e, alpha, beta -> the three log-terms (3, ..., n points)
         a, b, e, al, be = p.unbind(-1)
-        pred = torch.logsumexp(torch.stack([a[..., None] - al[..., None] * lN, b[..., None] - be[..., None] * lD,
-                                            e[..., None].expand(*e.shape, len(lN))]), dim=0)
-        return _huber(pred - lL, delta).sum(-1)
+        return torch.stack([a[..., None] - al[..., None] * lN, b[..., None] - be[..., None] * lD,
+                            e[..., None].expand(*e.shape, len(lN))])
+
+    def objective(p):
+        r = torch.logsumexp(terms(p), dim=0) - lL
+        return torch.where(r.abs() <= delta, 0.5 * r * r, delta * (r.abs() - 0.5 * delta)).sum(-1)
+
+    def gradient(p):  # d Huber / d r = clamp(r, -delta, delta); d logsumexp / d term = exp(term - logsumexp)
+        t = terms(p)
+        lse = torch.logsumexp(t, dim=0)
+        w, h = (t - lse).exp(), (lse - lL).clamp(-delta, delta)
+        return torch.stack([(h * w[0]).sum(), (h * w[1]).sum(), (h * w[2]).sum(), -(h * w[0] * lN).sum(),
+                            -(h * w[1] * lD).sum()])
 
     grid = torch.tensor(list(itertools.product(np.arange(0, 30, 5), np.arange(0, 30, 5), np.arange(-1, 1.5, 0.5),
                                                np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))), dtype=torch.float64)
     starts = grid[objective(grid).argsort()[:top_k]]
     best, best_val = None, math.inf
     for start in starts:
-        p = start.clone().requires_grad_(True)
+        p = start.clone()
         opt = torch.optim.LBFGS([p], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
                                 line_search_fn="strong_wolfe")
 
         def closure():
-            opt.zero_grad()
-            loss = objective(p)
-            loss.backward()
-            return loss
+            p.grad = gradient(p)
+            return objective(p)
         opt.step(closure)
-        val = objective(p.detach()).item()
+        val = objective(p).item()
         if math.isfinite(val) and val < best_val:
-            best, best_val = p.detach(), val
+            best, best_val = p.clone(), val
     a, b, e, al, be = best.tolist()
     return ScalingLaw(C_N=math.exp(a), alpha=al, C_D=math.exp(b), beta=be, L0=math.exp(e))
 

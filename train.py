@@ -9,13 +9,15 @@ Train MiniCPM: model.py + mup.py + wsd.py composed (paper §3-§4), nanoGPT styl
     torchrun ... train.py config/x.py --fsdp=True     # FSDP2, sharded DCP checkpoints (resumable at any world size)
     python train.py export out/ckpt_dcp official_dir  # a checkpoint -> the official format (from_pretrained)
     python train.py --init_from=out --data=sft.jsonl --decay_steps=0 --lr=1e-3 --max_steps=1000 --out_dir=out-sft
-                                                      # SFT: steps 601-1000 after a 600-step run (paper §5; dpo.py: DPO)
+                                                      # SFT: steps 601-1000 after a 600-step run (paper §5)
+    python train.py config/dpo.py --init_from=out-sft --data=pref.jsonl   # DPO against the SFT model (§7.1, dpo.py)
     python train.py --init_from=MiniCPM-1B-sft-bf16 --data=data/mine --max_steps=2000 --lr=1e-3 --out_dir=out-cpt
                                                       # on from a released checkpoint: its model, weights, tokenizer
 
 The file reads top to bottom: the config (every key below can be set in a config file or as --key=value; model
-keys left at None come from `preset`), then the loop and its training step, then the start (the data, the model
-and its optimizer: fresh, resumed, or from another run) and the end of a run. The checks that protect a run live
+keys left at None come from `preset`), then the loop and its training step (the next-token loss, or DPO's on
+preference pairs), then the start (the config checked; the data, the model and its optimizer: fresh, resumed, or
+from another run) and the end of a run. The checks that protect a run live
 in guards.py, each called by a name that says what it guards. The global batch of step s is a function of
 (seed, s) only: batch_size x grad_accum x world_size rows, split across processes and micro-steps, so any split logs
 the same losses.
@@ -40,9 +42,13 @@ from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, claim_out_dir, e
                         open_metrics, save_checkpoint, save_dcp)
 from configurator import ConfigError
 from corpus import MixtureData, epochs
+from dpo import METRICS as DPO_METRICS
+from dpo import micro_batch_loss, pairs_drawn, reference_logps, step_order
 from files import WriteError, write_json
-from guards import (MODEL_KEYS, TRAINER_VERSION, check_eval_split, data_fingerprints, inherited_model_keys,
-                    load_run_data, model_config, read_source, resume_from, stage_start, start_from)
+from checkpoint import model_from_checkpoint
+from guards import (MODEL_KEYS, TRAINER_VERSION, check_eval_split, check_objective, data_fingerprints,
+                    inherited_model_keys, load_preference_data, load_run_data, model_config, read_source, resume_from,
+                    stage_start, start_from)
 from longctx import mixed_batch
 from model import PRESETS, MiniCPM, MiniCPMConfig, expert_load, load_balancing_loss
 from mup import configure_optimizer, set_lr
@@ -83,6 +89,10 @@ decay_data = ""  # paper §5, two-stage pre-training: the mixture the WSD decay 
 long_ratio = 1.0  # long-context mix (paper §7.2: 0.44): the fraction of rows that are seq_len-long windows ...
 short_len = 0  # ... the others are made of independent short_len-token windows
 passkey_ratio = 0.0  # the fraction of rows that are passkey documents (longctx.py)
+# objective
+objective = "lm"  # "lm": next-token cross-entropy (pre-training, SFT); "dpo": preference pairs against the init_from
+#                  model, frozen (paper §7.1, dpo.py): data is a {prompt, chosen, rejected} .jsonl; config/dpo.py
+beta = 0.1  # DPO: how strongly the policy is held to the reference
 # model: a preset from model.PRESETS; the model keys at the end of this block override it
 preset = "tiny"
 # optimisation (paper §3: AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1.0, muP lr ~0.01)
@@ -138,105 +148,10 @@ CONFIG_KEYS = [k for k in list(globals()) if not k.startswith("_") and not calla
                and not isinstance(globals()[k], type(sys)) and k.islower()]
 LOWER_BOUNDS = dict(max_steps=1, batch_size=1, grad_accum=1, seq_len=1, eval_steps=1, eval_interval=1, ckpt_interval=1,
                     lr=0, grad_clip=0, weight_decay=0, seed=0, warmup_steps=0, decay_steps=0, half_life=0,
-                    cosine_steps=0, short_len=0, stage_warmup_steps=0, eval_seed=0, eval_rows=1)
-
-
-def default_config():
-    g = globals()
-    return {k: g[k] for k in CONFIG_KEYS}
-
-
-def get_config(argv=(), base=None):
-    """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
-    types = {f.name: f.type for f in fields(MiniCPMConfig)}  # model keys default to None: their type is the field's
-    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int, eval_seed=int, eval_rows=int)
-    return validate_config(configurator.get_config(argv, base or default_config(), types,
-                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps",
-                                                                          "eval_seed", "eval_rows"]))
-
-
-def validate_config(cfg):
-    for k in cfg:
-        if k not in CONFIG_KEYS:
-            raise configurator.unknown_key(k, CONFIG_KEYS)
-    configurator.check_numbers(cfg, LOWER_BOUNDS)  # (before the defaults, which divide max_steps)
-    cfg = schedule_defaults(cfg)  # (wsd.py) warmup / decay scaled to the run, the schedule checked
-    for k in ("long_ratio", "passkey_ratio"):
-        if not 0 <= cfg[k] <= 1:
-            raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
-    if cfg["long_ratio"] < 1 and not 1 <= cfg["short_len"] <= cfg["seq_len"]:
-        raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
-    if cfg["update_stats"] and cfg["fsdp"]:
-        raise ConfigError("update_stats=True compares whole weights and gradients step to step: not with fsdp=True")
-    if cfg["decay_data"] and not cfg["decay_steps"]:
-        raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
-    cfg = inherited_model_keys(cfg)
-    model_config(cfg)
-    return cfg
+                    cosine_steps=0, short_len=0, stage_warmup_steps=0, eval_seed=0, eval_rows=1, beta=0)
 
 
 # -------------------------------------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class Run:
-    """One training in progress: what `start` builds and every step of the loop reads and advances."""
-    cfg: dict
-    mcfg: MiniCPMConfig
-    data: object  # the training data (TokenData, SFTData or MixtureData)
-    decay_data: object  # the data of the WSD decay (two-stage pre-training), or None
-    eval_sets: dict  # more held-out sets, evaluated at the end
-    device: torch.device
-    autocast: object
-    rank: int
-    world: int
-    model: torch.nn.Module  # what the step calls: compiled and / or wrapped in DDP
-    raw_model: MiniCPM  # the model itself (FSDP-sharded under fsdp=True)
-    optimizer: torch.optim.Optimizer
-    step: int
-    log: object  # print, or nothing (quiet runs, ranks > 0)
-    quiet: bool
-    peak: float  # the device's peak FLOP/s (MFU), None on a CPU
-    fingerprints: dict  # the content of the data (data_fingerprints), saved with every checkpoint
-    lineage: dict  # the run's tokenizer (name, id), the released checkpoint it trained on from (origin) and the step
-    #               this stage started at (stage_start: its stage_warmup_steps count from it), saved too
-    rows_log: list = field(default_factory=list)  # every metrics.jsonl row of the run
-    history: dict = field(default_factory=lambda: dict(train_loss=[], val_loss=[], val_bpb=[]))
-    decay_stats: object = None  # wsd.DecayStats under update_stats=True (paper §4.4)
-    bar: object = None
-    t_start: float = 0.0
-
-    @property
-    def stage_start(self):
-        return self.lineage["stage_start"]
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    @property
-    def global_batch(self):
-        return self.cfg["batch_size"] * self.cfg["grad_accum"] * self.world
-
-    @property
-    def tokens_per_step(self):
-        return self.global_batch * self.cfg["seq_len"]
-
-    @property
-    def ckpt_path(self):
-        out_dir = self.cfg["out_dir"]
-        return os.path.join(out_dir, DCP_DIR if self.cfg["fsdp"] else "ckpt.pt") if out_dir else None
-
-    def write(self, text):
-        """A line beside the progress bar (rank 0, not quiet)."""
-        if self.bar is not None and not self.bar.disable and not self.quiet:
-            self.bar.write(text)
-
-    def log_row(self, row):
-        """A metrics.jsonl row: kept for the figure and summary, appended to the file by rank 0."""
-        self.rows_log.append(row)
-        if self.master and self.cfg["out_dir"]:
-            append_jsonl(os.path.join(self.cfg["out_dir"], "metrics.jsonl"), row)
 
 
 def train(cfg, quiet=False, progress=None):
@@ -269,13 +184,36 @@ def run(cfg, quiet, progress=None):
 
 
 def train_step(r):
-    """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients,
-    clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its metrics row."""
-    cfg, A, t0 = r.cfg, r.cfg["grad_accum"], time.perf_counter()
+    """One optimizer step at this step's lr (wsd.lr_at x each muP group's lr_scale): the micro-steps' gradients of the
+    objective, clipping, the step (refused, checkpoint kept, if the loss or the gradient is not finite), its row."""
+    cfg, t0 = r.cfg, time.perf_counter()
     lr_now = lr_at(cfg, r.step + 1, r.stage_start)  # step r.step + 1 (wsd.lr_at: warmup from lr > 0, decay to the end)
     set_lr(r.optimizer, lr_now)
+    metrics, router_logits, aux = preference_gradients(r) if r.dpo else lm_gradients(r)
+    grad_norm = torch.nn.utils.clip_grad_norm_(r.raw_model.parameters(), cfg["grad_clip"] or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
+        grad_norm = grad_norm.full_tensor()
+    metrics, grad_norm = all_mean(metrics, r.world), grad_norm.item()
+    train_loss = metrics.item() if metrics.dim() == 0 else metrics[0].item()
+    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
+        raise FloatingPointError(f"the run diverged at step {r.step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
+                                 f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and the last "
+                                 f"checkpoint is kept: lower --lr or check the data")
+    if r.decay_stats:  # the gradients and weights read around the step
+        r.decay_stats.step(r.optimizer, r.step + 1, lr_now, grad_norm, train_loss)
+    else:
+        r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    r.step += 1
+    log_step(r, metrics, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux)
+
+
+def lm_gradients(r):
+    """The next-token loss's gradients over this step's micro-batches (+ an MoE's balancing term, paper §7.3):
+    (the step's loss, the last micro-batch's router logits and balancing loss)."""
+    cfg, A = r.cfg, r.cfg["grad_accum"]
     src = step_data(r)
-    loss_sum, router_logits = torch.zeros((), device=r.device), ()
+    loss_sum, router_logits, aux = torch.zeros((), device=r.device), (), None
     for micro, (x, y, weight) in enumerate(micro_batches(cfg, src, r.step, r.global_batch, r.rank, r.world)):
         if cfg["fsdp"]:  # reduce-scatter the gradients on the last micro-step only
             r.raw_model.set_requires_gradient_sync(micro == A - 1)
@@ -289,21 +227,23 @@ def train_step(r):
                 objective = loss + r.mcfg.router_aux_loss_coef * aux
         (objective * weight).backward()
         loss_sum += loss.detach().float() * weight
-    grad_norm = torch.nn.utils.clip_grad_norm_(r.raw_model.parameters(), cfg["grad_clip"] or float("inf"))
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards
-        grad_norm = grad_norm.full_tensor()
-    train_loss, grad_norm = all_mean(loss_sum, r.world).item(), grad_norm.item()
-    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):  # before the weights change
-        raise FloatingPointError(f"the run diverged at step {r.step + 1} (lr {lr_now:.3g}, base lr {cfg['lr']}): "
-                                 f"train loss {train_loss}, gradient norm {grad_norm}; no step was taken and the last "
-                                 f"checkpoint is kept: lower --lr or check the data")
-    if r.decay_stats:  # the gradients and weights read around the step
-        r.decay_stats.step(r.optimizer, r.step + 1, lr_now, grad_norm, train_loss)
-    else:
-        r.optimizer.step()
-    r.optimizer.zero_grad(set_to_none=True)
-    r.step += 1
-    log_step(r, train_loss, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux if router_logits else None)
+    return loss_sum, router_logits, aux
+
+
+def preference_gradients(r):
+    """The DPO loss's gradients over this step's pairs (dpo.py), drawn from (seed, step) alone: (its metrics)."""
+    cfg, A, B = r.cfg, r.cfg["grad_accum"], r.cfg["batch_size"]
+    order = step_order(cfg, r.step, len(r.data), r.global_batch)
+    stats = torch.zeros(len(DPO_METRICS), device=r.device)
+    for micro in range(A):
+        lo = (r.rank * A + micro) * B
+        sync = r.model.no_sync() if r.world > 1 and micro < A - 1 else nullcontext()
+        with sync, r.autocast:
+            loss, micro_stats = micro_batch_loss(r.model, r.data, r.reference, order[lo:lo + B], cfg["beta"],
+                                                 r.device)
+        (loss / A).backward()
+        stats += micro_stats / A
+    return stats, (), None
 
 
 def step_data(r):
@@ -339,11 +279,18 @@ def micro_batches(cfg, src, step, global_batch, rank, world):
     return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
 
 
-def log_step(r, train_loss, lr_now, grad_norm, dt, router_logits, aux):
-    """The step's metrics row (MFU on a known GPU; an MoE's balancing loss and expert load), the progress bar."""
-    row = dict(step=r.step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
-               tokens=r.step * r.tokens_per_step, tok_per_s=r.tokens_per_step / dt)
-    if r.peak:
+def log_step(r, metrics, lr_now, grad_norm, dt, router_logits, aux):
+    """The step's metrics row (MFU on a known GPU; an MoE's balancing loss and expert load; DPO's metrics under TRL's
+    names), the progress bar."""
+    if r.dpo:
+        row = dict(step=r.step, **dict(zip(DPO_METRICS, metrics.tolist())), lr=lr_now, grad_norm=grad_norm,
+                   pairs_per_s=r.global_batch / dt)
+        train_loss = row["loss"]
+    else:
+        train_loss = metrics.item()
+        row = dict(step=r.step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
+                   tokens=r.step * r.tokens_per_step, tok_per_s=r.tokens_per_step / dt)
+    if r.peak and not r.dpo:
         row["mfu"] = flops_per_token(r.mcfg, r.cfg["seq_len"]) * r.tokens_per_step / dt / (r.peak * r.world)
     if router_logits:  # of this process's last micro-batch
         row["aux_loss"] = aux.item()
@@ -355,7 +302,10 @@ def log_step(r, train_loss, lr_now, grad_norm, dt, router_logits, aux):
 
 
 def evaluate_run(r, stop):
-    """Validation on the run's data, logged and printed; left off when a signal comes during it (StopFlag)."""
+    """Validation on the run's data, logged and printed; left off when a signal comes during it (StopFlag), and for
+    DPO (its pairs are scored by dpo.evaluate_pairs)."""
+    if r.dpo:
+        return
     scores = evaluate(r.raw_model, r.data, r.cfg, r.global_batch, r.rank, r.world, r.device, r.autocast, stop)
     if scores is None:
         return
@@ -414,6 +364,114 @@ def save_run(r):
 # ------------------------------------------------------------------------------- the start: data, model, optimizer
 
 
+def default_config():
+    g = globals()
+    return {k: g[k] for k in CONFIG_KEYS}
+
+
+def get_config(argv=(), base=None):
+    """Defaults <- config files (python files assigning keys) <- --key=value (Python literals or plain strings)."""
+    types = {f.name: f.type for f in fields(MiniCPMConfig)}  # model keys default to None: their type is the field's
+    types.update(compile=(bool, str), warmup_steps=int, decay_steps=int, eval_seed=int, eval_rows=int)
+    return validate_config(configurator.get_config(argv, base or default_config(), types,
+                                                   nullable=MODEL_KEYS + ["warmup_steps", "decay_steps",
+                                                                          "eval_seed", "eval_rows"]))
+
+
+def file_config(path):
+    """The keys a config file sets, for a run in another script's process (e.g. DPO's: file_config(dpo.CONFIG))."""
+    scope = {}
+    configurator.run_config_file(path, scope)
+    return {k: v for k, v in scope.items() if k in CONFIG_KEYS}
+
+
+def validate_config(cfg):
+    for k in cfg:
+        if k not in CONFIG_KEYS:
+            raise configurator.unknown_key(k, CONFIG_KEYS)
+    configurator.check_numbers(cfg, LOWER_BOUNDS, positive={"beta"})  # (before the defaults, which divide max_steps)
+    cfg = schedule_defaults(cfg)  # (wsd.py) warmup / decay scaled to the run, the schedule checked
+    for k in ("long_ratio", "passkey_ratio"):
+        if not 0 <= cfg[k] <= 1:
+            raise ConfigError(f"config key {k}={cfg[k]} must be within [0, 1]")
+    if cfg["long_ratio"] < 1 and not 1 <= cfg["short_len"] <= cfg["seq_len"]:
+        raise ConfigError(f"long_ratio={cfg['long_ratio']} mixes in short rows: set short_len within [1, seq_len]")
+    if cfg["update_stats"] and cfg["fsdp"]:
+        raise ConfigError("update_stats=True compares whole weights and gradients step to step: not with fsdp=True")
+    if cfg["decay_data"] and not cfg["decay_steps"]:
+        raise ConfigError(f"decay_data={cfg['decay_data']!r} is the data of the decay phase: set decay_steps > 0")
+    check_objective(cfg)
+    cfg = inherited_model_keys(cfg)
+    model_config(cfg)
+    return cfg
+
+
+@dataclass
+class Run:
+    """One training in progress: what `start` builds and every step of the loop reads and advances."""
+    cfg: dict
+    mcfg: MiniCPMConfig
+    data: object  # the training data (TokenData, SFTData or MixtureData)
+    decay_data: object  # the data of the WSD decay (two-stage pre-training), or None
+    eval_sets: dict  # more held-out sets, evaluated at the end
+    device: torch.device
+    autocast: object
+    rank: int
+    world: int
+    model: torch.nn.Module  # what the step calls: compiled and / or wrapped in DDP
+    raw_model: MiniCPM  # the model itself (FSDP-sharded under fsdp=True)
+    optimizer: torch.optim.Optimizer
+    step: int
+    log: object  # print, or nothing (quiet runs, ranks > 0)
+    quiet: bool
+    peak: float  # the device's peak FLOP/s (MFU), None on a CPU
+    fingerprints: dict  # the content of the data (data_fingerprints), saved with every checkpoint
+    lineage: dict  # the run's tokenizer (name, id), the released checkpoint it trained on from (origin) and the step
+    #               this stage started at (stage_start: its stage_warmup_steps count from it), saved too
+    rows_log: list = field(default_factory=list)  # every metrics.jsonl row of the run
+    history: dict = field(default_factory=lambda: dict(train_loss=[], val_loss=[], val_bpb=[]))
+    decay_stats: object = None  # wsd.DecayStats under update_stats=True (paper §4.4)
+    reference: object = None  # DPO: the frozen init_from model's log-probs of the pairs the steps draw (2, n pairs)
+    bar: object = None
+    t_start: float = 0.0
+
+    @property
+    def stage_start(self):
+        return self.lineage["stage_start"]
+
+    @property
+    def dpo(self):
+        return self.cfg["objective"] == "dpo"
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def global_batch(self):
+        return self.cfg["batch_size"] * self.cfg["grad_accum"] * self.world
+
+    @property
+    def tokens_per_step(self):
+        return self.global_batch * self.cfg["seq_len"]
+
+    @property
+    def ckpt_path(self):
+        out_dir = self.cfg["out_dir"]
+        return os.path.join(out_dir, DCP_DIR if self.cfg["fsdp"] else "ckpt.pt") if out_dir else None
+
+    def write(self, text):
+        """A line beside the progress bar (rank 0, not quiet)."""
+        if self.bar is not None and not self.bar.disable and not self.quiet:
+            self.bar.write(text)
+
+    def log_row(self, row):
+        """A metrics.jsonl row: kept for the figure and summary, appended to the file by rank 0."""
+        self.rows_log.append(row)
+        if self.master and self.cfg["out_dir"]:
+            append_jsonl(os.path.join(self.cfg["out_dir"], "metrics.jsonl"), row)
+
+
 def start(cfg, quiet, progress=None):
     """The processes, the data, the model and optimizer (fresh, resumed or from another run), metrics.jsonl and the
     progress bar of a run (shown unless quiet, or labelled `progress`); the run's first lines printed."""
@@ -428,7 +486,12 @@ def start(cfg, quiet, progress=None):
     t_start = time.time()
     mcfg = model_config(cfg)
     source = read_source(cfg)
-    data, decay_data, eval_sets = load_run_data(cfg, mcfg, source)
+    reference = None
+    if cfg["objective"] == "dpo":  # the reference: init_from's model, frozen (read first: a bad checkpoint says so)
+        reference_model = model_from_checkpoint(cfg["init_from"], device).model
+        data, decay_data, eval_sets = load_preference_data(cfg, mcfg, source), None, {}
+    else:
+        data, decay_data, eval_sets = load_run_data(cfg, mcfg, source)
     out_dir = cfg["out_dir"]
     if master and out_dir:
         claim_out_dir(out_dir, cfg["resume"], cfg["overwrite"], cfg["init_from"])
@@ -438,6 +501,10 @@ def start(cfg, quiet, progress=None):
     raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source)
     lineage = dict(tokenizer=data.meta["tokenizer"], tokenizer_id=data_tokenizer_id(data.meta),
                    origin=source.origin if source else None, stage_start=stage_start(cfg, source, step))
+    if cfg["objective"] == "dpo":  # its log-probs of the pairs the steps draw, once (also on resume); then dropped
+        used = pairs_drawn(cfg, len(data), global_batch)
+        reference = reference_logps(reference_model, data.pairs, used, device, quiet or not master)
+        del reference_model
     rows_log = open_metrics(out_dir, cfg["resume"], cfg["overwrite"], step, log) if master and out_dir else []
     model = torch.compile(raw_model) if use_compile else raw_model
     if world > 1 and not fsdp:
@@ -448,7 +515,7 @@ def start(cfg, quiet, progress=None):
     r = Run(cfg=cfg, mcfg=mcfg, data=data, decay_data=decay_data, eval_sets=eval_sets, device=device,
             autocast=autocast, rank=rank, world=world, model=model, raw_model=raw_model, optimizer=optimizer,
             step=step, log=log, quiet=quiet, peak=peak_flops(device), fingerprints=fingerprints, lineage=lineage,
-            rows_log=rows_log, t_start=t_start)
+            rows_log=rows_log, t_start=t_start, reference=reference)
     log(f"{raw_model.describe()}; {world} process(es) x {cfg['grad_accum']} micro-steps x {cfg['batch_size']} rows x "
         f"{cfg['seq_len']} tokens = {r.tokens_per_step:,} tokens/step on {device} "
         f"({str(ptdtype).replace('torch.', '')}, compile={use_compile}{', FSDP2' if fsdp else ''})")
@@ -490,8 +557,8 @@ def build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, sou
                               f"{step}> --out_dir=<another directory>")
         log(f"resumed {cfg['out_dir']} at step {step}: steps {step + 1}-{S} to go")
     elif cfg["init_from"]:
-        step = start_from(cfg, mcfg, source, model, optimizer, log)
-        if step >= S:  # (the SFT command of old READMEs trained nothing and exited 0)
+        step = start_from(cfg, mcfg, source, model, optimizer, log, weights_only=cfg["objective"] == "dpo")
+        if step >= S:  # (a stage of 0 steps would exit 0 having trained nothing)
             raise ConfigError(f"init_from {cfg['init_from']} is at step {step}, and max_steps={S} counts from step 0 "
                               f"of the first stage: nothing to train; set --max_steps={step} + the steps of this "
                               f"stage (e.g. --max_steps={step + max(1, step // 2)})")
@@ -519,6 +586,10 @@ def finish(r, stopped):
                   final_val_loss=h["val_loss"][-1][1] if h["val_loss"] else None,
                   final_val_bpb=h["val_bpb"][-1][1] if h["val_bpb"] else None,
                   epochs=epochs(r.data, r.step * r.tokens_per_step, cfg["passkey_ratio"]))
+    if r.dpo and r.rows_log:  # its metrics rows, and the first and last under TRL's names (card.py reads them)
+        keys = ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+        result.update(rows=r.rows_log, **{k: {m: r.rows_log[i][m] for m in keys} for k, i in (("first", 0),
+                                                                                              ("last", -1))})
     writes = r.master and out_dir and not stopped
     if writes:  # before the sample: a signal during it leaves a finished run's summary and figure
         write_run_outputs(r, result, None)
@@ -543,7 +614,7 @@ def write_run_outputs(r, result, text, figure=True):
         write_json(os.path.join(out_dir, "summary.json"), dict(
             command=launch_command("train.py"),
             hardware=hardware(r.device), wall_s=round(time.time() - r.t_start, 1), sample=text,
-            **{k: v for k, v in result.items() if k not in h},
+            **{k: v for k, v in result.items() if k not in h and k != "rows"},
             first_train_loss=h["train_loss"][0] if h["train_loss"] else None))
         if figure:
             plot_metrics(r.rows_log, os.path.join(out_dir, "loss.png"))

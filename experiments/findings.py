@@ -31,7 +31,6 @@ import itertools
 import math
 import os
 import statistics
-import time
 
 from configurator import ConfigError
 from experiments import claims
@@ -157,7 +156,7 @@ def provenance(sources, hardware=None):
     (a run recorded before runs kept their machine: `hardware`, the finding's); a finding rests on runs of one
     machine and one code version when both have one element."""
     runs = [r for file in sources for r in read_json(file).values()]
-    return sorted({r.get("hardware", hardware) for r in runs}), sorted({r.get("trainer", 1) for r in runs})
+    return sorted({r.get("hardware", hardware) for r in runs}), sorted({r["trainer"] for r in runs})
 
 
 def record(*, fid, section, claim, paper, test, delta, why, a, b, a_per_seed, b_per_seed, command, hardware, wall_s,
@@ -179,7 +178,7 @@ def record(*, fid, section, claim, paper, test, delta, why, a, b, a_per_seed, b_
                    sanity=sanity, explanation=explanation, command=command,
                    hardware="; ".join(machines), machines=machines, trainer=trainers,
                    sources=[os.path.basename(f) for f in sources], wall_s=round(wall_s, 1),
-                   recorded=time.strftime("%Y-%m-%d"), **(registered or dict(table="exploratory")))
+                   **(registered or dict(table="exploratory")))
     allf = load()
     finding["history"] = history(allf.get(fid), finding)
     allf[fid] = finding
@@ -208,7 +207,7 @@ def history(old, new):
         return []
     past = list(old.get("history", []))
     then = dict(verdict=old["verdict"], level=old.get("level", 0.90), claim_hash=old.get("claim_hash"),
-                seeds=old["seeds"], mean=old["diff"]["mean"], recorded=old.get("recorded"))
+                seeds=old["seeds"], mean=old["diff"]["mean"])
     if any(then[k] != new.get(k) for k in ("verdict", "level", "claim_hash")):
         past.append(then)
     return past
@@ -264,25 +263,58 @@ def cell(text):
     return str(text).replace("|", "\\|")
 
 
-def _rows(found):
-    rows = ["| paper | claim | A (the paper's arm) | B | test, delta | A - B: mean [90% CI] (seeds) | verdict | "
-            "command |", "|---|---|---|---|---|---|---|---|"]
+def _p(f):
+    """The sign-flip p-value, and Holm's adjusted one for a primary finding."""
+    return f"{f['p']:.3g}" + (f" ({f['p_holm']:.3g})" if "p_holm" in f else "") if "p" in f else "n/a"
+
+
+def _rows(found, status=False):
+    rows = ["| source | claim | A (the claim's arm) | B | test, delta | tokens/param | A - B: mean [95% CI] (seeds) | "
+            "p (Holm) | verdict |" + (" why not counted |" if status else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if status else "")]
     for f in found:
-        d = f["diff"]
+        d, tpp = f["diff"], f.get("tokens_per_param")
+        tpp = "-" if tpp is None else " and ".join(map(str, tpp)) if isinstance(tpp, list) else tpp
+        ci = d.get("ci95")
+        ci = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "(90%, not re-recorded)"
         rows.append(f"| {f['section']} | {cell(f['claim'])} | {cell(f['a']['name'])} | {cell(f['b']['name'])} | "
-                    f"{TEST_WORDS[f['test']]}, {f['delta']:g} | {_fmt(d['mean'])} [{_fmt(d['ci90'][0])}, "
-                    f"{_fmt(d['ci90'][1])}] ({f['seeds']}) | **{f['verdict']}** | `{f['command']}` |")
+                    f"{TEST_WORDS[f['test']]}, {f['delta']:g} | {tpp} | {_fmt(d['mean'])} {ci} ({f['seeds']}) | "
+                    f"{_p(f)} | **{f['verdict']}** |" + (f" {cell(not_counted(f))} |" if status else ""))
     return rows
 
 
+def not_counted(f):
+    """Why a finding is exploratory: its claim changed after its runs, or was never registered before them."""
+    return f.get("status_why") or "not registered before its runs"
+
+
+def group(f):
+    """Which table a finding sits in: paper, literature, sanity or exploratory."""
+    if f.get("sanity"):
+        return "sanity"
+    return f["table"] if primary(f) else "exploratory"
+
+
+TITLES = {
+    "paper": "The paper's claims, registered before their runs (Holm over this table)",
+    "literature": "The later literature, registered before its runs (Holm over this table)",
+    "sanity": "Sanity checks (true by construction; not counted)",
+    "exploratory": "Exploratory: claims not registered before their data (post hoc; not counted)",
+}
+
+
+def tally(found):
+    return ", ".join(f"{sum(f['verdict'] == v for f in found)} {v}" for v in VERDICTS)
+
+
 def table(findings=None):
-    """The README's findings table (markdown): every counted finding, then the sanity checks apart."""
+    """The README's findings tables (markdown): the paper's registered claims, the later literature's, the sanity
+    checks, and the exploratory findings, each with its tally."""
     allf = list((findings or load()).values())
-    counted = [f for f in allf if not f.get("sanity")]
-    tally = {v: sum(f["verdict"] == v for f in counted) for v in VERDICTS}
-    out = [f"{len(counted)} findings: " + ", ".join(f"{n} {v}" for v, n in tally.items()) + ".", ""] + _rows(counted)
-    sanity = [f for f in allf if f.get("sanity")]
-    if sanity:
-        out += ["", "Sanity checks (true by construction or by training on the measure; not counted above):", ""]
-        out += _rows(sanity)
+    out = []
+    for g, title in TITLES.items():
+        found = [f for f in allf if group(f) == g]
+        if found:
+            out += ([""] if out else []) + [f"**{title}.** {len(found)} findings: {tally(found)}.", ""]
+            out += _rows(found, status=g == "exploratory")
     return "\n".join(out)

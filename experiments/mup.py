@@ -12,17 +12,18 @@ import argparse
 import math
 import os
 import time
+from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
 
+import train
 from batchsize import log2_vertex
 from configurator import exit_on_user_error
 from corpus import TokenData, corpus_keys
 from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results, seeds_of
-from model import MiniCPM
-from mup import configure_optimizer, width_config
+from mup import width_config
 from plots import save, subplots
 
 
@@ -32,30 +33,27 @@ from plots import save, subplots
 KINDS = ("embedding", "attention", "mlp", "logits")
 
 
-def coord_check(widths, use_mup, steps=4, lr=1e-2, seeds=(0,), batch_size=8, seq_len=64, layers=2, data=None):
-    """Mean |activation| per layer kind after `steps` Adam steps at `lr`, for each width: {kind: [per width]}."""
-    data = data or TokenData("embedded")
+def coord_check(widths, use_mup, steps=4, lr=1e-2, seeds=(0,), batch_size=8, seq_len=64, layers=2, data="embedded"):
+    """Mean |activation| per layer kind after `steps` Adam steps at `lr` (train.py: constant lr, no weight decay, no
+    clipping), measured on the next batch, for each width: {kind: [per width]}."""
+    tokens = TokenData(data)
     out = {k: [0.0] * len(widths) for k in KINDS}
     for wi, width in enumerate(widths):
         for seed in seeds:
-            torch.manual_seed(seed)
-            model = MiniCPM(width_config(width, use_mup, layers, vocab=max(320, data.vocab_size)))
-            opt = configure_optimizer(model, lr, weight_decay=0.0)
+            shape = asdict(width_config(width, use_mup, layers, vocab=max(320, tokens.vocab_size)))
+            model = train.train(dict(shape, data=data, out_dir="", seed=seed, lr=lr, weight_decay=0.0, grad_clip=0.0,
+                                     batch_size=batch_size, seq_len=seq_len, max_steps=steps, warmup_steps=0,
+                                     decay_steps=0, eval_interval=steps, eval_steps=1, sample_tokens=0, device="cpu"),
+                                quiet=True)["model"]
             acts = {}
             hooks = [model.model.embed_tokens.register_forward_hook(_record(acts, "embedding"))]
             for layer in model.model.layers:
                 hooks.append(layer.self_attn.register_forward_hook(_record(acts, "attention")))
                 hooks.append(layer.mlp.register_forward_hook(_record(acts, "mlp")))
-            for step in range(steps + 1):
-                x, y = data.batch("train", seed, step, batch_size, seq_len)
-                acts.clear()
-                logits, loss = model(x, y)
-                if step == steps:  # measure after `steps` updates
-                    acts.setdefault("logits", []).append(logits.detach().abs().mean().item())
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            x, y = tokens.batch("train", seed, steps, batch_size, seq_len)  # the batch after `steps` updates
+            with torch.no_grad():
+                logits, _ = model(x, y)
+            acts["logits"] = [logits.abs().mean().item()]
             for h in hooks:
                 h.remove()
             for k in KINDS:
@@ -136,7 +134,8 @@ def coord_findings(summary, tag=""):
             delta=SLOPE_DELTA, why=SLOPE_WHY, a=f"muP {name} slope", b=f"SP {name} slope",
             a_per_seed=slopes["muP"], b_per_seed=slopes["SP"],
             command=runner.command("mup", bool(tag), len(summary["seeds"]), args="coord"),
-            hardware=summary["hardware"], wall_s=summary["wall_s"], sources=())  # (no train.py runs)
+            hardware=summary["hardware"], wall_s=summary["wall_s"], sources=(),  # (no train.py runs)
+            sanity=True)  # muP is built to hold activations flat: a check of the code, not of the paper
 
 
 # ----------------------------------------------------------------------------------------------------------

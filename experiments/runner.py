@@ -210,7 +210,7 @@ def reusable(entry, cfg, source_entry):
     """Whether a recorded run stands for `cfg` now: the same config (new keys at their defaults) trained by this
     train.py version, its out_dir (if any) still there for the runs that branch from it, and trained from the
     source run as it is recorded now (not from an earlier training of it)."""
-    return ({**train.default_config(), **entry["config"]} == cfg and entry.get("trainer", 1) == train.TRAINER_VERSION
+    return ({**train.default_config(), **entry["config"]} == cfg and entry.get("trainer") == train.TRAINER_VERSION
             and not (cfg["out_dir"] and not run_files(cfg["out_dir"]))
             and (source_entry is None or entry.get("from_run") == source_entry.get("run_id")))
 

@@ -13,9 +13,11 @@ import os
 import numpy as np
 import torch
 
+import train
 from checkpoint import model_from_checkpoint
 from corpus import TokenData, corpus_keys, read_jsonl_rows
-from dpo import encode_pairs, encode_responses, evaluate_pairs, sequence_logps, train_dpo
+from dpo import CONFIG as DPO_CONFIG
+from dpo import encode_pairs, encode_responses, evaluate_pairs, sequence_logps
 from experiments import cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
 from plots import save, subplots
@@ -176,10 +178,12 @@ class Reference:
 
 
 def run_dpo(judge, sft, d, cfg, tag=""):
-    """DPO (cfg: dpo.py's keys) on the seed's A-2 + SFT (a Reference): its first and last training metrics, its
-    metrics on the held-out tuning pairs beside the SFT model's log-probs there, and its task scores."""
-    r = train_dpo(dict(cfg, init_from=sft.ckpt, out_dir=d["dpo"] + tag, overwrite=True), quiet=True)
-    h = r["history"]
+    """DPO (cfg: train.py keys over config/dpo.py's) on the seed's A-2 + SFT (a Reference): its first and last
+    training metrics, its metrics on the held-out tuning pairs beside the SFT model's log-probs there, and its task
+    scores."""
+    r = train.train({**train.file_config(DPO_CONFIG), **cfg, "init_from": sft.ckpt, "out_dir": d["dpo"] + tag,
+                     "overwrite": True}, quiet=True)
+    h = r["rows"]
     return dict(train={k: [h[0][k], h[-1][k]] for k in ("loss", "rewards/accuracies", "rewards/margins",
                                                         "logps/chosen", "logps/rejected")},
                 held_out=dict(judge.preferences(r["model"], sft.model, cfg["beta"]), **sft.logps),

@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
+import dpo  # noqa: E402
 import train  # noqa: E402
 
 # a 2-layer width-64 model that trains 12 steps in about a second on a 2-core CPU
@@ -23,6 +24,11 @@ TINY = dict(preset="tiny", hidden_size=64, num_hidden_layers=2, num_attention_he
 def cfg(tmp_path, **kw):
     """A train.py config of the TINY run writing into tmp_path, with overrides."""
     return {**TINY, "out_dir": str(tmp_path), **kw}
+
+
+def dpo_run(cfg, quiet=True):
+    """A DPO run in this process: train.py under config/dpo.py's keys, as `python train.py config/dpo.py ...`."""
+    return train.train({**train.file_config(dpo.CONFIG), **cfg}, quiet=quiet)
 
 
 def rows(out_dir):

@@ -20,7 +20,7 @@ import tasks
 import train
 from experiments import two_stage
 from model import MiniCPM, MiniCPMConfig
-from conftest import ROOT, assert_same_losses, cfg, cli_args, rows, run_cli
+from conftest import ROOT, assert_same_losses, cfg, cli_args, dpo_run, rows, run_cli
 
 
 # ------------------------------------------------------------------------------------------ the DPO loss
@@ -188,13 +188,12 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
             reference_rows.extend(input_ids.tolist())
         return logps(model, input_ids, labels)
     monkeypatch.setattr(dpo, "sequence_logps", counted)
-    res = dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
-                             lr=3e-3, max_steps=12, warmup_steps=0, decay_steps=2, batch_size=8, device="cpu"),
-                        quiet=True)
-    h = res["history"]
+    res = dpo_run(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
+                       lr=3e-3, max_steps=12, warmup_steps=0, decay_steps=2, batch_size=8, device="cpu"))
+    h = res["rows"]
     assert h[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     # the reference log-probs are computed once for each pair the 12 steps x 8 draw (not for all 200 pairs)
-    drawn = {int(i) for s in range(12) for i in np.random.default_rng([dpo.DEFAULTS["seed"], s]).integers(0, 200, 8)}
+    drawn = {int(i) for s in range(12) for i in np.random.default_rng([train.seed, s]).integers(0, 200, 8)}
     assert len(reference_rows) == 2 * len(drawn) < 2 * 96
     monkeypatch.undo()
     assert h[-1]["loss"] < h[0]["loss"] - 0.05 and h[-1]["rewards/margins"] > 0
@@ -217,8 +216,8 @@ def test_dpo_trains_from_an_sft_checkpoint(tmp_path, monkeypatch):
     np.testing.assert_allclose(ddp[:6], [x["loss"] for x in h[:6]], atol=1e-5)  # (float sums in another order:
     np.testing.assert_allclose(ddp, [x["loss"] for x in h], atol=1e-3)          # the tiny gap grows with lr 3e-3)
     with pytest.raises(train.ConfigError, match="pref_train.jsonl.*tokens > seq_len=8"):
-        dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], seq_len=8, device="cpu",
-                           out_dir=str(tmp_path / "d2")), quiet=True)
+        dpo_run(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], seq_len=8, device="cpu",
+                     out_dir=str(tmp_path / "d2")))
 
 
 def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
@@ -246,14 +245,14 @@ def test_two_stage_and_dpo_experiment_end_to_end(tmp_path):
 
 
 def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(tmp_path, one_thread):
-    # dpo.py trains through train.py's pieces: the out_dir lock, the refusal of an out_dir holding a run, metrics
+    # DPO trains through train.py's machinery: the out_dir lock, the refusal of an out_dir holding a run, metrics
     # through checkpoint.py, a checkpoint on SIGTERM (a real signal) and --resume=True continuing exactly
     data = tasks.write_task_data(str(tmp_path / "tasks"), 200, 20)
     train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=4, decay_steps=0,
                     warmup_steps=0, eval_interval=4), quiet=True)
     c = dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], lr=3e-3, max_steps=24, batch_size=8,
              device="cpu", ckpt_interval=1000)
-    full = dpo.train_dpo(dict(c, out_dir=str(tmp_path / "full")), quiet=True)["history"]
+    full = dpo_run(dict(c, out_dir=str(tmp_path / "full")))["rows"]
     cut = tmp_path / "cut"
     p = subprocess.Popen([sys.executable, "dpo.py", *cli_args(dict(c, out_dir=str(cut)))], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -270,11 +269,11 @@ def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(t
     # a fresh DPO run into it is refused, and nothing of the run is touched
     before = (cut / "metrics.jsonl").read_text()
     with pytest.raises(train.ConfigError, match="holds a run .*continue it with --resume=True"):
-        dpo.train_dpo(dict(c, out_dir=str(cut)), quiet=True)
+        dpo_run(dict(c, out_dir=str(cut)))
     assert (cut / "metrics.jsonl").read_text() == before
-    with pytest.raises(checkpoint.CheckpointError, match="another DPO config; differing keys: beta"):
-        dpo.train_dpo(dict(c, out_dir=str(cut), resume=True, beta=0.5), quiet=True)
-    res = dpo.train_dpo(dict(c, out_dir=str(cut), resume=True), quiet=True)
+    with pytest.raises(checkpoint.CheckpointError, match="another config; differing keys: beta"):
+        dpo_run(dict(c, out_dir=str(cut), resume=True, beta=0.5), quiet=True)
+    res = dpo_run(dict(c, out_dir=str(cut), resume=True), quiet=True)
     assert res["step"] == 24 and [r["step"] for r in rows(cut)] == list(range(1, 25))
     assert [r["loss"] for r in rows(cut)] == [r["loss"] for r in full]  # one thread in both: the same bits
     m = checkpoint.model_from_checkpoint(str(cut))[0]
@@ -287,7 +286,7 @@ def test_dpo_runs_like_any_run_locked_refusing_a_run_and_resumed_after_sigterm(t
     ("--weight_decay=-1", "weight_decay=-1.0 must be >= 0"),
     ("--lr=nan", "lr=nan must be a finite number"),
     ("--beta=0", "beta=0.0 must be > 0"),
-    ("--resume=maybe", "'maybe' is not a boolean")])
+    ("--resume=maybe", "resume='maybe' has type str, expected bool")])
 def test_dpo_refuses_bad_numbers_in_one_line(capsys, arg, message):
     with pytest.raises(SystemExit) as e:
         dpo.main(["--init_from=x", "--data=y", arg])
@@ -303,4 +302,4 @@ def test_a_pair_without_a_preference_is_refused(tmp_path):
     pref.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
                     '{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
     with pytest.raises(train.ConfigError, match=r"pref.jsonl line 2: chosen equals rejected \(1 such pair"):
-        dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=str(pref), out_dir=str(tmp_path / "d")), quiet=True)
+        dpo_run(dict(init_from=str(tmp_path / "sft"), data=str(pref), out_dir=str(tmp_path / "d")))

@@ -1,26 +1,34 @@
 """The wind tunnel's ledger: a verdict follows from the per-seed differences A - B under a declared test and margin
-(the two-sided 90% t-interval against delta), every per-seed value comes from a results file, and the README's
+(the two-sided 95% t-interval against delta, an exact sign-flip p-value, Holm over each table of registered claims),
+every per-seed value comes from a results file, a registered claim was committed before its runs, and the README's
 findings table is results/findings.json's."""
+import itertools
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 
 import pytest
 
 import report
 from conftest import ROOT
-from experiments import findings, runner
+from experiments import claims, findings, runner
 
 # t_{0.95, df}, from a printed table of Student's t (independent of findings.t_quantile)
 T95 = {1: 6.313751514675043, 2: 2.919985580353725, 4: 2.131846786326649, 9: 1.833112932653634,
        29: 1.699127026533497}
+# t_{0.975, df}, the same table's two-sided 95% column
+T975 = {2: 4.302652729749464, 3: 3.182446305284263, 4: 2.776445105197793, 7: 2.364624251592785, 9: 2.262157162798205}
 
 
 @pytest.mark.parametrize("df", sorted(T95))
 def test_the_t_quantile_is_exact(df):
     assert findings.t_quantile(0.95, df) == pytest.approx(T95[df], rel=1e-10)
     assert findings.t_cdf(T95[df], df) == pytest.approx(0.95, abs=1e-12)
+    if df in T975:
+        assert findings.t_quantile(0.975, df) == pytest.approx(T975[df], rel=1e-8)
 
 
 def independent_verdict(lo, hi, test, delta):
@@ -51,12 +59,13 @@ def test_the_verdict_rule(ci, test, want):
 
 
 def test_no_gain_is_never_granted_on_absence_of_evidence():
-    # A better than B by one noise unit over 3 seeds: the old rule said "reproduced" for "no gain"; an interval that
-    # allows a gain of delta gives "inconclusive", and only an interval that rules it out says "not reproduced"
-    mean, sd, ci = findings.interval([-0.010, -0.020, 0.000])
+    # A better than B by about one noise unit over 4 seeds: an interval that allows a gain of delta gives
+    # "inconclusive" for "lower", and only an interval that rules it out says "not reproduced"
+    mean, sd, ci = findings.interval([-0.010, -0.020, 0.000, -0.010])
     assert findings.verdict(ci, "no_worse", 0.01) == "reproduced" and findings.verdict(ci, "lower", 0.01) == \
         "inconclusive"
-    assert ci == pytest.approx([-0.01 - T95[2] * 0.01 / math.sqrt(3), -0.01 + T95[2] * 0.01 / math.sqrt(3)])
+    half = T975[3] * statistics.stdev([-0.010, -0.020, 0.000, -0.010]) / 2
+    assert ci == pytest.approx([-0.01 - half, -0.01 + half])
     with pytest.raises(ValueError, match="2 seeds: a verdict needs at least 3"):
         findings.interval([0.1, 0.2])
     with pytest.raises(ValueError, match="a margin must be > 0"):
@@ -72,10 +81,14 @@ def test_every_finding_recomputes_from_its_arms_under_the_rule():
         d = [x - y for x, y in zip(a, b)]
         assert f["diff"]["per_seed"] == d
         n, mean, sd = len(d), sum(d) / len(d), statistics.stdev(d)
-        half = T95[n - 1] * sd / math.sqrt(n)
+        half = T975[n - 1] * sd / math.sqrt(n)
         assert f["diff"]["mean"] == pytest.approx(mean, abs=1e-12) and f["diff"]["sd"] == pytest.approx(sd)
-        assert f["diff"]["ci90"] == pytest.approx([mean - half, mean + half], rel=1e-9, abs=1e-12)
-        assert f["verdict"] == independent_verdict(mean - half, mean + half, f["test"], f["delta"]), f["id"]
+        assert f["diff"]["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-9, abs=1e-12)
+        assert f["p"] == pytest.approx(brute_p(d, f["test"], f["delta"]), abs=1e-12), f["id"]
+        want = independent_verdict(mean - half, mean + half, f["test"], f["delta"])
+        if findings.primary(f) and want == "reproduced" and f["p_holm"] >= 0.05:
+            want = "inconclusive"
+        assert f["verdict"] == want, f["id"]
         assert f["command"] and f["hardware"] and f["wall_s"] > 0
         # its runs (the sweeps it rests on, named in sources) come from one machine and one train.py version
         assert len(f["machines"]) == 1 and f["hardware"] == f["machines"][0], f["id"]
@@ -203,3 +216,97 @@ def test_a_rerun_elsewhere_is_compared_verdict_by_verdict(tmp_path, capsys, monk
     with pytest.raises(SystemExit) as e:
         report.main(["--compare", str(tmp_path / "missing.json")])
     assert e.value.code == 2 and "not found: give the results/findings.json" in capsys.readouterr().err
+
+
+def brute_p(d, test, delta):
+    """The sign-flip p-value written again: the share of the 2^n sign patterns whose mean is at most the observed."""
+    def p(x):
+        pats = [sum(e * v for e, v in zip(signs, x)) for signs in itertools.product((1, -1), repeat=len(x))]
+        return sum(m <= sum(x) + 1e-12 for m in pats) / len(pats)
+    if test == "lower":
+        return p(d)
+    if test == "no_worse":
+        return p([v - delta for v in d])
+    return max(p([v - delta for v in d]), p([-v - delta for v in d]))
+
+
+def test_the_sign_flip_p_value_and_holm():
+    # 8 seeds all below 0: the observed sum is the smallest of 2^8 patterns (ties only with itself)
+    assert findings.sign_flip_p([-0.01, -0.02, -0.03, -0.04, -0.05, -0.06, -0.07, -0.08], "lower", 0.01) == 1 / 256
+    # all above 0: every pattern is at most the observed sum
+    assert findings.sign_flip_p([0.01, 0.02, 0.03], "lower", 0.01) == 1.0
+    # no_worse shifts by delta: A worse by 0.002 on every seed is well under delta = 0.01
+    assert findings.sign_flip_p([0.002] * 5, "no_worse", 0.01) == 1 / 32
+    # matches: both one-sided tests must pass; a constant offset of 0.02 fails the upper one
+    assert findings.sign_flip_p([0.02] * 5, "matches", 0.01) == 1.0
+    with pytest.raises(ValueError, match="21 seeds"):
+        findings.sign_flip_p([0.0] * 21, "lower", 0.01)
+    # Holm on a textbook family: p sorted 0.01, 0.03, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 0.04)
+    assert findings.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert findings.holm([]) == []
+
+
+def test_a_finding_keeps_its_earlier_verdicts(tmp_path, monkeypatch):
+    monkeypatch.setattr(findings, "FILE", str(tmp_path / "findings.json"))
+    kw = dict(fid="x", section="§4.3", claim="A below B", paper="p", test="lower", delta=0.01, why="w", a="A", b="B",
+              command="c", hardware="h", wall_s=1.0, sources=())
+    findings.record(**kw, a_per_seed=[1.0, 1.1, 1.2, 1.3], b_per_seed=[1.1, 1.2, 1.3, 1.4])
+    findings.record(**kw, a_per_seed=[1.0, 1.1, 1.2, 1.3], b_per_seed=[1.1, 1.2, 1.3, 1.4])  # same: no new entry
+    assert findings.load()["x"]["history"] == []
+    f = findings.record(**kw, a_per_seed=[1.0, 1.1, 1.2, 1.3], b_per_seed=[0.9, 1.0, 1.1, 1.2])  # now A is worse
+    assert f["verdict"] == "not reproduced" and [h["verdict"] for h in f["history"]] == ["reproduced"]
+    assert findings.group(f) == "exploratory" and "not registered" in findings.not_counted(f)
+
+
+def test_the_registry_reads_back_from_any_commit_without_running_code():
+    source = open(os.path.join(ROOT, claims.FILE)).read()
+    assert claims.literal(source, "CLAIMS") == claims.CLAIMS and claims.literal(source, "DESIGNS") == claims.DESIGNS
+    for cid, c in claims.CLAIMS.items():
+        assert c["table"] in claims.TABLES and c["test"] in findings.TESTS and c["delta"] > 0, cid
+        assert c["design"] in claims.DESIGNS, cid
+    c = next(iter(claims.CLAIMS.values()))
+    changed = {k: dict(v, seeds=(1, 2, 3)) for k, v in claims.DESIGNS.items()}
+    assert claims.hash_of(c, changed) != claims.hash_of(c)  # a design changed is a claim changed
+    with pytest.raises(ValueError):  # a registry that calls code is refused, not run
+        claims.literal("CLAIMS = dict(a=__import__('os').getcwd())", "CLAIMS")
+
+
+def git(repo, *args):
+    out = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_claim_is_registered_only_when_committed_before_its_runs(tmp_path):
+    # a real repository: a run before the registry's commit, one after it, and a claim edited after its runs
+    repo = tmp_path / "repo"
+    (repo / "experiments").mkdir(parents=True)
+    git(repo, "init", "-q")
+    (repo / "README").write_text("x")
+    git(repo, "add", "README")
+    git(repo, "commit", "-qm", "before")
+    before = git(repo, "rev-parse", "HEAD")
+    shutil.copy(os.path.join(ROOT, claims.FILE), repo / claims.FILE)
+    cid = next(iter(claims.CLAIMS))
+    h = claims.current_hash(cid)
+    assert claims.head(str(repo)).endswith("+")  # an uncommitted registry: runs under it are post hoc
+    assert claims.status(cid, h, [claims.head(str(repo))], str(repo))[0] == "post hoc"
+    git(repo, "add", claims.FILE)
+    git(repo, "commit", "-qm", "register")
+    registered = git(repo, "rev-parse", "HEAD")
+    (repo / "README").write_text("y")
+    git(repo, "commit", "-qam", "a run")
+    after = claims.head(str(repo))
+    assert claims.registered_at(cid, h, str(repo)) == registered
+    assert claims.status(cid, h, [registered, after], str(repo)) == ("registered", f"registered in {registered[:10]}")
+    assert claims.status(cid, h, [before, after], str(repo))[0] == "post hoc"
+    assert claims.status(cid, h, [after], str(repo), current="0" * 16) == \
+        ("post hoc", "the claim changed after its runs")
+
+
+def test_every_registered_finding_holds_its_claim_as_registered_now():
+    for f in findings.load().values():
+        if "claim_id" in f:
+            assert f["claim_hash"] == claims.current_hash(f["claim_id"]), f"{f['id']}: its claim changed after its runs"
+            assert (f["status"], f["status_why"]) == claims.status(f["claim_id"], f["claim_hash"], f["run_commits"])

@@ -18,7 +18,7 @@ import sample
 import tasks
 import train
 from experiments import runner
-from conftest import ROOT, cfg, rows
+from conftest import ROOT, cfg, dpo_run, rows
 
 
 @pytest.fixture
@@ -65,9 +65,9 @@ def test_a_continuation_says_what_it_trains_and_never_trains_nothing(tmp_path, c
     with pytest.raises(train.ConfigError, match="finished at step 12 = max_steps: nothing to resume"):
         train.train({**sft, "max_steps": 12, "resume": True}, quiet=True)
     # the README's next command, DPO from the SFT run, works
-    d = dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "dpo"),
-                           max_steps=2, batch_size=4, device="cpu"), quiet=True)
-    assert len(d["history"]) == 2
+    d = dpo_run(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "dpo"),
+                     max_steps=2, batch_size=4, device="cpu"))
+    assert len(d["rows"]) == 2
 
 
 def test_a_fresh_run_refuses_an_out_dir_holding_a_run(tmp_path, monkeypatch):
@@ -136,8 +136,8 @@ def test_the_dpo_reference_pass_shows_progress(tmp_path, capsys):
     data = tasks.write_task_data(str(tmp_path / "tasks"), 80, 10)
     train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=2, decay_steps=0,
                     warmup_steps=0), quiet=True)
-    dpo.train_dpo(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
-                       max_steps=1, batch_size=4, device="cpu"))
+    dpo_run(dict(init_from=str(tmp_path / "sft"), data=data["pref_train"], out_dir=str(tmp_path / "d"),
+                 max_steps=1, batch_size=4, device="cpu"), quiet=False)
     assert "DPO reference log-probs" in capsys.readouterr().err
 
 

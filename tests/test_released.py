@@ -13,10 +13,9 @@ import torch.nn.functional as F
 
 import checkpoint
 import corpus
-import dpo
 import sample
 import train
-from conftest import cli_args, official_dir
+from conftest import cli_args, dpo_run, official_dir
 from official import read_weights
 from reference import official_forward
 from tokenizer import get_encoding
@@ -183,9 +182,9 @@ def test_sft_and_dpo_rows_take_the_checkpoints_chat_format(tmp_path, bpe):
     (tmp_path / "pref.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     for src in (templated, tmp_path / "sft"):
         out = tmp_path / f"dpo-{src.name}"
-        res = dpo.train_dpo(dict(init_from=str(src), data=str(tmp_path / "pref.jsonl"), out_dir=str(out), max_steps=2,
-                                 batch_size=4, seq_len=32, device="cpu", lr=1e-3), quiet=True)
-        assert res["history"][0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+        res = dpo_run(dict(init_from=str(src), data=str(tmp_path / "pref.jsonl"), out_dir=str(out), max_steps=2,
+                           batch_size=4, seq_len=32, device="cpu", lr=1e-3))
+        assert res["rows"][0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
         assert checkpoint.model_from_checkpoint(str(out)).tokenizer == str(templated)
     train.main(["export", str(tmp_path / "dpo-sft"), str(tmp_path / "export")])
     assert json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())["chat_template"] == TEMPLATE
