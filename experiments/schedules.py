@@ -115,7 +115,7 @@ def record(summary, done, command, file):
             "d2z_gain_grows_with_tpp": (gain[20], gain[5])}
     for cid, (a, b) in arms.items():
         findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
-                              wall_s=wall, sources=[file], run_commits=commits)
+                              wall_s=wall, sources=[file], run_commits=commits, explanation=EXPLAIN.get(cid, ""))
 
 
 def plot(summary, file):
