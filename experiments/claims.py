@@ -140,6 +140,11 @@ def is_ancestor(a, b, root=ROOT):
     return out.returncode == 0
 
 
+def history_readable(root=ROOT):
+    """Whether git can tell when a claim was committed: a full checkout (not a tarball, not a shallow clone)."""
+    return git("rev-parse", "--is-shallow-repository", root=root) == "false"
+
+
 def status(cid, claim_hash, run_commits, root=ROOT, current=None):
     """"registered" when the claim still has `claim_hash` (the registry's now: `current`, or this file's) and was
     committed before every run (each run's commit, clean, descends from the registering commit); else "post hoc",
