@@ -221,6 +221,13 @@ def check_meta(meta, meta_file):
     return meta
 
 
+def rows_fingerprint(path, tokenizer, enc):
+    """The content of a jsonl file of chat rows as a run reads it: its bytes, the tokenizer and its chat template."""
+    template = getattr(enc, "chat_template", None) or ""
+    with open_regular(path, "rb") as f:
+        return digest(f.read(), tokenizer_id(tokenizer).encode(), template.encode())
+
+
 def digest(*parts):
     """A short content hash of byte strings (what a run checks its data against on resume)."""
     h = hashlib.sha256()
@@ -395,9 +402,7 @@ class SFTData:
     def __init__(self, path, tokenizer="bytes"):
         self.path, self.enc = path, get_encoding(tokenizer)
         self.vocab_size = self.enc.n_vocab
-        template = getattr(self.enc, "chat_template", None) or ""
-        with open_regular(path, "rb") as f:
-            self._digest = digest(f.read(), tokenizer_id(tokenizer).encode(), template.encode())
+        self._digest = rows_fingerprint(path, tokenizer, self.enc)
         rows = read_jsonl_rows(path, "chat")
         pieces = [chat_pieces(self.enc, r["turns"]) for r in rows]  # (each row tokenized once)
         ex = [ids_and_labels(p) for p in pieces]

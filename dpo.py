@@ -33,10 +33,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import exit_on_user_error
-from corpus import digest, read_jsonl_rows, tokenizer_meta
-from files import open_regular
+from corpus import read_jsonl_rows, rows_fingerprint, tokenizer_meta
 from tasks import write_task_data
-from tokenizer import chat_ids, get_encoding, tokenizer_id
+from tokenizer import chat_ids, get_encoding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "config", "dpo.py")  # DPO's defaults as train.py keys (lr 1e-5, 200 steps ...)
@@ -95,10 +94,8 @@ class PreferenceData:
     def __init__(self, path, tokenizer, seq_len):
         self.path = self.spec = path
         self.enc = get_encoding(tokenizer)
-        template = getattr(self.enc, "chat_template", None) or ""
         rows = read_jsonl_rows(path, ("prompt", "chosen", "rejected"))  # (a missing or bad file: one line)
-        with open_regular(path, "rb") as f:
-            self._digest = digest(f.read(), tokenizer_id(tokenizer).encode(), template.encode())
+        self._digest = rows_fingerprint(path, tokenizer, self.enc)
         same = [r for r in rows if r["chosen"] == r["rejected"]]
         if same:  # no preference, no signal: Adam would turn the rounding noise of its zero gradient into full updates
             where = f"line {same[0]['_line']}" if "_line" in same[0] else "a row"
@@ -109,7 +106,7 @@ class PreferenceData:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         self.vocab_size = self.enc.n_vocab
-        self.meta = dict(**tokenizer_meta(self.enc, tokenizer), bytes_per_token=1.0)
+        self.meta = tokenizer_meta(self.enc, tokenizer)
 
     def __len__(self):
         return len(self.pairs[0])

@@ -66,7 +66,10 @@ def check_objective(cfg):
     if not cfg["init_from"] or not cfg["data"]:
         raise ConfigError("DPO needs --init_from (the SFT out_dir or checkpoint) and --data (a preference .jsonl)")
     mixed = [k for k in ("decay_data", "eval_data", "fsdp", "update_stats") if cfg[k]]
-    mixed += ["long_ratio"] * (cfg["long_ratio"] < 1) + ["passkey_ratio"] * (cfg["passkey_ratio"] > 0)
+    if cfg["long_ratio"] < 1:
+        mixed.append("long_ratio")
+    if cfg["passkey_ratio"] > 0:
+        mixed.append("passkey_ratio")
     if mixed:
         raise ConfigError(f"objective=dpo trains on preference pairs: drop {', '.join(mixed)}")
 
@@ -81,9 +84,7 @@ def load_preference_data(cfg, mcfg, source):
     if mcfg.vocab_size < data.vocab_size:
         raise ConfigError(f"vocab_size={mcfg.vocab_size} is smaller than the pairs' tokenizer vocabulary "
                           f"({data.vocab_size}, {data.meta['tokenizer']})")
-    if cfg["seq_len"] > mcfg.max_position_embeddings:
-        raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
-                          f"{mcfg.max_position_embeddings}: lower seq_len")
+    check_positions(cfg, mcfg)
     return data
 
 
@@ -135,10 +136,15 @@ def load_run_data(cfg, mcfg, source=None):
             passkey_document(np.random.default_rng(0), cfg["seq_len"] + 1, data.encoding().encode_ordinary)
         except ValueError as e:
             raise ConfigError(f"passkey_ratio={cfg['passkey_ratio']}: {e}: raise seq_len") from None
+    check_positions(cfg, mcfg)
+    return data, decay_data, eval_sets
+
+
+def check_positions(cfg, mcfg):
+    """A row must fit the model's positions."""
     if cfg["seq_len"] > mcfg.max_position_embeddings:
         raise ConfigError(f"seq_len={cfg['seq_len']} exceeds max_position_embeddings="
                           f"{mcfg.max_position_embeddings}: lower seq_len or raise max_position_embeddings")
-    return data, decay_data, eval_sets
 
 
 def check_tokenizer(data, source):
@@ -186,7 +192,7 @@ def resume_from(cfg, source, model, optimizer, fsdp, global_batch, device, finge
     lacks = sorted({"data", "config", "step"} - set(ckpt) | ({"rng"} - set(ckpt) if not fsdp else set()))
     if lacks:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(lacks)}: it was not written by train.py's loop (a "
-                              f"DPO or converted checkpoint?): start from it with --init_from instead of --resume")
+                              f"converted checkpoint?): start from it with --init_from instead of --resume")
     if ckpt.get("trainer") != TRAINER_VERSION:
         raise CheckpointError(f"checkpoint {path} was written by another train.py version ({ckpt.get('trainer')}, "
                               f"this is {TRAINER_VERSION}): resuming would change the run's numbers midway; start a "
@@ -242,8 +248,12 @@ def start_from(cfg, mcfg, source, model, optimizer, log, weights_only=False):
     state = source.model
     fresh = weights_only or source.optimizer is None
     opt_state = {} if fresh else named_optimizer_state(src_cfg, source.optimizer)
-    what = f"{src} (step {source.step})" if not fresh else f"{src}'s weights (AdamW fresh; step 0)" if weights_only \
-        else f"the released checkpoint {src} (its weights; AdamW fresh; step 0)"
+    if not fresh:
+        what = f"{src} (step {source.step})"
+    elif weights_only:
+        what = f"{src}'s weights (AdamW fresh; step 0)"
+    else:
+        what = f"the released checkpoint {src} (its weights; AdamW fresh; step 0)"
     if not src_cfg.num_experts and mcfg.num_experts and set(diff) <= MOE_KEYS:
         state = upcycle_state_dict(state, mcfg, seed=cfg["seed"])
         opt_state = upcycle_optimizer_state(opt_state, mcfg.num_experts)

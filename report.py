@@ -195,10 +195,10 @@ def verdicts_table():
     """The README's short summary of the ledger: the verdicts of each table (experiments/findings.py's groups)."""
     allf = list(findings.load().values())
     rows = ["| table | findings | reproduced | not reproduced | inconclusive |", "|---|---|---|---|---|"]
-    for g, title in findings.TITLES.items():
+    for g, (name, _) in findings.GROUPS.items():
         v = [f["verdict"] for f in allf if findings.group(f) == g]
         if v:
-            rows.append(f"| {title.split(',')[0].split(' (')[0]} | {len(v)} | " +
+            rows.append(f"| {name} | {len(v)} | " +
                         " | ".join(str(v.count(w)) for w in findings.VERDICTS) + " |")
     return "\n".join(rows)
 

@@ -39,13 +39,12 @@ from tqdm import tqdm
 
 import configurator
 from checkpoint import (DCP_DIR, CheckpointError, append_jsonl, claim_out_dir, export_checkpoint, keep_copy, locked,
-                        open_metrics, save_checkpoint, save_dcp)
+                        model_from_checkpoint, open_metrics, save_checkpoint, save_dcp)
 from configurator import ConfigError
 from corpus import MixtureData, epochs
 from dpo import METRICS as DPO_METRICS
 from dpo import micro_batch_loss, pairs_drawn, reference_logps, step_order
 from files import WriteError, write_json
-from checkpoint import model_from_checkpoint
 from guards import (MODEL_KEYS, TRAINER_VERSION, check_eval_split, check_objective, data_fingerprints,
                     inherited_model_keys, load_preference_data, load_run_data, model_config, read_source, resume_from,
                     stage_start, start_from)
@@ -205,7 +204,7 @@ def train_step(r):
         r.optimizer.step()
     r.optimizer.zero_grad(set_to_none=True)
     r.step += 1
-    log_step(r, metrics, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux)
+    log_step(r, train_loss, metrics, lr_now, grad_norm, time.perf_counter() - t0, router_logits, aux)
 
 
 def lm_gradients(r):
@@ -279,15 +278,13 @@ def micro_batches(cfg, src, step, global_batch, rank, world):
     return [(*src.batch("train", cfg["seed"], step, global_batch, seq_len, rows=r), 1 / A) for r in rows]
 
 
-def log_step(r, metrics, lr_now, grad_norm, dt, router_logits, aux):
+def log_step(r, train_loss, metrics, lr_now, grad_norm, dt, router_logits, aux):
     """The step's metrics row (MFU on a known GPU; an MoE's balancing loss and expert load; DPO's metrics under TRL's
     names), the progress bar."""
     if r.dpo:
         row = dict(step=r.step, **dict(zip(DPO_METRICS, metrics.tolist())), lr=lr_now, grad_norm=grad_norm,
                    pairs_per_s=r.global_batch / dt)
-        train_loss = row["loss"]
     else:
-        train_loss = metrics.item()
         row = dict(step=r.step, train_loss=train_loss, lr=lr_now, grad_norm=grad_norm,
                    tokens=r.step * r.tokens_per_step, tok_per_s=r.tokens_per_step / dt)
     if r.peak and not r.dpo:
@@ -486,8 +483,8 @@ def start(cfg, quiet, progress=None):
     t_start = time.time()
     mcfg = model_config(cfg)
     source = read_source(cfg)
-    reference = None
-    if cfg["objective"] == "dpo":  # the reference: init_from's model, frozen (read first: a bad checkpoint says so)
+    dpo, reference = cfg["objective"] == "dpo", None
+    if dpo:  # the reference: init_from's model, frozen (read first: a bad checkpoint says so)
         reference_model = model_from_checkpoint(cfg["init_from"], device).model
         data, decay_data, eval_sets = load_preference_data(cfg, mcfg, source), None, {}
     else:
@@ -501,7 +498,7 @@ def start(cfg, quiet, progress=None):
     raw_model, optimizer, step = build(cfg, mcfg, device, ptdtype, fsdp, global_batch, log, fingerprints, source)
     lineage = dict(tokenizer=data.meta["tokenizer"], tokenizer_id=data_tokenizer_id(data.meta),
                    origin=source.origin if source else None, stage_start=stage_start(cfg, source, step))
-    if cfg["objective"] == "dpo":  # its log-probs of the pairs the steps draw, once (also on resume); then dropped
+    if dpo:  # its log-probs of the pairs the steps draw, once (also on resume); then dropped
         used = pairs_drawn(cfg, len(data), global_batch)
         reference = reference_logps(reference_model, data.pairs, used, device, quiet or not master)
         del reference_model

@@ -132,12 +132,7 @@ def registered_at(cid, claim_hash, root=ROOT):
 
 def is_ancestor(a, b, root=ROOT):
     """Whether commit a is b or an ancestor of b."""
-    try:
-        out = subprocess.run(["git", "-C", root, "merge-base", "--is-ancestor", a, b], capture_output=True,
-                             timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0
+    return git("merge-base", "--is-ancestor", a, b, root=root) is not None
 
 
 def history_readable(root=ROOT):

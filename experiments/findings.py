@@ -236,7 +236,7 @@ def adjusted(ledger):
 
 
 # what every finding of the ledger holds (report.py's tables read these)
-FIELDS = ("id", "section", "claim", "test", "delta", "a", "b", "diff", "seeds", "verdict", "command")
+FIELDS = ("id", "section", "claim", "test", "delta", "a", "b", "diff", "seeds", "p", "verdict", "command")
 
 
 def load():
@@ -269,7 +269,8 @@ def cell(text):
 
 def _p(f):
     """The sign-flip p-value, and Holm's adjusted one for a primary finding."""
-    return f"{f['p']:.3g}" + (f" ({f['p_holm']:.3g})" if "p_holm" in f else "") if "p" in f else "n/a"
+    holm_p = f" ({f['p_holm']:.3g})" if "p_holm" in f else ""
+    return f"{f['p']:.3g}{holm_p}"
 
 
 def _rows(found, status=False):
@@ -277,10 +278,10 @@ def _rows(found, status=False):
             "p (Holm) | verdict |" + (" why not counted |" if status else ""),
             "|---|---|---|---|---|---|---|---|---|" + ("---|" if status else "")]
     for f in found:
-        d, tpp = f["diff"], f.get("tokens_per_param")
-        tpp = "-" if tpp is None else " and ".join(map(str, tpp)) if isinstance(tpp, list) else tpp
-        ci = d.get("ci95")
-        ci = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "(90%, not re-recorded)"
+        d, tpp = f["diff"], f.get("tokens_per_param", "-")
+        if isinstance(tpp, list):  # (a claim over two lengths)
+            tpp = " and ".join(map(str, tpp))
+        ci = f"[{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]"
         rows.append(f"| {f['section']} | {cell(f['claim'])} | {cell(f['a']['name'])} | {cell(f['b']['name'])} | "
                     f"{TEST_WORDS[f['test']]}, {f['delta']:g} | {tpp} | {_fmt(d['mean'])} {ci} ({f['seeds']}) | "
                     f"{_p(f)} | **{f['verdict']}** |" + (f" {cell(not_counted(f))} |" if status else ""))
@@ -299,11 +300,12 @@ def group(f):
     return f["table"] if primary(f) else "exploratory"
 
 
-TITLES = {
-    "paper": "The paper's claims, registered before their runs (Holm over this table)",
-    "literature": "The later literature, registered before its runs (Holm over this table)",
-    "sanity": "Sanity checks (true by construction; not counted)",
-    "exploratory": "Exploratory: claims not registered before their data (post hoc; not counted)",
+# each group's name, and what its table's title adds
+GROUPS = {
+    "paper": ("The paper's claims", ", registered before their runs (Holm over this table)"),
+    "literature": ("The later literature", ", registered before its runs (Holm over this table)"),
+    "sanity": ("Sanity checks", " (true by construction; not counted)"),
+    "exploratory": ("Exploratory", ": claims not registered before their data (post hoc; not counted)"),
 }
 
 
@@ -316,9 +318,9 @@ def table(findings=None):
     checks, and the exploratory findings, each with its tally."""
     allf = list((findings or load()).values())
     out = []
-    for g, title in TITLES.items():
+    for g, (name, note) in GROUPS.items():
         found = [f for f in allf if group(f) == g]
         if found:
-            out += ([""] if out else []) + [f"**{title}.** {len(found)} findings: {tally(found)}.", ""]
+            out += ([""] if out else []) + [f"**{name}{note}.** {len(found)} findings: {tally(found)}.", ""]
             out += _rows(found, status=g == "exploratory")
     return "\n".join(out)

@@ -71,18 +71,20 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
 
     file = os.path.join(out, "results", f"schedules{runner.results_tag(quick)}.json")
     runner.tune_lr(file, reps, run_of, LRS, desc="schedules", fresh=fresh)
-    summary = summarize(file, N, batch_tokens, steps, seed_list)
+    done = runner.read_json(file)
+    summary = summarize(done, N, batch_tokens, steps, seed_list)
     runner.write_summary(out, f"schedules_summary{runner.results_tag(quick)}", summary)
     if len(seed_list) >= 3:
-        record(summary, runner.read_json(file), runner.command("schedules", quick, seeds), file)
+        record(summary, done, runner.command("schedules", quick, seeds), file)
     plot(summary, os.path.join(out, "assets", f"schedules{runner.results_tag(quick)}.png"))
     return summary
 
 
-def summarize(file, N, batch_tokens, steps, seed_list):
-    """Each replicate's lr (the one its lowest final loss was trained at: tune_lr's choice) and that final loss."""
+def summarize(done, N, batch_tokens, steps, seed_list):
+    """Each replicate's lr (the one its lowest final loss was trained at: tune_lr's choice) and that final loss, from
+    the sweep's results `done`."""
     best, final = {}, {}
-    for name, run in runner.read_json(file).items():
+    for name, run in done.items():
         rep, lr = name.rsplit(", lr ", 1)
         loss = run["metrics"]["final_val_loss"]
         if rep not in final or loss < final[rep]:
@@ -93,9 +95,9 @@ def summarize(file, N, batch_tokens, steps, seed_list):
 def record_from_results():
     """The registered claims again from results/schedules_quick.json, training nothing (report.py --record)."""
     file = os.path.join(runner.RESULTS, "schedules_quick.json")
-    s = read_results("schedules_summary_quick")
-    summary = summarize(file, s["N"], s["batch_tokens"], s["steps"], s["seeds"])
-    record(summary, runner.read_json(file), runner.command("schedules", True, len(s["seeds"])), file)
+    s, done = read_results("schedules_summary_quick"), runner.read_json(file)
+    record(summarize(done, s["N"], s["batch_tokens"], s["steps"], s["seeds"]), done,
+           runner.command("schedules", True, len(s["seeds"])), file)
 
 
 def per_seed(summary, arm, tpp):
