@@ -35,7 +35,7 @@ import torch
 from configurator import ConfigError, exit_on_user_error
 from files import locked, make_dirs, open_regular, parse_json, read_json, replace_atomically, write_json
 from tokenizer import (chat_pieces, data_tokenizer_id, get_encoding, ids_and_labels, known_tokenizers, tokenizer_id,
-                       with_bos)
+                       train_bpe, with_bos)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -93,6 +93,19 @@ def read_document_file(path):
                 raise ValueError(f"{path}:{i}: the \"text\" field is {type(text).__name__}, not a string")
             docs.append(text)
         return docs
+
+
+def bpe_corpus(source="python_source", vocab_size=1024):
+    """data/<source>_bpe<vocab_size>: a BUILTIN corpus tokenized with a byte-level BPE of vocab_size tokens trained
+    on its training part (the documents before the last tenth of its characters; optional package `tokenizers`),
+    prepared on first use. Returns the directory (train.py's data)."""
+    out = os.path.join(DATA_DIR, f"{source}_bpe{vocab_size}")
+    if not os.path.isfile(os.path.join(out, "meta.json")):
+        docs = BUILTIN[source]()
+        ends = np.cumsum([len(d) for d in docs])
+        train_bpe(docs[:int(np.searchsorted(ends, 0.9 * ends[-1]))], vocab_size, os.path.join(out, "tokenizer"))
+        prepare(out, docs, tokenizer=os.path.join(out, "tokenizer"), wait=True)
+    return out
 
 
 def prepare(out_dir, docs, tokenizer="bytes", val_fraction=0.1, shard_tokens=0, wait=False):

@@ -243,6 +243,27 @@ def save_tokenizer(name, out_dir):
     return os.path.join(out_dir, file)
 
 
+def train_bpe(docs, vocab_size, out_dir):
+    """A byte-level BPE of vocab_size tokens (our special tokens included) trained on docs with the optional
+    `tokenizers` package, written to out_dir as tokenizer.json + tokenizer_config.json (get_encoding(out_dir) reads
+    it); the same docs give the same file. Returns out_dir."""
+    try:
+        import tokenizers  # optional
+    except ImportError:
+        raise ImportError("a BPE tokenizer needs the optional package: pip install tokenizers") from None
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tok.train_from_iterator(docs, tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    make_dirs(out_dir)
+    replace_atomically(os.path.join(out_dir, "tokenizer.json"), lambda f: f.write(tok.to_str()), "w")
+    write_json(os.path.join(out_dir, "tokenizer_config.json"),
+               {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS[0], "add_bos_token": False})
+    return out_dir
+
+
 def copy_file(src, dst):
     """src copied to dst atomically (a full disk leaves no partial file: files.replace_atomically)."""
     replace_atomically(dst, lambda tmp: shutil.copyfile(src, tmp), mode=None, need=os.path.getsize(src))

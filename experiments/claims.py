@@ -36,6 +36,44 @@ DESIGNS = {
               "an octave past an edge that holds the seed's optimum; each arm scores its lowest final loss",
         "metric": "final validation loss, nats/byte, on one held-out sample of 32k tokens shared by every run",
     },
+    "depth": {
+        "experiment": "experiments/depth.py",
+        "model": "ladder(64, L), L = 2 and 8: 94,528 and 377,920 non-embedding parameters, byte vocabulary (259), "
+                 "width muP, python_source",
+        "width": 64,
+        "depths": (2, 8),
+        "residuals": "plain m = 1; depth-muP m = 1.4 / sqrt(L); CompleteP m = 1.4 sqrt(2) / L",
+        "batch_tokens": 1024,
+        "steps": 600,
+        "tokens_per_param": (6.5, 1.63),
+        "seeds": (101, 102, 103, 104, 105, 106, 107, 108),
+        "warmup": "S // 40 steps, then WSD with an exp decay over the last 10% to 10% of the lr",
+        "lr": "tuned inside each replicate: the grid 0.002, 0.004, 0.008, 0.016, grown by an octave past an edge "
+              "that holds the replicate's optimum; its best lr is the vertex of a parabola in log2(lr) through the "
+              "lowest loss and its two neighbours",
+        "metric": "shift = log2(best lr at 8 layers / best lr at 2 layers), octaves, per seed and residual scaling; "
+                  "final validation loss, nats/byte, on one held-out sample of 32k tokens shared by every run",
+    },
+    "scaling_tokens": {
+        "experiment": "experiments/scaling_tokens.py",
+        "model": "ladder(w, 2), w = 12, 16, 24, 32, 48, 64: 2,364 to 94,528 non-embedding parameters (40x)",
+        "corpus": "python_source tokenized with a 1024-token byte-level BPE trained on its training part (corpus."
+                  "bpe_corpus: 11.0M training tokens, 2.59 bytes a token)",
+        "widths": (12, 16, 24, 32, 48, 64),
+        "rows": (4, 8, 16, 16, 16, 16),
+        "seq_len": 64,
+        "tokens_per_param": (10, 20, 40, 80, 160, 320),
+        "top": "320 N for widths 12-32 (at most 0.7 epochs), 160 N for 48 and 64 (0.74 and 1.38 epochs)",
+        "runs": "per size and seed one stable WSD run (warmup a quarter of 10 N tokens) with a checkpoint every 10 N "
+                "tokens, branched into exp decays of a ninth of the stable steps to 10% of the lr at each level",
+        "seeds": (101, 102, 103, 104, 105, 106, 107, 108),
+        "lr": "tuned per size on the tuning seed 1 (not scored): a decayed run to 40 N tokens at 0.004, 0.008, "
+              "0.016, grown by an octave past an edge that holds the optimum",
+        "fit": "per seed, scaling_law.fit_scaling_law on its 34 branch ends (N non-embedding, D tokens, L nats a "
+               "token); D_opt/N at the geometric mean of the sizes (15,929) by scaling_law.ratio_for_size; a fit "
+               "without an optimum enters at the bound its exponents point to (alpha <= 0: 1e5, beta <= 0: 1)",
+        "metric": "validation loss, nats a token, on 32 batches of the corpus's held-out tenth (eval_seed 0)",
+    },
 }
 
 CLAIMS = {
@@ -66,6 +104,29 @@ CLAIMS = {
         "a": "gain at 20 tokens a parameter", "b": "gain at 5", "test": "lower", "delta": 0.005,
         "why": "half the loss margin: a difference of two differences", "design": "schedules",
         "tokens_per_param": (5, 20),
+    },
+    "tokens_alpha_above_beta": {
+        "table": "paper", "section": "§4.5",
+        "claim": "Fitted in BPE tokens, the size exponent exceeds the data exponent (alpha > beta), so D_opt/N_opt "
+                 "grows with compute",
+        "a": "beta", "b": "alpha", "test": "lower", "delta": 0.05,
+        "why": "the paper's own alpha - beta (0.29 - 0.23), rounded down", "design": "scaling_tokens",
+        "tokens_per_param": (10, 320),
+    },
+    "tokens_d_over_n_above_chinchilla": {
+        "table": "paper", "section": "§4.5",
+        "claim": "Fitted in BPE tokens, the compute-optimal D/N at the middle size is above Chinchilla's 20 (log10)",
+        "a": "log10 20", "b": "log10 D_opt/N", "test": "lower", "delta": 0.30103,
+        "why": "log10 2: a factor of two in tokens a parameter", "design": "scaling_tokens",
+        "tokens_per_param": (10, 320),
+    },
+    "tokens_d_over_n_matches_192": {
+        "table": "paper", "section": "§4.5",
+        "claim": "Fitted in BPE tokens, the compute-optimal D/N at the middle size is the paper's 192 within a factor "
+                 "of two (log10)",
+        "a": "log10 D_opt/N", "b": "log10 192", "test": "matches", "delta": 0.30103,
+        "why": "log10 2: a factor of two in tokens a parameter", "design": "scaling_tokens",
+        "tokens_per_param": (10, 320),
     },
 }
 

@@ -227,7 +227,7 @@ def fit_spread(points, N, boot=20, seed=0):
                 alpha_leave_size_out=[min(alphas), max(alphas)], beta_leave_size_out=[min(betas), max(betas)])
 
 
-def plot(points, law, file):
+def plot(points, law, file, ylabel="val loss (nats/byte)"):
     fig, ax = subplots(figsize=(7, 4.5))
     for i, n in enumerate(sorted({p["N"] for p in points})):
         pts = sorted((p["D"], p["L"]) for p in points if p["N"] == n)
@@ -235,7 +235,7 @@ def plot(points, law, file):
         ax.plot(*zip(*pts), "o", color=c, label=f"N = {n / 1e3:.1f}K")
         grid = np.geomspace(pts[0][0] * 0.7, pts[-1][0] * 1.5, 50)
         ax.plot(grid, law(n, grid), "-", color=c, lw=1)
-    ax.set(xscale="log", xlabel="tokens D", ylabel="val loss (nats/byte)",
+    ax.set(xscale="log", xlabel="tokens D", ylabel=ylabel,
            title=f"L = {law.C_N:.3g} N^-{law.alpha:.2f} + {law.C_D:.3g} D^-{law.beta:.2f} + {law.L0:.2f}")
     ax.legend(fontsize=8)
     save(fig, file, dpi=110)

@@ -1,0 +1,182 @@
+"""
+Paper §3.1 (depth muP) beside Dey et al. 2025 (CompleteP): does the best lr stay put when a model gets deeper? Three
+residual scalings, at 2 and 8 layers of a width-64 muP model, each lr tuned inside every replicate over 8 fresh
+seeds. The claims and the design are registered in experiments/claims.py (design "depth") before the runs.
+
+    h_{l+1} = h_l + m(L) * F(RMSNorm(h_l))
+    plain        m = 1                      (no depth scaling)
+    depth-muP    m = scale_depth / sqrt(L)  (the paper's, scale_depth = 1.4)
+    CompleteP    m = scale_depth * sqrt(2) / L  (alpha = 1; equal to depth-muP at 2 layers)
+
+The best lr of a replicate is the vertex of a parabola in log2(lr) through its grid's lowest loss and the two
+neighbours (batchsize.log2_vertex); the shift is log2(best lr at 8 layers / best lr at 2 layers), in octaves.
+
+    python -m experiments.depth --quick --seeds 8   # 2-core CPU: ~90 min at one thread
+"""
+
+import math
+import os
+
+import numpy as np
+
+from batchsize import log2_vertex
+from experiments import claims, cli, findings, runner
+from experiments.runner import Experiment, read_results
+from model import ladder_keys
+from plots import save, subplots
+
+DESIGN = claims.DESIGNS["depth"]
+MODES = ("plain", "depth-muP", "CompleteP")
+SCALE_DEPTH = 1.4  # MiniCPM's
+LRS = (0.002, 0.004, 0.008, 0.016)  # the registered starting grid
+PILOT_SEED = 1  # the pilot that chose the budget; not a scoring seed
+
+
+def setting(quick):
+    """(base config, depths) of the runs: the 2-core CPU design, or one GPU's."""
+    if quick:
+        return dict(preset="tiny", data="python_source", batch_size=16, seq_len=64), DESIGN["depths"]
+    return dict(preset="tiny", data="python_source", batch_size=32, seq_len=256), (4, 32)
+
+
+def scale_depth(mode, L):
+    """train.py's scale_depth for a residual multiplier of `mode` at L layers (model.py: m = scale_depth / sqrt(L))."""
+    if mode == "plain":
+        return math.sqrt(L)
+    if mode == "depth-muP":
+        return SCALE_DEPTH
+    return SCALE_DEPTH * math.sqrt(2 / L)
+
+
+def replicate(mode, L, seed):
+    return f"{mode} L{L} seed{seed}"
+
+
+def run_of(base, steps):
+    """The config of one replicate at one lr."""
+    def run(rep, lr):
+        mode, L, seed = rep
+        return dict(base, **ladder_keys(DESIGN["width"], L), scale_depth=scale_depth(mode, L), out_dir="", lr=lr,
+                    seed=seed, max_steps=steps, warmup_steps=steps // 40, decay="exp", decay_steps=steps // 10,
+                    eval_interval=steps, eval_steps=32, eval_seed=0, sample_tokens=0)
+    return run
+
+
+def train_grid(file, seed_list, quick, fresh=False):
+    """Tune every replicate's lr (runner.tune_lr: the grid grown past an edge that holds its optimum)."""
+    base, depths = setting(quick)
+    reps = {replicate(m, L, s): (m, L, s) for s in seed_list for L in depths for m in MODES}
+    runner.tune_lr(file, reps, run_of(base, DESIGN["steps"]), LRS, desc="depth", fresh=fresh)
+    return runner.read_json(file)
+
+
+def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
+    """The registered sweep; records the claims with >= 3 seeds."""
+    seed_list = DESIGN["seeds"][:seeds]
+    tag = runner.results_tag(quick)
+    file = os.path.join(out, "results", f"depth{tag}.json")
+    done = train_grid(file, seed_list, quick, fresh)
+    summary = summarize(done, setting(quick)[1], seed_list)
+    runner.write_summary(out, f"depth_summary{tag}", summary)
+    if len(seed_list) >= 3:
+        record(summary, done, runner.command("depth", quick, seeds), file)
+    plot(summary, os.path.join(out, "assets", f"depth{tag}.png"))
+    for m in MODES:
+        print(f"{m:10s} shift {runner.ms(summary['shift'][m], '+.2f')} octaves")
+    return summary
+
+
+def summarize(done, depths, seed_list):
+    """Per replicate: its grid's losses, the vertex lr and the lowest loss; per mode and seed: the shift in octaves
+    from the first depth to the last."""
+    grid = {}
+    for name, run in done.items():
+        rep, lr = name.rsplit(", lr ", 1)
+        grid.setdefault(rep, {})[float(lr)] = run["metrics"]["final_val_loss"]
+    best, low = {}, {}
+    for rep, losses in grid.items():
+        lrs = sorted(losses)
+        best[rep] = log2_vertex(lrs, [losses[x] for x in lrs])
+        low[rep] = min(losses.values())
+    shift = {m: [math.log2(best[replicate(m, depths[-1], s)] / best[replicate(m, depths[0], s)]) for s in seed_list]
+             for m in MODES}
+    return dict(depths=list(depths), seeds=list(seed_list), grid={k: {str(x): v for x, v in g.items()}
+                                                                   for k, g in grid.items()},
+                best_lr=best, lowest=low, shift=shift)
+
+
+def record(summary, done, command, file):
+    """The registered claims from the summary."""
+    commits = sorted({v.get("commit") for v in runner.trained(done).values()}, key=str)
+    deep = summary["depths"][-1]
+    absolute = {m: [abs(x) for x in summary["shift"][m]] for m in MODES}
+    low = {m: [summary["lowest"][replicate(m, deep, s)] for s in summary["seeds"]] for m in MODES}
+    arms = {"depth_mup_shift_lower_plain": (absolute["depth-muP"], absolute["plain"]),
+            "completep_shift_lower_depth_mup": (absolute["CompleteP"], absolute["depth-muP"]),
+            "completep_shift_lower_plain": (absolute["CompleteP"], absolute["plain"]),
+            "completep_no_worse_depth_mup_loss": (low["CompleteP"], low["depth-muP"])}
+    for cid, (a, b) in arms.items():
+        findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
+                              wall_s=runner.wall_s(file), sources=[file], run_commits=commits,
+                              explanation=EXPLAIN.get(cid, ""))
+
+
+def record_from_results():
+    """The registered claims again from results/depth_quick.json, training nothing (report.py --record)."""
+    file = os.path.join(runner.RESULTS, "depth_quick.json")
+    s, done = read_results("depth_summary_quick"), runner.read_json(file)
+    record(summarize(done, s["depths"], s["seeds"]), done, runner.command("depth", True, len(s["seeds"])), file)
+
+
+def plot(summary, file):
+    """Loss against lr of each mode at both depths (seed means over each replicate's grid), and the shifts."""
+    fig, axes = subplots(1, len(MODES) + 1, figsize=(16, 4))
+    for ax, m in zip(axes, MODES):
+        for i, L in enumerate(summary["depths"]):
+            for s in summary["seeds"]:
+                g = summary["grid"][replicate(m, L, s)]
+                lrs = sorted(g, key=float)
+                ax.plot([float(x) for x in lrs], [g[x] for x in lrs], "-", color=f"C{i}", alpha=0.4, lw=1,
+                        label=f"{L} layers" if s == summary["seeds"][0] else None)
+        ax.set(xscale="log", xlabel="lr", ylabel="final val loss", title=m)
+        ax.legend(fontsize=8)
+    for j, m in enumerate(MODES):
+        v = summary["shift"][m]
+        axes[-1].plot(np.full(len(v), j), v, "o", ms=4)
+    axes[-1].axhline(0, color="k", lw=0.5)
+    axes[-1].set_xticks(range(len(MODES)), MODES)
+    axes[-1].set(ylabel=f"shift of the best lr, {summary['depths'][0]} -> {summary['depths'][-1]} layers (octaves)")
+    save(fig, file, dpi=110)
+
+
+def depth_table():
+    """Each mode's best lr at each depth and the shift (mean +- sd over seeds)."""
+    if not os.path.isfile(os.path.join(runner.RESULTS, "depth_summary_quick.json")):
+        return f"Not run yet: `{EXPERIMENT.rerun[0]} --record`."
+    s = read_results("depth_summary_quick")
+    L0, L1 = s["depths"][0], s["depths"][-1]
+    rows = [f"| residual scaling | best lr, {L0} layers | best lr, {L1} layers | shift (octaves) | loss, {L1} layers |",
+            "|---|---|---|---|---|"]
+    for m in MODES:
+        lr0 = [s["best_lr"][replicate(m, L0, x)] for x in s["seeds"]]
+        lr1 = [s["best_lr"][replicate(m, L1, x)] for x in s["seeds"]]
+        low = [s["lowest"][replicate(m, L1, x)] for x in s["seeds"]]
+        rows.append(f"| {m} | {runner.ms(lr0, '.4f')} | {runner.ms(lr1, '.4f')} | {runner.ms(s['shift'][m], '+.2f')} "
+                    f"| {runner.ms(low, '.4f')} |")
+    return "\n".join(rows)
+
+
+EXPLAIN = {}
+
+EXPERIMENT = Experiment(name="depth", section="§3.1", rerun=(runner.command("depth", True, 8),),
+                        sweeps=("depth_quick",), tables={"depth": depth_table}, explain=EXPLAIN,
+                        record=record_from_results)
+
+
+def main():
+    cli.main("The best lr across depth: plain residuals, depth muP and CompleteP (paper §3.1, Dey et al. 2025)",
+             experiment)
+
+
+if __name__ == "__main__":
+    main()
