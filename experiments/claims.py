@@ -48,9 +48,9 @@ DESIGNS = {
         "tokens_per_param": (6.5, 1.63),
         "seeds": (101, 102, 103, 104, 105, 106, 107, 108),
         "warmup": "S // 40 steps, then WSD with an exp decay over the last 10% to 10% of the lr",
-        "lr": "tuned inside each replicate: the grid 0.002, 0.004, 0.008, 0.016, grown by an octave past an edge "
-              "that holds the replicate's optimum; its best lr is the vertex of a parabola in log2(lr) through the "
-              "lowest loss and its two neighbours",
+        "lr": "tuned inside each replicate: the grid 0.001, 0.002, 0.004 (centred on a pilot at seed 1), grown "
+              "by an octave past an edge that holds the replicate's optimum; its best lr is the vertex of a "
+              "parabola in log2(lr) through the lowest loss and its two neighbours",
         "metric": "shift = log2(best lr at 8 layers / best lr at 2 layers), octaves, per seed and residual scaling; "
                   "final validation loss, nats/byte, on one held-out sample of 32k tokens shared by every run",
     },
@@ -127,6 +127,28 @@ CLAIMS = {
         "a": "log10 D_opt/N", "b": "log10 192", "test": "matches", "delta": 0.30103,
         "why": "log10 2: a factor of two in tokens a parameter", "design": "scaling_tokens",
         "tokens_per_param": (10, 320),
+    },
+    "depth_mup_shift_lower_plain": {
+        "table": "paper", "section": "§3.1",
+        "claim": "With residuals x scale_depth / sqrt(L), the best lr moves less from 2 to 8 layers than with plain "
+                 "residuals (absolute shift, octaves)",
+        "a": "depth-muP |shift|", "b": "plain |shift|", "test": "lower", "delta": 0.25,
+        "why": "a quarter of the grid's step (an octave): the parabola's vertex resolves shifts of this size",
+        "design": "depth", "tokens_per_param": (6.5, 1.63),
+    },
+    "completep_shift_lower_depth_mup": {
+        "table": "literature", "section": "Dey et al. 2025",
+        "claim": "With CompleteP's residuals (1/L), the best lr moves less from 2 to 8 layers than with depth-muP's "
+                 "(1/sqrt(L)) (absolute shift, octaves)",
+        "a": "CompleteP |shift|", "b": "depth-muP |shift|", "test": "lower", "delta": 0.25,
+        "why": "a quarter of the grid's step (an octave): the parabola's vertex resolves shifts of this size",
+        "design": "depth", "tokens_per_param": (6.5, 1.63),
+    },
+    "completep_no_worse_depth_mup_loss": {
+        "table": "literature", "section": "Dey et al. 2025",
+        "claim": "At 8 layers, each at its best lr of the grid, CompleteP's residuals end no worse than depth-muP's",
+        "a": "CompleteP, 8 layers", "b": "depth-muP, 8 layers", "test": "no_worse", "delta": 0.01,
+        "why": "0.01 nats is 1% in perplexity", "design": "depth", "tokens_per_param": 1.63,
     },
 }
 

@@ -28,7 +28,7 @@ from plots import save, subplots
 DESIGN = claims.DESIGNS["depth"]
 MODES = ("plain", "depth-muP", "CompleteP")
 SCALE_DEPTH = 1.4  # MiniCPM's
-LRS = (0.002, 0.004, 0.008, 0.016)  # the registered starting grid
+LRS = (0.001, 0.002, 0.004)  # the registered starting grid
 PILOT_SEED = 1  # the pilot that chose the budget; not a scoring seed
 
 
@@ -113,7 +113,6 @@ def record(summary, done, command, file):
     low = {m: [summary["lowest"][replicate(m, deep, s)] for s in summary["seeds"]] for m in MODES}
     arms = {"depth_mup_shift_lower_plain": (absolute["depth-muP"], absolute["plain"]),
             "completep_shift_lower_depth_mup": (absolute["CompleteP"], absolute["depth-muP"]),
-            "completep_shift_lower_plain": (absolute["CompleteP"], absolute["plain"]),
             "completep_no_worse_depth_mup_loss": (low["CompleteP"], low["depth-muP"])}
     for cid, (a, b) in arms.items():
         findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
