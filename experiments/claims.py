@@ -74,6 +74,23 @@ DESIGNS = {
                "without an optimum enters at the bound its exponents point to (alpha <= 0: 1e5, beta <= 0: 1)",
         "metric": "validation loss, nats a token, on 32 batches of the corpus's held-out tenth (eval_seed 0)",
     },
+    "width": {
+        "experiment": "experiments/width.py",
+        "model": "ladder(w, 2), w = 32 and 128: 23,712 and 377,472 non-embedding parameters, byte vocabulary (259), "
+                 "muP (dim_model_base 256) or SP, python_source",
+        "widths": (32, 128),
+        "layers": 2,
+        "batch_tokens": 1024,
+        "steps": 1000,
+        "tokens_per_param": (43.2, 2.71),
+        "seeds": (101, 102, 103, 104, 105, 106, 107, 108),
+        "warmup": "S // 40 steps, then WSD with an exp decay over the last 10% to 10% of the lr",
+        "lr": "tuned inside each replicate: the grid 0.001, 0.002, 0.004, grown by an octave past an edge that "
+              "holds the replicate's optimum; its best lr is the vertex of a parabola in log2(lr) through the "
+              "lowest loss and its two neighbours",
+        "metric": "shift = log2(best lr at width 128 / best lr at width 32), octaves, per seed and parametrisation; "
+                  "final validation loss, nats/byte, on one held-out sample of 32k tokens shared by every run",
+    },
 }
 
 CLAIMS = {
@@ -149,6 +166,20 @@ CLAIMS = {
         "claim": "At 8 layers, each at its best lr of the grid, CompleteP's residuals end no worse than depth-muP's",
         "a": "CompleteP, 8 layers", "b": "depth-muP, 8 layers", "test": "no_worse", "delta": 0.01,
         "why": "0.01 nats is 1% in perplexity", "design": "depth", "tokens_per_param": 1.63,
+    },
+    "mup_width_shift_lower_sp": {
+        "table": "paper", "section": "§3.3",
+        "claim": "Under muP the best lr moves less from width 32 to 128 than under SP (absolute shift, octaves)",
+        "a": "muP |shift|", "b": "SP |shift|", "test": "lower", "delta": 0.25,
+        "why": "a quarter of the grid's step (an octave): the parabola's vertex resolves shifts of this size",
+        "design": "width", "tokens_per_param": (43.2, 2.71),
+    },
+    "mup_width_shift_within_half_octave": {
+        "table": "paper", "section": "§3.3",
+        "claim": "Under muP the best lr at width 128 is the one at width 32 within half an octave (signed shift)",
+        "a": "muP shift", "b": "0", "test": "matches", "delta": 0.5,
+        "why": "half an octave: the paper's Fig. 3 reads its optimum (0.01) off a grid of octaves",
+        "design": "width", "tokens_per_param": (43.2, 2.71),
     },
 }
 
