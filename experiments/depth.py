@@ -86,23 +86,21 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     return summary
 
 
+def tuned(done):
+    """Per replicate of a tune_lr sweep: its grid's losses, the vertex lr (log2_vertex) and the lowest loss."""
+    grid = runner.lr_grids(done)
+    best = {rep: log2_vertex(sorted(g), [g[x] for x in sorted(g)]) for rep, g in grid.items()}
+    return dict(grid={rep: {str(x): v for x, v in g.items()} for rep, g in grid.items()}, best_lr=best,
+                lowest={rep: min(g.values()) for rep, g in grid.items()})
+
+
 def summarize(done, depths, seed_list):
     """Per replicate: its grid's losses, the vertex lr and the lowest loss; per mode and seed: the shift in octaves
     from the first depth to the last."""
-    grid = {}
-    for name, run in done.items():
-        rep, lr = name.rsplit(", lr ", 1)
-        grid.setdefault(rep, {})[float(lr)] = run["metrics"]["final_val_loss"]
-    best, low = {}, {}
-    for rep, losses in grid.items():
-        lrs = sorted(losses)
-        best[rep] = log2_vertex(lrs, [losses[x] for x in lrs])
-        low[rep] = min(losses.values())
-    shift = {m: [math.log2(best[replicate(m, depths[-1], s)] / best[replicate(m, depths[0], s)]) for s in seed_list]
-             for m in MODES}
-    return dict(depths=list(depths), seeds=list(seed_list), grid={k: {str(x): v for x, v in g.items()}
-                                                                   for k, g in grid.items()},
-                best_lr=best, lowest=low, shift=shift)
+    t = tuned(done)
+    shift = {m: [math.log2(t["best_lr"][replicate(m, depths[-1], s)] / t["best_lr"][replicate(m, depths[0], s)])
+                 for s in seed_list] for m in MODES}
+    return dict(depths=list(depths), seeds=list(seed_list), **t, shift=shift)
 
 
 def record(summary, done, command, file):

@@ -183,6 +183,15 @@ def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
             return best
 
 
+def lr_grids(done):
+    """{replicate: {lr: final validation loss}} of a tune_lr sweep's results (runs "<replicate>, lr <lr>")."""
+    grids = {}
+    for name, run in done.items():
+        rep, lr = name.rsplit(", lr ", 1)
+        grids.setdefault(rep, {})[float(lr)] = run["metrics"]["final_val_loss"]
+    return grids
+
+
 def checked(cfg):
     """A run's config as train.py runs it: the defaults filled in, validated."""
     return train.validate_config({**train.default_config(), **cfg})
