@@ -194,13 +194,31 @@ def recipe_table():
 def verdicts_table():
     """The README's short summary of the ledger: the verdicts of each table (experiments/findings.py's groups)."""
     allf = list(findings.load().values())
-    rows = ["| table | findings | reproduced | not reproduced | inconclusive |", "|---|---|---|---|---|"]
+    rows = ["| table | findings | reproduced | not reproduced | inconclusive | tokens per parameter |",
+            "|---|---|---|---|---|---|"]
     for g, (name, _) in findings.GROUPS.items():
-        v = [f["verdict"] for f in allf if findings.group(f) == g]
+        found = [f for f in allf if findings.group(f) == g]
+        v = [f["verdict"] for f in found]
+        tpp = [x for f in found for x in numbers(f.get("tokens_per_param"))]
         if v:
-            rows.append(f"| {name} | {len(v)} | " +
-                        " | ".join(str(v.count(w)) for w in findings.VERDICTS) + " |")
+            rows.append(f"| {name} | {len(v)} | " + " | ".join(str(v.count(w)) for w in findings.VERDICTS) +
+                        f" | {span(tpp)} |")
     return "\n".join(rows)
+
+
+def span(values):
+    """"lo-hi" of some numbers, one number when they are equal, "not recorded" for none."""
+    if not values:
+        return "not recorded"
+    lo, hi = min(values), max(values)
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
+def numbers(value):
+    """A registered claim's tokens per parameter as a list: one number, a list of them, or none."""
+    if value is None:
+        return []
+    return [float(x) for x in value] if isinstance(value, (list, tuple)) else [float(value)]
 
 
 def blocks():

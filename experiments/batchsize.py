@@ -176,6 +176,12 @@ def batchsize_table():
     v = [fit["pooled_b"][s] for s in seeds]
     rows.append("| pooled (the paper's fit) | " + " | ".join(f"{x:+.2f}" for x in v) + f" | {ms(v, '+.2f')} |")
     rows.append("| paper | " + "| " * len(seeds) + f"{fit['paper_b']:+.2f} |")
+    ledger = findings.load()
+    where = []
+    for fid, name in (("batchsize_within_model", "within each model"), ("batchsize_pooled", "pooled")):
+        lo, hi = (-x for x in reversed(ledger[fid]["diff"]["ci95"]))  # the findings' arm is -b
+        where.append(f"{name} {'inside' if lo <= fit['paper_b'] <= hi else 'outside'} [{lo:+.2f}, {hi:+.2f}]")
+    rows.append(f"\nThe paper's b = {fit['paper_b']:.2f} against the 95% intervals of b: {'; '.join(where)}.")
     return "\n".join(rows)
 
 

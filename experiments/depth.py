@@ -120,6 +120,8 @@ def record(summary, done, command, file):
 
 def record_from_results():
     """The registered claims again from results/depth_quick.json, training nothing (report.py --record)."""
+    if not os.path.isfile(os.path.join(runner.RESULTS, "depth_summary_quick.json")):
+        return  # (not run yet: no finding to record)
     file = os.path.join(runner.RESULTS, "depth_quick.json")
     s, done = read_results("depth_summary_quick"), runner.read_json(file)
     record(summarize(done, s["depths"], s["seeds"]), done, runner.command("depth", True, len(s["seeds"])), file)

@@ -132,6 +132,8 @@ def record(summary, done, command, sources):
 
 def record_from_results():
     """The registered claims again from the committed results, training nothing (report.py --record)."""
+    if not os.path.isfile(os.path.join(runner.RESULTS, "scaling_tokens_summary_quick.json")):
+        return  # (not run yet: no finding to record)
     s = read_results("scaling_tokens_summary_quick")
     files = EXPERIMENT.sources()
     record(s, runner.read_json(files[1]), runner.command("scaling_tokens", True, len(s["per_seed"])), files)

@@ -80,6 +80,8 @@ def record(summary, done, command, file):
 
 def record_from_results():
     """The registered claims again from results/width_quick.json, training nothing (report.py --record)."""
+    if not os.path.isfile(os.path.join(runner.RESULTS, "width_summary_quick.json")):
+        return  # (not run yet: no finding to record)
     file = os.path.join(runner.RESULTS, "width_quick.json")
     s, done = read_results("width_summary_quick"), runner.read_json(file)
     record(summarize(done, s["seeds"]), done, runner.command("width", True, len(s["seeds"])), file)

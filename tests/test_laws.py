@@ -5,6 +5,7 @@ import pytest
 
 import batchsize
 import scaling_law as sl
+from experiments import depth, scaling_tokens
 
 
 # ------------------------------------------------------------------------------------------ batch size (§3.2)
@@ -135,3 +136,20 @@ def test_the_annealing_law_fit_recovers_a_known_law():
     assert got["alpha"] == pytest.approx(0.5, abs=0.01) and got["C"] == pytest.approx(0.02, rel=0.05)
     s1, s2, y = curve["wsd"]
     assert got["L0"] + got["A"] * s1[-1] ** -got["alpha"] - got["C"] * s2[-1] == pytest.approx(y[-1], abs=2e-3)
+
+
+# ------------------------------------------------------------------------------------------ the registered designs
+
+def test_the_residual_scalings_of_the_depth_design():
+    m = {mode: {L: depth.scale_depth(mode, L) / math.sqrt(L) for L in (2, 8, 32)} for mode in depth.MODES}
+    assert m["plain"] == {2: 1.0, 8: 1.0, 32: 1.0}
+    assert m["CompleteP"][2] == m["depth-muP"][2]  # one model at 2 layers: its runs are trained once
+    assert m["CompleteP"][8] * 8 == pytest.approx(m["CompleteP"][32] * 32)  # 1/L
+    assert m["depth-muP"][8] * math.sqrt(8) == pytest.approx(m["depth-muP"][32] * math.sqrt(32))  # 1/sqrt(L)
+
+
+def test_a_fit_without_an_optimum_enters_at_its_registered_bound():
+    law = sl.ScalingLaw(C_N=1.0, alpha=0.3, C_D=1.0, beta=0.2, L0=0.5)
+    assert scaling_tokens.d_over_n(law, 1e4) == pytest.approx(float(sl.ratio_for_size(1e4, law)))
+    assert scaling_tokens.d_over_n(sl.ScalingLaw(C_N=1.0, alpha=-0.1, C_D=1.0, beta=0.2, L0=0.5), 1e4) == 1e5
+    assert scaling_tokens.d_over_n(sl.ScalingLaw(C_N=1.0, alpha=0.3, C_D=1.0, beta=0.0, L0=0.5), 1e4) == 1.0

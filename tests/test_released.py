@@ -18,7 +18,7 @@ import train
 from conftest import cli_args, dpo_run, official_dir
 from official import read_weights
 from reference import official_forward
-from tokenizer import get_encoding
+from tokenizer import get_encoding, train_bpe
 
 tokenizers = pytest.importorskip("tokenizers", reason="optional: tokenizers is not installed")
 pytest.importorskip("safetensors", reason="optional: safetensors is not installed")
@@ -260,3 +260,15 @@ def test_a_sentencepiece_tokenizer_model_serves_the_same_way(tmp_path):
     ids, labels = corpus.SFTData(str(tmp_path / "sft.jsonl"), str(d)).split["train"][0]
     assert ids == [1, *sp.encode("<用户>hi<AI>"), *sp.encode("yo"), 2] and labels[-len(sp.encode("yo")) - 1:] == \
         [*sp.encode("yo"), 2]
+
+
+def test_a_bpe_trained_here_is_the_same_file_twice_and_reads_back(tmp_path):
+    docs = corpus.embedded_documents()[:30]
+    a, b = (train_bpe(docs, 320, str(tmp_path / d)) for d in "ab")
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    enc = get_encoding(a)
+    text = "def f(x):\n    return x + 1  # é"
+    ids = enc.encode_ordinary(text)
+    assert enc.n_vocab == 320 and enc.decode(ids) == text and len(ids) < len(text.encode())
+    assert enc.decode_token(enc.eot_token) == "<|endoftext|>" and enc.bos_token is None
+
