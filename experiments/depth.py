@@ -11,7 +11,7 @@ seeds. The claims and the design are registered in experiments/claims.py (design
 The best lr of a replicate is the vertex of a parabola in log2(lr) through its grid's lowest loss and the two
 neighbours (batchsize.log2_vertex); the shift is log2(best lr at 8 layers / best lr at 2 layers), in octaves.
 
-    python -m experiments.depth --quick --seeds 8   # 2-core CPU: ~90 min at one thread
+    python -m experiments.depth --quick --seeds 8   # 2-core CPU: ~75 min at one thread (its only setting)
 """
 
 import math
@@ -32,11 +32,7 @@ LRS = (0.001, 0.002, 0.004)  # the registered starting grid
 PILOT_SEED = 1  # the pilot that chose the budget; not a scoring seed
 
 
-def setting(quick):
-    """(base config, depths) of the runs: the 2-core CPU design, or one GPU's."""
-    if quick:
-        return dict(preset="tiny", data="python_source", batch_size=16, seq_len=64), DESIGN["depths"]
-    return dict(preset="tiny", data="python_source", batch_size=32, seq_len=256), (4, 32)
+BASE = dict(preset="tiny", data="python_source", batch_size=16, seq_len=64)  # 1024 tokens a step (the design's)
 
 
 def scale_depth(mode, L):
@@ -62,25 +58,24 @@ def run_of(base, steps):
     return run
 
 
-def train_grid(file, seed_list, quick, fresh=False):
+def train_grid(file, seed_list, fresh=False):
     """Tune every replicate's lr (runner.tune_lr: the grid grown past an edge that holds its optimum)."""
-    base, depths = setting(quick)
-    reps = {replicate(m, L, s): (m, L, s) for s in seed_list for L in depths for m in MODES}
-    runner.tune_lr(file, reps, run_of(base, DESIGN["steps"]), LRS, desc="depth", fresh=fresh)
+    reps = {replicate(m, L, s): (m, L, s) for s in seed_list for L in DESIGN["depths"] for m in MODES}
+    runner.tune_lr(file, reps, run_of(BASE, DESIGN["steps"]), LRS, desc="depth", fresh=fresh)
     return runner.read_json(file)
 
 
 def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
-    """The registered sweep; records the claims with >= 3 seeds."""
+    """The registered sweep (the 2-core CPU design is its only setting); records the claims with >= 3 seeds."""
+    runner.registered_corpus(data)
     seed_list = DESIGN["seeds"][:seeds]
-    tag = runner.results_tag(quick)
-    file = os.path.join(out, "results", f"depth{tag}.json")
-    done = train_grid(file, seed_list, quick, fresh)
-    summary = summarize(done, setting(quick)[1], seed_list)
-    runner.write_summary(out, f"depth_summary{tag}", summary)
+    file = os.path.join(out, "results", "depth_quick.json")
+    done = train_grid(file, seed_list, fresh)
+    summary = summarize(done, DESIGN["depths"], seed_list)
+    runner.write_summary(out, "depth_summary_quick", summary)
     if len(seed_list) >= 3:
-        record(summary, done, runner.command("depth", quick, seeds), file)
-    plot(summary, os.path.join(out, "assets", f"depth{tag}.png"))
+        record(summary, done, runner.command("depth", True, seeds), file)
+    plot(summary, os.path.join(out, "assets", "depth_quick.png"))
     for m in MODES:
         print(f"{m:10s} shift {runner.ms(summary['shift'][m], '+.2f')} octaves")
     return summary

@@ -183,6 +183,13 @@ def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
             return best
 
 
+def registered_corpus(data):
+    """A registered design trains on its own corpus: --data is refused in one line."""
+    if data:
+        raise ConfigError(f"--data={data}: this experiment's corpus is part of its registered design "
+                          f"(experiments/claims.py); run it without --data")
+
+
 def lr_grids(done):
     """{replicate: {lr: final validation loss}} of a tune_lr sweep's results (runs "<replicate>, lr <lr>")."""
     grids = {}

@@ -5,7 +5,7 @@ form L(N, D) = C_N N^-alpha + C_D D^-beta + L_0 is fitted (scaling_law.py), and 
 middle size set beside Chinchilla's 20 and the paper's 192. The claims and the design are registered in
 experiments/claims.py (design "scaling_tokens") before the runs; 8 fresh seeds, the lr tuned on a seed of its own.
 
-    python -m experiments.scaling_tokens --quick --seeds 8   # 2-core CPU: ~2 h at one thread (needs tokenizers)
+    python -m experiments.scaling_tokens --quick --seeds 8   # 2-core CPU: ~2 h at one thread (its only setting)
 """
 
 import math
@@ -15,7 +15,6 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from configurator import ConfigError
 from corpus import bpe_corpus, corpus_keys
 from experiments import claims, cli, findings, runner
 from experiments.runner import Experiment, read_results
@@ -51,9 +50,7 @@ def d_over_n(law, N):
 def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     """The registered sweep (the 2-core CPU design; quick is the only setting), its fits, and its claims with >= 3
     seeds."""
-    if data:
-        raise ConfigError("--data: this experiment's corpus is part of its registered design (the BPE of "
-                          "python_source); run it without --data")
+    runner.registered_corpus(data)
     corpus = corpus_keys(bpe_corpus())
     N = sizes(corpus["vocab_size"])
     rows = dict(zip(DESIGN["widths"], DESIGN["rows"]))
@@ -95,7 +92,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     summary = summarize(points, lr)
     runner.write_summary(out, f"scaling_tokens_summary{tag}", summary)
     if len(seed_list) >= 3:
-        record(summary, runner.read_json(file), runner.command("scaling_tokens", True, seeds), [lr_file, file])
+        record(summary, runner.command("scaling_tokens", True, seeds), [lr_file, file])
     first = summary["per_seed"][0]
     plot(points[seed_list[0]], ScalingLaw(**first["law"]), os.path.join(out, "assets", f"scaling_tokens{tag}.png"),
          ylabel="val loss (nats/token)")
@@ -116,9 +113,10 @@ def summarize(points, lr):
     return dict(N_mid=N_mid, sizes=Ns, lr=lr, per_seed=per_seed)
 
 
-def record(summary, done, command, sources):
-    """The registered claims from the per-seed fits."""
-    commits = sorted({v.get("commit") for v in runner.trained(done).values()}, key=str)
+def record(summary, command, sources):
+    """The registered claims from the per-seed fits; the commits are those of every run, the lr tuning's too."""
+    commits = sorted({v.get("commit") for f in sources for v in runner.trained(runner.read_json(f)).values()},
+                     key=str)
     seeds = summary["per_seed"]
     ratio = [math.log10(s["d_over_n"]) for s in seeds]
     arms = {"tokens_alpha_above_beta": ([s["law"]["beta"] for s in seeds], [s["law"]["alpha"] for s in seeds]),
@@ -136,7 +134,7 @@ def record_from_results():
         return  # (not run yet: no finding to record)
     s = read_results("scaling_tokens_summary_quick")
     files = EXPERIMENT.sources()
-    record(s, runner.read_json(files[1]), runner.command("scaling_tokens", True, len(s["per_seed"])), files)
+    record(s, runner.command("scaling_tokens", True, len(s["per_seed"])), files)
 
 
 def scaling_tokens_table():

@@ -25,11 +25,8 @@ ARMS = ("Cosine(T=S)", "Cosine(T=1.25S)", "WSD exp 10%", "linear to zero")
 LRS = (0.001, 0.002, 0.004)  # the registered starting grid
 
 
-def setting(quick):
-    """(base config, batch tokens) of the runs: the 2-core CPU model of the registered design, or one GPU's."""
-    if quick:
-        return dict(preset="tiny", **ladder_keys(64, 2), data="python_source", batch_size=16, seq_len=64), 1024
-    return dict(preset="tiny", data="python_source", batch_size=32, seq_len=256), 8192
+BASE = dict(preset="tiny", **ladder_keys(64, 2), data="python_source", batch_size=16, seq_len=64)  # the design's
+BATCH_TOKENS = 1024
 
 
 def non_embedding_params(base):
@@ -55,8 +52,10 @@ def replicate(arm, tpp, seed):
 
 
 def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
-    """Tune each arm's lr inside each replicate at each length; record the registered claims with >= 3 seeds."""
-    base, batch_tokens = setting(quick)
+    """Tune each arm's lr inside each replicate at each length; record the registered claims with >= 3 seeds. The
+    registered design is its only setting."""
+    runner.registered_corpus(data)
+    base, batch_tokens = BASE, BATCH_TOKENS
     N = non_embedding_params(base)
     steps = {tpp: round(tpp * N / batch_tokens) for tpp in DESIGN["tokens_per_param"]}
     seed_list = DESIGN["seeds"][:seeds]
@@ -69,14 +68,14 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
         return dict(base, out_dir="", lr=lr, seed=seed, max_steps=S, warmup_steps=S // 40,
                     eval_interval=max(1, S // 10), eval_steps=32, eval_seed=0, sample_tokens=0, **schedule(arm, S))
 
-    file = os.path.join(out, "results", f"schedules{runner.results_tag(quick)}.json")
+    file = os.path.join(out, "results", "schedules_quick.json")
     runner.tune_lr(file, reps, run_of, LRS, desc="schedules", fresh=fresh)
     done = runner.read_json(file)
     summary = summarize(done, N, batch_tokens, steps, seed_list)
-    runner.write_summary(out, f"schedules_summary{runner.results_tag(quick)}", summary)
+    runner.write_summary(out, "schedules_summary_quick", summary)
     if len(seed_list) >= 3:
-        record(summary, done, runner.command("schedules", quick, seeds), file)
-    plot(summary, os.path.join(out, "assets", f"schedules{runner.results_tag(quick)}.png"))
+        record(summary, done, runner.command("schedules", True, seeds), file)
+    plot(summary, os.path.join(out, "assets", "schedules_quick.png"))
     return summary
 
 

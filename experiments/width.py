@@ -6,7 +6,7 @@ standard parametrisation (SP) it slides. Widths 32 and 128 at 2 layers, each lr 
 grid's lowest loss and the two neighbours (experiments/depth.py: tuned); the shift is log2(best lr at width 128 /
 best lr at width 32), in octaves.
 
-    python -m experiments.width --quick --seeds 8   # 2-core CPU: ~55 min at one thread
+    python -m experiments.width --quick --seeds 8   # 2-core CPU: ~55 min at one thread (its only setting)
 """
 
 import math
@@ -41,6 +41,7 @@ def run_of(rep, lr):
 def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     """The registered sweep (the 2-core CPU design; quick is its only setting); records the claims with >= 3
     seeds."""
+    runner.registered_corpus(data)
     seed_list = DESIGN["seeds"][:seeds]
     widths = DESIGN["widths"]
     file = os.path.join(out, "results", "width_quick.json")
