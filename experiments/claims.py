@@ -91,6 +91,26 @@ DESIGNS = {
         "metric": "shift = log2(best lr at width 128 / best lr at width 32), octaves, per seed and parametrisation; "
                   "final validation loss, nats/byte, on one held-out sample of 32k tokens shared by every run",
     },
+    "small_long": {
+        "experiment": "experiments/small_long.py",
+        "model": "ladder(16, 2) against ladder(32, 2): 5,200 and 23,712 non-embedding parameters (4.56x), byte "
+                 "vocabulary, python_source",
+        "small": 16,
+        "large": 32,
+        "batch_tokens": 1024,
+        "large_tokens_per_param": 40,
+        "compute": (1, 2, 4),
+        "runs": "the large model: 926 steps, warmup S // 40, WSD with an exp decay over the last 10% to 10% of the "
+                "lr; the small model: one stable WSD run per seed and lr with a checkpoint every 3,800 steps, "
+                "branched at k x 3,800 steps into an exp decay of a ninth of them, k x the large run's training "
+                "compute (6 N D); the small model reads 831, 1663 and 3326 tokens a parameter, at most 0.61 epochs",
+        "tokens_per_param": (40, 831, 1663, 3326),
+        "seeds": (101, 102, 103, 104, 105, 106, 107, 108),
+        "lr": "tuned inside each replicate: every arm of a seed trains at 0.001, 0.002, 0.004, the seed's grid "
+              "grown by an octave past an edge that holds any of its arms' optimum; each arm scores its lowest "
+              "final loss",
+        "metric": "final validation loss, nats/byte, on one held-out sample of 32k tokens shared by every run",
+    },
 }
 
 CLAIMS = {
@@ -180,6 +200,13 @@ CLAIMS = {
         "a": "muP shift", "b": "0", "test": "matches", "delta": 0.5,
         "why": "half an octave: the paper's Fig. 3 reads its optimum (0.01) off a grid of octaves",
         "design": "width", "tokens_per_param": (43.2, 2.71),
+    },
+    "small_long_no_worse_at_4x": {
+        "table": "paper", "section": "§4.3",
+        "claim": "A 4.6x smaller model trained with WSD on 4x the large model's training compute ends no worse than "
+                 "the large model trained on 40 N tokens, each at its own lr",
+        "a": "small, 4x compute", "b": "large, 40 N tokens", "test": "no_worse", "delta": 0.01,
+        "why": "0.01 nats is 1% in perplexity", "design": "small_long", "tokens_per_param": (40, 3326),
     },
 }
 

@@ -5,7 +5,7 @@ import pytest
 
 import batchsize
 import scaling_law as sl
-from experiments import depth, scaling_tokens
+from experiments import depth, scaling_tokens, small_long
 
 
 # ------------------------------------------------------------------------------------------ batch size (§3.2)
@@ -153,3 +153,12 @@ def test_a_fit_without_an_optimum_enters_at_its_registered_bound():
     assert scaling_tokens.d_over_n(law, 1e4) == pytest.approx(float(sl.ratio_for_size(1e4, law)))
     assert scaling_tokens.d_over_n(sl.ScalingLaw(C_N=1.0, alpha=-0.1, C_D=1.0, beta=0.2, L0=0.5), 1e4) == 1e5
     assert scaling_tokens.d_over_n(sl.ScalingLaw(C_N=1.0, alpha=0.3, C_D=1.0, beta=0.0, L0=0.5), 1e4) == 1.0
+
+
+def test_the_small_long_ladder_reads_k_times_the_large_runs_compute():
+    N = small_long.sizes()
+    large, unit = small_long.steps(N)
+    assert (N[16], N[32], large, unit) == (5200, 23712, 926, 3800)
+    for k in small_long.DESIGN["compute"]:
+        small = k * unit + k * unit // 9  # the stable steps to the branch point and the branch's decay
+        assert N[16] * small / (N[32] * large) == pytest.approx(k, rel=0.002)
