@@ -76,7 +76,10 @@ def token_data(name):
 
 
 def epochs(run):
-    """How many times a finished sweep run went over its training corpus (None for SFT rows and mixtures)."""
+    """How many times a finished sweep run went over its training corpus (None for SFT rows and mixtures): as the
+    run recorded it, or counted again for a run that did not (its corpus then read here)."""
+    if "epochs" in run["metrics"]:
+        return run["metrics"]["epochs"]
     data = run["config"]["data"]
     if "," in data or data.endswith(".jsonl"):
         return None
@@ -97,7 +100,8 @@ def tokens_per_param(run):
 
 def findings_table():
     """The ledger (findings.table), the training time behind it, and how often each sweep repeats its corpus."""
-    runs = {s: list(trained(read_results(s)).values()) for e in registry() for s in e.sweeps}
+    runs = {s: list(trained(read_results(s)).values()) for e in registry() for s in e.sweeps
+            if os.path.isfile(os.path.join(RESULTS, f"{s}.json"))}  # (an experiment not run yet has none)
     minutes = {s: training_minutes(s) for s in runs}
     hours = sum(minutes.values()) / 60
     machines = ", ".join(sorted({r["hardware"] for v in runs.values() for r in v}))
@@ -106,7 +110,7 @@ def findings_table():
         e = [(x, r["config"]["data"]) for r in v if (x := epochs(r)) is not None]
         if e:
             most = max(e)
-            reps.append(f"{s} {most[0]:.2f} ({most[1]})")
+            reps.append(f"{s} {most[0]:.2f} ({os.path.basename(most[1])})")
     cost = ", ".join(f"{s} {m:.0f}" for s, m in minutes.items())
     tpp = {s: [tokens_per_param(r) for r in v] for s, v in runs.items() if v}
     tpp = ", ".join(f"{s} {min(x):.2g}-{max(x):.2g}" for s, x in tpp.items())
