@@ -94,15 +94,22 @@ def width_table():
         return f"Not run yet: `{EXPERIMENT.rerun[0]} --record`."
     s = read_results("width_summary_quick")
     w0, w1 = s["widths"][0], s["widths"][-1]
-    rows = [f"| parametrisation | best lr, width {w0} | best lr, width {w1} | shift (octaves) |", "|---|---|---|---|"]
+    rows = [f"| parametrisation | best lr, width {w0} | best lr, width {w1} | shift (octaves) | loss, width {w0} | "
+            f"loss, width {w1} |", "|---|---|---|---|---|---|"]
     for m in MODES:
-        lr0 = [s["best_lr"][replicate(m, w0, x)] for x in s["seeds"]]
-        lr1 = [s["best_lr"][replicate(m, w1, x)] for x in s["seeds"]]
-        rows.append(f"| {m} | {ms(lr0, '.4f')} | {ms(lr1, '.4f')} | {ms(s['shift'][m], '+.2f')} |")
+        lr0, lr1, low0, low1 = ([s[key][replicate(m, w, x)] for x in s["seeds"]]
+                                for key, w in (("best_lr", w0), ("best_lr", w1), ("lowest", w0), ("lowest", w1)))
+        rows.append(f"| {m} | {ms(lr0, '.4f')} | {ms(lr1, '.4f')} | {ms(s['shift'][m], '+.2f')} | {ms(low0, '.4f')} | "
+                    f"{ms(low1, '.4f')} |")
     return "\n".join(rows)
 
 
-EXPLAIN = {}
+EXPLAIN = {
+    "mup_width_shift_within_half_octave": "Under muP the best lr falls 0.81 +- 0.18 octaves from width 32 to 128, "
+                                          "under SP 2.21 +- 0.37 (the width table): muP removes about two thirds of "
+                                          "SP's shift, not all of it, at 1,000 steps. Both widths are below muP's "
+                                          "base width (dim_model_base 256).",
+}
 
 EXPERIMENT = Experiment(name="width", section="§3.3", rerun=(runner.command("width", True, 8),),
                         sweeps=("width_quick",), tables={"width": width_table}, explain=EXPLAIN,
