@@ -74,7 +74,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     summary = summarize(done, DESIGN["depths"], seed_list)
     runner.write_summary(out, "depth_summary_quick", summary)
     if len(seed_list) >= 3:
-        record(summary, done, runner.command("depth", True, seeds), file)
+        record(summary, runner.command("depth", True, seeds), file)
     plot(summary, os.path.join(out, "assets", "depth_quick.png"))
     for m in MODES:
         print(f"{m:10s} shift {runner.ms(summary['shift'][m], '+.2f')} octaves")
@@ -98,19 +98,15 @@ def summarize(done, depths, seed_list):
     return dict(depths=list(depths), seeds=list(seed_list), **t, shift=shift)
 
 
-def record(summary, done, command, file):
+def record(summary, command, file):
     """The registered claims from the summary."""
-    commits = sorted({v.get("commit") for v in runner.trained(done).values()}, key=str)
     deep = summary["depths"][-1]
     absolute = {m: [abs(x) for x in summary["shift"][m]] for m in MODES}
     low = {m: [summary["lowest"][replicate(m, deep, s)] for s in summary["seeds"]] for m in MODES}
     arms = {"depth_mup_shift_lower_plain": (absolute["depth-muP"], absolute["plain"]),
             "completep_shift_lower_depth_mup": (absolute["CompleteP"], absolute["depth-muP"]),
             "completep_no_worse_depth_mup_loss": (low["CompleteP"], low["depth-muP"])}
-    for cid, (a, b) in arms.items():
-        findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
-                              wall_s=runner.wall_s(file), sources=[file], run_commits=commits,
-                              explanation=EXPLAIN.get(cid, ""))
+    findings.record_claims(arms, command, [file], EXPLAIN)
 
 
 def record_from_results():
@@ -119,7 +115,7 @@ def record_from_results():
         return  # (not run yet: no finding to record)
     file = os.path.join(runner.RESULTS, "depth_quick.json")
     s, done = read_results("depth_summary_quick"), runner.read_json(file)
-    record(summarize(done, s["depths"], s["seeds"]), done, runner.command("depth", True, len(s["seeds"])), file)
+    record(summarize(done, s["depths"], s["seeds"]), runner.command("depth", True, len(s["seeds"])), file)
 
 
 def plot(summary, file):

@@ -34,7 +34,7 @@ import statistics
 
 from configurator import ConfigError
 from experiments import claims
-from experiments.runner import RESULTS, read_json
+from experiments.runner import RESULTS, read_json, this_machine, trained, wall_s
 from files import write_json
 
 FILE = os.path.join(RESULTS, "findings.json")
@@ -202,6 +202,16 @@ def record_claim(cid, *, a_per_seed, b_per_seed, command, hardware, wall_s, sour
                   delta=c["delta"], why=c["why"], a=c["a"], b=c["b"], a_per_seed=a_per_seed, b_per_seed=b_per_seed,
                   command=command, hardware=hardware, wall_s=wall_s, sources=sources, explanation=explanation,
                   sanity=c["table"] == "sanity", registered=registered)
+
+
+def record_claims(arms, command, sources, explain):
+    """Record each registered claim of {claim id: (A per seed, B per seed)} from the sweeps in `sources` (results
+    files): the commits of every run they trained, their wall time, this machine, each claim's explanation."""
+    commits = sorted({v.get("commit") for f in sources for v in trained(read_json(f)).values()}, key=str)
+    wall = sum(wall_s(f) for f in sources)
+    for cid, (a, b) in arms.items():
+        record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=this_machine(), wall_s=wall,
+                     sources=list(sources), run_commits=commits, explanation=explain.get(cid, ""))
 
 
 def history(old, new):

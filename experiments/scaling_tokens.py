@@ -115,17 +115,12 @@ def summarize(points, lr):
 
 def record(summary, command, sources):
     """The registered claims from the per-seed fits; the commits are those of every run, the lr tuning's too."""
-    commits = sorted({v.get("commit") for f in sources for v in runner.trained(runner.read_json(f)).values()},
-                     key=str)
     seeds = summary["per_seed"]
     ratio = [math.log10(s["d_over_n"]) for s in seeds]
     arms = {"tokens_alpha_above_beta": ([s["law"]["beta"] for s in seeds], [s["law"]["alpha"] for s in seeds]),
             "tokens_d_over_n_above_chinchilla": ([math.log10(20)] * len(seeds), ratio),
             "tokens_d_over_n_matches_192": (ratio, [math.log10(192)] * len(seeds))}
-    wall = sum(runner.wall_s(f) for f in sources)
-    for cid, (a, b) in arms.items():
-        findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
-                              wall_s=wall, sources=sources, run_commits=commits, explanation=EXPLAIN.get(cid, ""))
+    findings.record_claims(arms, command, sources, EXPLAIN)
 
 
 def record_from_results():

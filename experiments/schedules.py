@@ -74,7 +74,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     summary = summarize(done, N, batch_tokens, steps, seed_list)
     runner.write_summary(out, "schedules_summary_quick", summary)
     if len(seed_list) >= 3:
-        record(summary, done, runner.command("schedules", True, seeds), file)
+        record(summary, runner.command("schedules", True, seeds), file)
     plot(summary, os.path.join(out, "assets", "schedules_quick.png"))
     return summary
 
@@ -95,7 +95,7 @@ def record_from_results():
     """The registered claims again from results/schedules_quick.json, training nothing (report.py --record)."""
     file = os.path.join(runner.RESULTS, "schedules_quick.json")
     s, done = read_results("schedules_summary_quick"), runner.read_json(file)
-    record(summarize(done, s["N"], s["batch_tokens"], s["steps"], s["seeds"]), done,
+    record(summarize(done, s["N"], s["batch_tokens"], s["steps"], s["seeds"]),
            runner.command("schedules", True, len(s["seeds"])), file)
 
 
@@ -103,10 +103,8 @@ def per_seed(summary, arm, tpp):
     return [summary["final"][replicate(arm, tpp, s)] for s in summary["seeds"]]
 
 
-def record(summary, done, command, file):
+def record(summary, command, file):
     """The four registered claims from the tuned finals."""
-    commits = sorted({v.get("commit") for v in runner.trained(done).values()}, key=str)
-    wall = runner.wall_s(file)
     gain = {tpp: [x - y for x, y in zip(per_seed(summary, "linear to zero", tpp),
                                         per_seed(summary, "Cosine(T=S)", tpp))] for tpp in (5, 20)}
     arms = {"wsd_no_worse_cosine_20tpp": (per_seed(summary, "WSD exp 10%", 20), per_seed(summary, "Cosine(T=S)", 20)),
@@ -114,9 +112,7 @@ def record(summary, done, command, file):
                                         per_seed(summary, "Cosine(T=1.25S)", 20)),
             "d2z_lower_cosine_20tpp": (per_seed(summary, "linear to zero", 20), per_seed(summary, "Cosine(T=S)", 20)),
             "d2z_gain_grows_with_tpp": (gain[20], gain[5])}
-    for cid, (a, b) in arms.items():
-        findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
-                              wall_s=wall, sources=[file], run_commits=commits, explanation=EXPLAIN.get(cid, ""))
+    findings.record_claims(arms, command, [file], EXPLAIN)
 
 
 def plot(summary, file):

@@ -85,7 +85,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     summary = summarize(runner.read_json(file), N, seed_list)
     runner.write_summary(out, "small_long_summary_quick", summary)
     if len(seed_list) >= 3:
-        record(summary, runner.read_json(file), runner.command("small_long", True, seeds), file)
+        record(summary, runner.command("small_long", True, seeds), file)
     plot(summary, os.path.join(out, "assets", "small_long_quick.png"))
     return summary
 
@@ -108,13 +108,10 @@ def per_seed(summary, arm):
     return [summary["final"][f"{arm} seed{s}"] for s in summary["seeds"]]
 
 
-def record(summary, done, command, file):
+def record(summary, command, file):
     """The registered claim from the tuned finals."""
-    commits = sorted({v.get("commit") for v in runner.trained(done).values()}, key=str)
-    findings.record_claim("small_long_no_worse_at_4x", a_per_seed=per_seed(summary, "small 4x"),
-                          b_per_seed=per_seed(summary, "large"), command=command, hardware=runner.this_machine(),
-                          wall_s=runner.wall_s(file), sources=[file], run_commits=commits,
-                          explanation=EXPLAIN.get("small_long_no_worse_at_4x", ""))
+    arms = {"small_long_no_worse_at_4x": (per_seed(summary, "small 4x"), per_seed(summary, "large"))}
+    findings.record_claims(arms, command, [file], EXPLAIN)
 
 
 def record_from_results():
@@ -124,7 +121,7 @@ def record_from_results():
     file = os.path.join(runner.RESULTS, "small_long_quick.json")
     s, done = read_results("small_long_summary_quick"), runner.read_json(file)
     N = {int(w): n for w, n in s["N"].items()}
-    record(summarize(done, N, s["seeds"]), done, runner.command("small_long", True, len(s["seeds"])), file)
+    record(summarize(done, N, s["seeds"]), runner.command("small_long", True, len(s["seeds"])), file)
 
 
 def plot(summary, file):

@@ -51,7 +51,7 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     summary = summarize(done, seed_list)
     runner.write_summary(out, "width_summary_quick", summary)
     if len(seed_list) >= 3:
-        record(summary, done, runner.command("width", True, seeds), file)
+        record(summary, runner.command("width", True, seeds), file)
     for m in MODES:
         print(f"{m:4s} shift {ms(summary['shift'][m], '+.2f')} octaves")
     return summary
@@ -67,16 +67,12 @@ def summarize(done, seed_list):
     return dict(widths=list(DESIGN["widths"]), seeds=list(seed_list), **t, shift=shift)
 
 
-def record(summary, done, command, file):
+def record(summary, command, file):
     """The registered claims from the summary."""
-    commits = sorted({v.get("commit") for v in runner.trained(done).values()}, key=str)
     shift = summary["shift"]
     arms = {"mup_width_shift_lower_sp": ([abs(x) for x in shift["muP"]], [abs(x) for x in shift["SP"]]),
             "mup_width_shift_within_half_octave": (shift["muP"], [0.0] * len(shift["muP"]))}
-    for cid, (a, b) in arms.items():
-        findings.record_claim(cid, a_per_seed=a, b_per_seed=b, command=command, hardware=runner.this_machine(),
-                              wall_s=runner.wall_s(file), sources=[file], run_commits=commits,
-                              explanation=EXPLAIN.get(cid, ""))
+    findings.record_claims(arms, command, [file], EXPLAIN)
 
 
 def record_from_results():
@@ -85,7 +81,7 @@ def record_from_results():
         return  # (not run yet: no finding to record)
     file = os.path.join(runner.RESULTS, "width_quick.json")
     s, done = read_results("width_summary_quick"), runner.read_json(file)
-    record(summarize(done, s["seeds"]), done, runner.command("width", True, len(s["seeds"])), file)
+    record(summarize(done, s["seeds"]), runner.command("width", True, len(s["seeds"])), file)
 
 
 def width_table():
