@@ -64,25 +64,38 @@ def write_task_data(out_dir, n_train=4000, n_val=300, seed=0):
 
 
 @torch.no_grad()
-def task_score(model, enc, rows, max_new_tokens=12):
-    """Exact-match accuracy of greedy answers to {"prompt", "response"} rows under the chat template, by task;
-    "chars": the fraction of characters right at their position (partial credit)."""
+def greedy_answers(model, enc, rows, max_new_tokens=12):
+    """(index, the model's greedy answer) for each {"prompt", ...} row under the chat template, a batch per prompt
+    length (in the order of the batches)."""
     device = next(model.parameters()).device
     model.eval()
     by_len = {}
-    for r in rows:
+    for i, r in enumerate(rows):
         ids = prompt_ids(enc, [("user", r["prompt"])])
-        by_len.setdefault(len(ids), []).append((ids, r))
-    hits = {}
+        by_len.setdefault(len(ids), []).append((ids, i))
     for n, group in by_len.items():
         x = torch.tensor([g[0] for g in group], device=device)
         out = model.generate(x, max_new_tokens, top_k=1)[:, n:].tolist()
-        for o, (_, r) in zip(out, group):
+        for o, (_, i) in zip(out, group):
             # the answer ends at <|endoftext|> (or at an id past the tokenizer: the model's vocabulary padding)
-            o = o[:next((i for i, t in enumerate(o) if t == enc.eot_token or t >= enc.n_vocab), len(o))]
-            answer = enc.decode(o).strip()
-            chars = sum(a == b for a, b in zip(answer, r["response"])) / max(len(answer), len(r["response"]))
-            hits.setdefault(r.get("task", "all"), []).append((answer == r["response"], chars))
+            o = o[:next((j for j, t in enumerate(o) if t == enc.eot_token or t >= enc.n_vocab), len(o))]
+            yield i, enc.decode(o).strip()
+
+
+def task_answers(model, enc, rows, max_new_tokens=12):
+    """The model's greedy answers (strings) to the rows, in the rows' order."""
+    answers = dict(greedy_answers(model, enc, rows, max_new_tokens))
+    return [answers[i] for i in range(len(rows))]
+
+
+def task_score(model, enc, rows, max_new_tokens=12):
+    """Exact-match accuracy of greedy answers to {"prompt", "response"} rows under the chat template, by task;
+    "chars": the fraction of characters right at their position (partial credit)."""
+    hits = {}
+    for i, answer in greedy_answers(model, enc, rows, max_new_tokens):
+        r = rows[i]
+        chars = sum(a == b for a, b in zip(answer, r["response"])) / max(len(answer), len(r["response"]))
+        hits.setdefault(r.get("task", "all"), []).append((answer == r["response"], chars))
     score = {t: float(np.mean([h[0] for h in v])) for t, v in sorted(hits.items())}
     score["all"] = float(np.mean([h[0] for v in hits.values() for h in v]))
     score["chars"] = float(np.mean([h[1] for v in hits.values() for h in v]))  # partial credit, per position

@@ -10,6 +10,7 @@ explanations of its findings. Adding an experiment is writing one file here.
     python -m experiments.wsd --quick --seeds 3      # from the repository root (the experiments import train.py)
 """
 
+import math
 import os
 import statistics
 import sys
@@ -160,11 +161,13 @@ def rel(path):
     return os.path.relpath(path, ROOT) if inside else path
 
 
-def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
+def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False, score=None, bounds=(0, math.inf)):
     """{arm: the lr whose run ends lowest} for every arm of `arms` ({name: what run_of needs}), each trained at a grid
     of lrs (run_of(arms[name], lr): its config; run "<name>, lr <lr>"), the grid extended by one octave past
     whichever edge holds an arm's optimum until it is inside, so that the grid brackets it. The grid starts from
-    every lr already recorded for the arm (an extension of an earlier pass is not dropped and retrained)."""
+    every lr already recorded for the arm (an extension of an earlier pass is not dropped and retrained). score(run
+    name, metrics): what the lr minimises (default: the final validation loss); the grid never grows past bounds
+    (lowest, highest lr)."""
     recorded = read_json(results_file) if os.path.isfile(results_file) and not fresh else {}
     grid = {a: sorted(set(lrs) | {v["config"]["lr"] for k, v in recorded.items()
                                   if k == f"{a}, lr {v['config']['lr']:g}"}) for a in arms}
@@ -174,10 +177,12 @@ def tune_lr(results_file, arms, run_of, lrs, desc="lr grid", fresh=False):
         fresh = False  # (only the first pass trains what was there again)
         best, grown = {}, False
         for a in arms:
-            loss = {lr: res[f"{a}, lr {lr:g}"]["final_val_loss"] for lr in grid[a]}
+            names = {lr: f"{a}, lr {lr:g}" for lr in grid[a]}
+            loss = {lr: score(n, res[n]) if score else res[n]["final_val_loss"] for lr, n in names.items()}
             best[a] = min(loss, key=loss.get)
-            if best[a] in (grid[a][0], grid[a][-1]):
-                grid[a] = sorted(grid[a] + [best[a] / 2 if best[a] == grid[a][0] else best[a] * 2])
+            step = best[a] / 2 if best[a] == grid[a][0] else best[a] * 2
+            if best[a] in (grid[a][0], grid[a][-1]) and bounds[0] <= step <= bounds[1]:
+                grid[a] = sorted(grid[a] + [step])
                 grown = True
         if not grown:
             return best

@@ -69,8 +69,7 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
     dirs, file = sweep_runs(quick, steps, out, fresh, seeds, corpus, files, tag)
     judge = Judge(corpus["data"], files)
     _, S1, D, S_sft, rows, dpo_steps = setting(quick, steps)
-    dpo = dict(data=files["pref_train"], max_steps=dpo_steps, warmup_steps=dpo_steps // 10,
-               decay_steps=dpo_steps // 5, decay="linear", batch_size=rows, seq_len=64)  # a linear decay, last 20%
+    dpo = dpo_keys(files["pref_train"], dpo_steps, rows)
     per_seed, grid = {}, None
     for seed, d in dirs.items():
         summary = {name: judge.score(model_from_checkpoint(ck).model)
@@ -96,41 +95,55 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
     return per_seed[1]
 
 
+def dpo_keys(pairs, steps, rows):
+    """train.py keys of a DPO run on the pairs file: warmup 10%, a linear decay over the last 20% (over config/dpo.py's
+    defaults)."""
+    return dict(data=pairs, max_steps=steps, warmup_steps=steps // 10, decay_steps=steps // 5, decay="linear",
+                batch_size=rows, seq_len=64)
+
+
 def sweep_runs(quick, steps, out, fresh, seeds, corpus, files, tag):
     """Train (or reuse) every seed's stable run, A-1 / A-2 decays and their SFT runs; ({seed: run dirs}, the
     results file). The A-1 SFT runs twice as long as A-2's (B-2 at every length); both keep a checkpoint at every
     scored length."""
     model, S1, D, S_sft, rows, _ = setting(quick, steps)
-    # standard parametrisation at lr 1e-3 for these shapes (as in longctx.py: the copy-like tasks need the lookup
-    # heads that the tiny muP shape forms slowly); the decays end at 0.3 lr, and SFT trains at that final lr, as
-    # the paper does
-    base = dict(**model, **corpus, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
-                final_lr_ratio=0.3, batch_size=rows, seq_len=128, warmup_steps=max(1, S1 // 20))
     every = math.gcd(S1 + D, *(S_sft // k for k in SFT_LENGTHS))  # a checkpoint at every scored SFT length
     runs, dirs = {}, {}
     for seed in range(1, seeds + 1):
         d = dirs[seed] = {k: os.path.join(out, f"out-align-{k}{tag}" + (f"-seed{seed}" if seed > 1 else ""))
                           for k in ("stable", "a1", "a2", "a1sft", "a2sft", "dpo")}
-        ck = {k: os.path.join(v, "ckpt.pt") for k, v in d.items()}
-        b = dict(base, seed=seed)
-        decay = dict(b, max_steps=S1 + D, decay_steps=D, eval_interval=D)
-        sft = dict(b, data=files["sft_train"], decay_steps=0, lr=3e-4, seq_len=64, keep_ckpts=True,
-                   ckpt_interval=every)
-        one = {
-            "stable": dict(b, out_dir=d["stable"], max_steps=S1, decay_steps=0, eval_interval=S1 // 2),
-            "A-1 decay (pre-training data)": dict(decay, out_dir=d["a1"], init_from=ck["stable"]),
-            "A-2 decay (70% pre-training + 30% SFT tasks)": dict(
-                decay, out_dir=d["a2"], init_from=ck["stable"],
-                decay_data=f"{corpus['data']}:0.7,{files['sft_train']}:0.3"),
-            "A-1 + SFT (2x, B-2)": dict(sft, out_dir=d["a1sft"], init_from=ck["a1"], max_steps=S1 + D + 2 * S_sft,
-                                        eval_interval=2 * S_sft),
-            "A-2 + SFT": dict(sft, out_dir=d["a2sft"], init_from=ck["a2"], max_steps=S1 + D + S_sft,
-                              eval_interval=S_sft),
-        }
+        one = seed_runs(dict(model=model, S1=S1, D=D, S_sft=S_sft, rows=rows), corpus, files, seed, d, every)
         runs.update({runner.seed_name(k, seed): v for k, v in one.items()})
     file = os.path.join(out, "results", f"align{tag}.json")
     runner.sweep(file, runs, desc="two-stage runs", fresh=fresh)
     return dirs, file
+
+
+def seed_runs(st, corpus, files, seed, d, every):
+    """{name: config} of one seed's stable run, its A-1 and A-2 decays and the SFT after each (A-1's twice as long:
+    B-2), in the run dirs d; st: model, S1, D, S_sft, rows; the SFT runs keep a checkpoint every `every` steps."""
+    # standard parametrisation at lr 1e-3 for these shapes (as in longctx.py: the copy-like tasks need the lookup
+    # heads that the tiny muP shape forms slowly); the decays end at 0.3 lr, and SFT trains at that final lr, as
+    # the paper does
+    S1, D, S_sft = st["S1"], st["D"], st["S_sft"]
+    base = dict(**st["model"], **corpus, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
+                final_lr_ratio=0.3, batch_size=st["rows"], seq_len=128, warmup_steps=max(1, S1 // 20))
+    ck = {k: os.path.join(v, "ckpt.pt") for k, v in d.items()}
+    b = dict(base, seed=seed)
+    decay = dict(b, max_steps=S1 + D, decay_steps=D, eval_interval=D)
+    sft = dict(b, data=files["sft_train"], decay_steps=0, lr=3e-4, seq_len=64, keep_ckpts=True,
+               ckpt_interval=every)
+    return {
+        "stable": dict(b, out_dir=d["stable"], max_steps=S1, decay_steps=0, eval_interval=S1 // 2),
+        "A-1 decay (pre-training data)": dict(decay, out_dir=d["a1"], init_from=ck["stable"]),
+        "A-2 decay (70% pre-training + 30% SFT tasks)": dict(
+            decay, out_dir=d["a2"], init_from=ck["stable"],
+            decay_data=f"{corpus['data']}:0.7,{files['sft_train']}:0.3"),
+        "A-1 + SFT (2x, B-2)": dict(sft, out_dir=d["a1sft"], init_from=ck["a1"], max_steps=S1 + D + 2 * S_sft,
+                                    eval_interval=2 * S_sft),
+        "A-2 + SFT": dict(sft, out_dir=d["a2sft"], init_from=ck["a2"], max_steps=S1 + D + S_sft,
+                          eval_interval=S_sft),
+    }
 
 
 def scored_checkpoints(d, start, S_sft):
