@@ -15,9 +15,10 @@ import os
 from checkpoint import model_from_checkpoint
 from corpus import corpus_keys
 from dpo import CONFIG as DPO_CONFIG
+from dpo import encode_pairs
 from experiments import claims, cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
-from experiments.two_stage import N_SCORED, Judge, dpo_keys, response_loss, seed_runs
+from experiments.two_stage import DPO_SEQ_LEN, N_SCORED, Judge, dpo_keys, response_loss, seed_runs
 from files import replace_atomically
 from plots import save, subplots
 from tasks import task_answers, task_examples, task_score, write_task_data
@@ -51,16 +52,25 @@ def sft_sweep(out, seed_list, tag, fresh):
 
 def on_policy_pairs(model, enc, seed_dir, run_id):
     """The SFT model's wrong, non-empty greedy answers to the design's fresh training-split prompts as preference
-    pairs (chosen: the right answer, rejected: its own), written to <seed_dir>/pairs-<run_id>.jsonl (named by the
-    SFT run, so that a retrained SFT model gives its DPO runs new data); (the file, the number of pairs, the SFT
-    model's exact match on those prompts)."""
+    pairs (chosen: the right answer, rejected: its own; those that fit a DPO row), written to
+    <seed_dir>/pairs-<run_id>.jsonl (named by the SFT run, so that a retrained SFT model gives its DPO runs new data);
+    (the file, the number of pairs, the SFT model's exact match on those prompts)."""
     rows = task_examples("train", DESIGN["pair_prompts"], seed=DESIGN["pair_seed"])
     answers = task_answers(model, enc, rows)
     pairs = [dict(prompt=r["prompt"], chosen=r["response"], rejected=a) for r, a in zip(rows, answers)
-             if a not in (r["response"], "")]  # (an empty answer is no response to train against)
+             if a not in (r["response"], "") and fits(enc, r["prompt"], a)]
     path = os.path.join(seed_dir, f"pairs-{run_id}.jsonl")
     replace_atomically(path, lambda f: f.writelines(json.dumps(p) + "\n" for p in pairs), mode="w")
     return path, len(pairs), sum(a == r["response"] for r, a in zip(rows, answers)) / len(rows)
+
+
+def fits(enc, prompt, answer):
+    """Whether prompt and answer fit one DPO row (an answer of special tokens' text can encode long)."""
+    try:
+        encode_pairs(enc, [dict(prompt=prompt, chosen=answer, rejected=answer)], DPO_SEQ_LEN)
+    except ValueError:
+        return False
+    return True
 
 
 def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None, seed_list=None, tag="_quick"):

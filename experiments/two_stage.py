@@ -95,11 +95,14 @@ def experiment(quick=False, out=runner.ROOT, steps=None, fresh=False, seeds=1, d
     return per_seed[1]
 
 
+DPO_SEQ_LEN = 64  # prompt + response of a preference pair
+
+
 def dpo_keys(pairs, steps, rows):
     """train.py keys of a DPO run on the pairs file: warmup 10%, a linear decay over the last 20% (over config/dpo.py's
     defaults)."""
     return dict(data=pairs, max_steps=steps, warmup_steps=steps // 10, decay_steps=steps // 5, decay="linear",
-                batch_size=rows, seq_len=64)
+                batch_size=rows, seq_len=DPO_SEQ_LEN)
 
 
 def sweep_runs(quick, steps, out, fresh, seeds, corpus, files, tag):

@@ -18,7 +18,7 @@ import tokenizer
 import dpo
 import tasks
 import train
-from experiments import two_stage
+from experiments import preference, two_stage
 from model import MiniCPM, MiniCPMConfig
 from conftest import ROOT, assert_same_losses, cfg, cli_args, dpo_run, rows, run_cli
 
@@ -303,3 +303,25 @@ def test_a_pair_without_a_preference_is_refused(tmp_path):
                     '{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
     with pytest.raises(train.ConfigError, match=r"pref.jsonl line 2: chosen equals rejected \(1 such pair"):
         dpo_run(dict(init_from=str(tmp_path / "sft"), data=str(pref), out_dir=str(tmp_path / "d")))
+
+
+def test_on_policy_pairs_are_the_models_own_wrong_answers(tmp_path, monkeypatch):
+    # experiments/preference.py: each pair's rejected response is the SFT model's own greedy answer, wrong and not
+    # empty; the file is one DPO can train on
+    data = tasks.write_task_data(str(tmp_path / "tasks"), 40, 10)
+    # (near its random init, so that its answers are wrong and mostly not empty)
+    train.train(cfg(tmp_path / "sft", data=data["sft_train"], seq_len=64, max_steps=1, decay_steps=0,
+                    warmup_steps=0, lr=1e-6), quiet=True)
+    model = checkpoint.model_from_checkpoint(str(tmp_path / "sft" / "ckpt.pt")).model
+    monkeypatch.setitem(preference.DESIGN, "pair_prompts", 24)
+    enc = tokenizer.get_encoding("bytes")
+    path, n, match = preference.on_policy_pairs(model, enc, str(tmp_path), "7")
+    prompts = tasks.task_examples("train", 24, seed=preference.DESIGN["pair_seed"])
+    answers = dict(zip((r["prompt"] for r in prompts), tasks.task_answers(model, enc, prompts)))
+    pairs = [json.loads(line) for line in open(path)]
+    assert path.endswith("pairs-7.jsonl") and n == len(pairs) > 0
+    assert all(p["rejected"] == answers[p["prompt"]] != p["chosen"] and p["rejected"] for p in pairs)
+    assert match == sum(answers[r["prompt"]] == r["response"] for r in prompts) / 24
+    dpo_run(dict(init_from=str(tmp_path / "sft"), data=path, out_dir=str(tmp_path / "d"), max_steps=1,
+                 batch_size=2))
+    assert os.path.isfile(tmp_path / "d" / "ckpt.pt")

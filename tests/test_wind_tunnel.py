@@ -141,6 +141,23 @@ def test_an_lr_grid_extends_past_an_edge_optimum_until_it_brackets_it(tmp_path, 
     assert runner.tune_lr(file, arms, run_of, (0.002, 0.004, 0.008)) == best_at and len(trained) == n
 
 
+def test_an_lr_grid_scored_by_its_own_measure_stops_at_its_bound(tmp_path, monkeypatch):
+    # a score that always prefers the lowest lr (DPO's exact match when it barely moves the model): the grid grows
+    # down to its lower bound and no further, and the best lr is the bound
+    trained = []
+
+    def fake_train(c, quiet=False, progress=None):
+        trained.append(c["lr"])
+        return dict(final_val_loss=-c["lr"], stopped=False, model=None)  # (the default measure would go up)
+    monkeypatch.setattr(train, "train", fake_train)
+
+    def run_of(seed, lr):
+        return cfg(tmp_path / "x", out_dir="", seed=seed, lr=lr)
+    best = runner.tune_lr(str(tmp_path / "grid.json"), {"a": 1}, run_of, (0.002, 0.004, 0.008),
+                          score=lambda name, metrics: -metrics["final_val_loss"], bounds=(0.001, 1.0))
+    assert best == {"a": 0.001} and sorted(trained) == [0.001, 0.002, 0.004, 0.008]
+
+
 def test_a_run_branched_off_a_retrained_run_is_retrained_too(tmp_path, monkeypatch):
     # a fresh clone lacks the stable run's out_dir: the stable run trains again on this machine, and its branch must
     # not stay the one computed elsewhere from the other training (issue: the branched-decays finding moved and
