@@ -121,7 +121,8 @@ DESIGNS = {
         "sft_steps": 800,
         "rows": 32,
         "pairs": "on-policy: the SFT model's greedy answers to 2000 fresh prompts of the training split (tasks.py, "
-                 "seed 1); each wrong, non-empty answer is a pair, chosen the right answer, rejected the model's own",
+                 "seed 1); each wrong, non-empty answer that fits a DPO row of 64 tokens is a pair, chosen the right "
+                 "answer, rejected the model's own",
         "pair_prompts": 2000,
         "pair_seed": 1,
         "dpo_steps": 60,
@@ -131,8 +132,9 @@ DESIGNS = {
         "tokens": "pre-training (stable and decay, 32 rows of 128 tokens a step) per non-embedding parameter; the SFT "
                   "adds 2.17",
         "seeds": (101, 102, 103, 104, 105, 106, 107, 108),
-        "lr": "tuned inside each replicate, per beta: the grid 1e-5, 2e-5, 4e-5 (centred on a pilot at seed 1), grown "
-              "by an octave past an edge that holds the optimum, within 1e-6 .. 1e-3; the lr and beta with the lowest "
+        "lr": "tuned inside each replicate, per beta: the grid 2.5e-6, 5e-6, 1e-5 (centred on a pilot at seed 1, whose "
+              "optimum was 5e-6 at both betas), grown by an octave past an edge that holds the optimum, within 1e-6 "
+              ".. 1e-3; the lr and beta with the lowest "
               "exact-match error on the held-out tuning prompts 151-300 (ties: the lower loss of the right answers)",
         "metric": "exact-match error of greedy answers on the held-out prompts 1-150 (tasks.py's validation split)",
     },

@@ -25,7 +25,7 @@ from tasks import task_answers, task_examples, task_score, write_task_data
 from train import file_config
 
 DESIGN = claims.DESIGNS["preference"]
-LRS = (1e-5, 2e-5, 4e-5)  # the registered starting grid
+LRS = (2.5e-6, 5e-6, 1e-5)  # the registered starting grid
 PILOT_SEED = 1  # the pilot that centred the grid; not a scoring seed
 SFT_RUNS = {"stable": "stable", "a2": "A-2 decay (70% pre-training + 30% SFT tasks)", "a2sft": "A-2 + SFT"}
 
