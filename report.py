@@ -231,7 +231,7 @@ def blocks():
     out = {"findings": findings_table, "speed": speed_table, "verdicts": verdicts_table, "memory": memory_table,
            "recipe": recipe_table, "rerun-comparison": rerun_comparison_table}
     for e in registry():
-        out.update(e.tables)
+        out.update(e.tables if e.ran() else {k: e.not_run for k in e.tables})
     return out
 
 
@@ -284,7 +284,7 @@ def record():
     """Every experiment's findings recorded again from its results files (Experiment.record), training nothing; an
     experiment that records no finding (a fit beside the paper, shown as a table) has no record."""
     for e in registry():
-        if e.record is not None:
+        if e.record is not None and e.ran():
             e.record()
 
 

@@ -151,8 +151,6 @@ def record(summary, command, sources):
 
 def record_from_results():
     """The registered claim again from results/preference_summary_quick.json, training nothing (report.py --record)."""
-    if not os.path.isfile(os.path.join(runner.RESULTS, "preference_summary_quick.json")):
-        return  # (not run yet: no finding to record)
     s = read_results("preference_summary_quick")
     record(s, runner.command("preference", True, len(s["seeds"])),
            [os.path.join(runner.RESULTS, f) for f in ("preference_sft_quick.json", "preference_quick.json")])
@@ -172,8 +170,6 @@ def plot(summary, file):
 
 def preference_table():
     """Per seed: the SFT model's exact match, DPO's, the tuned lr and beta, and the pairs."""
-    if not os.path.isfile(os.path.join(runner.RESULTS, "preference_summary_quick.json")):
-        return f"Not run yet: `{EXPERIMENT.rerun[0]} --record`."
     s = read_results("preference_summary_quick")
     per = [s["per_seed"][str(x)] for x in s["seeds"]]
     rows = [f"| arm ({len(per)} seeds) | exact match | characters right | answer loss (nats/token) | "
@@ -193,7 +189,7 @@ EXPLAIN = {}
 
 EXPERIMENT = Experiment(name="preference", section="§7.1", rerun=(runner.command("preference", True, 8),),
                         sweeps=("preference_sft_quick", "preference_quick"), tables={"preference": preference_table},
-                        explain=EXPLAIN, record=record_from_results)
+                        explain=EXPLAIN, summary="preference_summary_quick", record=record_from_results)
 
 
 def main():

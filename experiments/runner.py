@@ -45,7 +45,9 @@ class Experiment:
     """What report.py reads of an experiment: the commands that rerun it, the sweeps (results/<sweep>.json) its
     findings rest on, its README tables ({block name: function returning markdown}), the explanation of each
     finding it records that is not reproduced ({finding id: text}), and `record()`, which records its findings
-    again from its results files, training nothing (report.py --record)."""
+    again from its results files, training nothing (report.py --record). summary: the results/<summary>.json its
+    run writes last; until it exists the experiment has not run, its tables say how to run it and it records
+    nothing."""
     name: str
     section: str
     rerun: tuple
@@ -53,10 +55,18 @@ class Experiment:
     tables: dict = field(default_factory=dict)
     explain: dict = field(default_factory=dict)
     record: object = None
+    summary: str = ""
 
     def sources(self):
         """The committed results files of its sweeps (results/<sweep>.json), what its findings rest on."""
         return [os.path.join(RESULTS, f"{n}.json") for n in self.sweeps]
+
+    def ran(self):
+        """Whether its results are committed (always, for an experiment without a summary to wait for)."""
+        return not self.summary or os.path.isfile(os.path.join(RESULTS, f"{self.summary}.json"))
+
+    def not_run(self):
+        return f"Not run yet: `{self.rerun[0]} --record`."
 
 
 def seed_name(name, seed):

@@ -135,8 +135,6 @@ def plot(summary, file):
 
 def schedules_table():
     """Each arm's tuned final loss (mean +- sd over seeds) and the lrs its replicates chose, at each length."""
-    if not os.path.isfile(os.path.join(runner.RESULTS, "schedules_summary_quick.json")):
-        return f"Not run yet: `{EXPERIMENT.rerun[0]} --record`."
     s = read_results("schedules_summary_quick")
     out = [f"N = {s['N']:,} non-embedding parameters, {s['batch_tokens']} tokens a step, {len(s['seeds'])} seeds "
            f"({s['seeds'][0]}-{s['seeds'][-1]}).", "",
@@ -159,7 +157,7 @@ EXPLAIN = {
 
 EXPERIMENT = Experiment(name="schedules", section="§4.3", rerun=(runner.command("schedules", True, 8),),
                         sweeps=("schedules_quick",), tables={"schedules": schedules_table}, explain=EXPLAIN,
-                        record=record_from_results)
+                        summary="schedules_summary_quick", record=record_from_results)
 
 
 def main():

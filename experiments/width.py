@@ -77,8 +77,6 @@ def record(summary, command, file):
 
 def record_from_results():
     """The registered claims again from results/width_quick.json, training nothing (report.py --record)."""
-    if not os.path.isfile(os.path.join(runner.RESULTS, "width_summary_quick.json")):
-        return  # (not run yet: no finding to record)
     file = os.path.join(runner.RESULTS, "width_quick.json")
     s, done = read_results("width_summary_quick"), runner.read_json(file)
     record(summarize(done, s["seeds"]), runner.command("width", True, len(s["seeds"])), file)
@@ -86,8 +84,6 @@ def record_from_results():
 
 def width_table():
     """Each parametrisation's best lr at each width and the shift (mean +- sd over seeds)."""
-    if not os.path.isfile(os.path.join(runner.RESULTS, "width_summary_quick.json")):
-        return f"Not run yet: `{EXPERIMENT.rerun[0]} --record`."
     s = read_results("width_summary_quick")
     w0, w1 = s["widths"][0], s["widths"][-1]
     rows = [f"| parametrisation | best lr, width {w0} | best lr, width {w1} | shift (octaves) | loss, width {w0} | "
@@ -109,7 +105,7 @@ EXPLAIN = {
 
 EXPERIMENT = Experiment(name="width", section="§3.3", rerun=(runner.command("width", True, 8),),
                         sweeps=("width_quick",), tables={"width": width_table}, explain=EXPLAIN,
-                        record=record_from_results)
+                        summary="width_summary_quick", record=record_from_results)
 
 
 def main():

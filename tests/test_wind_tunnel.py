@@ -198,6 +198,17 @@ def test_log2_vertex_is_the_parabola_through_the_minimum():
     assert batchsize.log2_vertex(xs, [0, 1, 2, 3]) == 1 and batchsize.log2_vertex(xs, [3, 2, 1, 0]) == 8
 
 
+def test_an_experiment_not_run_yet_says_how_to_run_it_and_records_nothing(monkeypatch):
+    called = []
+    e = runner.Experiment(name="x", section="§1", rerun=("python -m experiments.x --seeds 8",),
+                          tables={"x": lambda: called.append("table")}, record=lambda: called.append("record"),
+                          summary="no_such_summary")
+    monkeypatch.setattr(report, "registry", lambda: [e])
+    assert report.blocks()["x"]() == "Not run yet: `python -m experiments.x --seeds 8 --record`."
+    report.record()
+    assert called == [] and not e.ran()
+
+
 def test_one_command_reruns_every_finding():
     ids = {f["command"].split(" --seeds")[0] for f in findings.load().values()}
     rerun = {c.split(" --seeds")[0] for c in report.rerun_commands()}
