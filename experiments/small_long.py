@@ -4,7 +4,7 @@ Paper §4.3 (Fig. 7) on a compute ladder: a small model trained long with WSD ag
 lr is tuned inside every replicate, over 8 fresh seeds. The claims and the design are registered in
 experiments/claims.py (design "small_long") before the runs.
 
-    python -m experiments.small_long --quick --seeds 8   # 2-core CPU: ~75 min at one thread (its only setting)
+    python -m experiments.small_long --quick --seeds 8   # 2-core CPU: ~71 min at one thread (its only setting)
 """
 
 import os
@@ -151,7 +151,13 @@ def small_long_table():
     return "\n".join(rows)
 
 
-EXPLAIN = {}
+EXPLAIN = {
+    "small_long_no_worse_at_4x": "At 4x the large run's compute the small model ends 0.015 [0.001, 0.029] above the "
+                                 "large one, higher on 6 seeds of 8: the interval reaches past the 0.01 margin, so "
+                                 "neither no worse nor worse is shown. The gap shrinks with each doubling of compute "
+                                 "(0.090 at 1x, 0.048 at 2x, 0.015 at 4x, the small-long table): the crossing lies "
+                                 "beyond 4x at this scale. The paper's pair is 4.7x apart at 0.036B and 0.17B.",
+}
 
 EXPERIMENT = Experiment(name="small_long", section="§4.3", rerun=(runner.command("small_long", True, 8),),
                         sweeps=("small_long_quick",), tables={"small-long": small_long_table}, explain=EXPLAIN,
