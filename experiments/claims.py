@@ -138,6 +138,30 @@ DESIGNS = {
               "exact-match error on the held-out tuning prompts 151-300 (ties: the lower loss of the right answers)",
         "metric": "exact-match error of greedy answers on the held-out prompts 1-150 (tasks.py's validation split)",
     },
+    "decay_mix": {
+        "experiment": "experiments/decay_mix.py",
+        "model": "the tiny preset (ladder(128, 4)): 754,816 non-embedding parameters, byte vocabulary, standard "
+                 "parametrisation; experiments/two_stage.py's runs: a stable run (300 steps) on python_source, two "
+                 "decays of 150 steps branched from it (A-1: python_source; A-2: 70% python_source + 30% SFT task "
+                 "rows), then SFT on the task rows after each",
+        "stable_steps": 300,
+        "decay_steps": 150,
+        "rows": 32,
+        "sft_steps": 100,
+        "matched_steps": 45,
+        "ckpt_every": 50,
+        "arms": "A-2 + 100 SFT steps; A-1 + 100 SFT steps (the same SFT); A-1 + 145 SFT steps (45 more steps of 32 "
+                "rows: the 1,440 task rows A-2's decay mixes in, expected)",
+        "sft_length": "100 steps: the exploratory seeds 1-5 (experiments/two_stage.py) showed A-2's gap at 50 and 100 "
+                      "steps, -0.06 nats each, with exact match still 0",
+        "tokens_per_param": 2.44,
+        "tokens": "pre-training (stable and decay, 32 rows of 128 tokens a step) per non-embedding parameter",
+        "seeds": (109, 110, 111, 112, 113, 114, 115, 116),
+        "lr": "not tuned: every arm shares every lr (pre-training 1e-3, the decays to 0.3 of it, SFT 3e-4 as "
+              "experiments/two_stage.py), so the claims compare data, not lrs; seeds 109-116 are fresh",
+        "metric": "held-out task loss: the mean loss of the right answers (nats a token) on the held-out prompts "
+                  "1-150 (tasks.py's validation split)",
+    },
 }
 
 CLAIMS = {
@@ -241,6 +265,22 @@ CLAIMS = {
                  "exact-match error of greedy answers on other held-out prompts",
         "a": "A-2 + SFT + DPO", "b": "A-2 + SFT", "test": "lower", "delta": 0.05,
         "why": "5 points of exact match: 7-8 of the 150 scored prompts", "design": "preference",
+        "tokens_per_param": 2.44,
+    },
+    "decay_mix_a2_lower_a1": {
+        "table": "paper", "section": "§5",
+        "claim": "With SFT task rows mixed into the decay (A-2), 100 steps of the same SFT end with a lower held-out "
+                 "task loss than after a decay on pre-training data only (A-1)",
+        "a": "A-2 + SFT 100", "b": "A-1 + SFT 100", "test": "lower", "delta": 0.05,
+        "why": "0.05 nats per answer token is 5% in the answers' perplexity", "design": "decay_mix",
+        "tokens_per_param": 2.44,
+    },
+    "decay_mix_a2_lower_rows_matched": {
+        "table": "paper", "section": "§5",
+        "claim": "A-2 + 100 SFT steps ends with a lower held-out task loss than A-1 + 145 SFT steps, which adds as "
+                 "many task rows as A-2's decay mixed in, all of them in SFT (Table 3: B-3 above B-2)",
+        "a": "A-2 + SFT 100", "b": "A-1 + SFT 145 (rows matched)", "test": "lower", "delta": 0.05,
+        "why": "0.05 nats per answer token is 5% in the answers' perplexity", "design": "decay_mix",
         "tokens_per_param": 2.44,
     },
 }
