@@ -5,7 +5,7 @@ import pytest
 
 import batchsize
 import scaling_law as sl
-from experiments import depth, scaling_tokens, small_long
+from experiments import decay_mix, depth, scaling_tokens, small_long
 
 
 # ------------------------------------------------------------------------------------------ batch size (§3.2)
@@ -162,3 +162,13 @@ def test_the_small_long_ladder_reads_k_times_the_large_runs_compute():
     for k in small_long.DESIGN["compute"]:
         small = k * unit + k * unit // 9  # the stable steps to the branch point and the branch's decay
         assert N[16] * small / (N[32] * large) == pytest.approx(k, rel=0.002)
+
+
+def test_the_rows_matched_control_reads_as_many_task_rows_as_the_mixed_decay():
+    rows = decay_mix.task_rows()
+    assert rows == dict(rows=1440, sft_steps=45) and decay_mix.DESIGN["matched_steps"] == rows["sft_steps"]
+    start, n, m = 450, decay_mix.DESIGN["sft_steps"], decay_mix.DESIGN["sft_steps"] + 45
+    # the A-1 SFT run keeps a checkpoint at the shared SFT length n, and ends at the matched length m
+    assert (start + n) % decay_mix.DESIGN["ckpt_every"] == 0
+    assert decay_mix.checkpoint("d", start, n, m).endswith("ckpt_000550.pt")
+    assert decay_mix.checkpoint("d", start, m, m).endswith("/ckpt.pt")
