@@ -383,9 +383,11 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(tmp
 
 
 def test_ctrl_c_outside_a_loop_is_one_line_and_130():
+    # (SIGINT at its default in the child, as under a terminal: a shell's background job inherits it ignored)
     r = subprocess.run([sys.executable, "-c", "import os, signal, time, configurator\nconfigurator.exit_on_user_error("
                         "lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(30)))"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+                       cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.returncode == 130 and r.stderr.strip() == "stopped by Ctrl-C", r.stderr
 
 
