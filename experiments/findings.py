@@ -180,10 +180,12 @@ def record(*, fid, section, claim, paper, test, delta, why, a, b, a_per_seed, b_
                    sources=[os.path.basename(f) for f in sources], wall_s=round(wall_s, 1),
                    **(registered or dict(table="exploratory")))
     allf = load()
-    finding["history"] = history(allf.get(fid), finding)
+    old = allf.get(fid)
     allf[fid] = finding
-    write_json(FILE, adjusted(allf))
-    return allf[fid]
+    adjusted(allf)  # (the verdict after Holm is the one the history compares: recorded again, nothing changed)
+    finding["history"] = history(old, finding)
+    write_json(FILE, allf)
+    return finding
 
 
 def record_claim(cid, *, a_per_seed, b_per_seed, command, hardware, wall_s, sources, run_commits, explanation=""):

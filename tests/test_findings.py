@@ -258,6 +258,20 @@ def test_a_finding_keeps_its_earlier_verdicts(tmp_path, monkeypatch):
     assert findings.group(f) == "exploratory" and "not registered" in findings.not_counted(f)
 
 
+def test_a_verdict_held_back_by_holm_recorded_again_adds_no_history(tmp_path, monkeypatch):
+    # an interval below 0 (reproduced before Holm) in a family of two whose other p is 1: its adjusted p is 2 x 1/16
+    # >= 0.05, so it is inconclusive; recording it again must not file the same verdict as an earlier one
+    monkeypatch.setattr(findings, "FILE", str(tmp_path / "findings.json"))
+    monkeypatch.setattr(findings, "primary", lambda f: f.get("table") == "paper")
+    kw = dict(section="§5", claim="A below B", paper="p", test="lower", delta=0.05, why="w", a="A", b="B",
+              command="c", hardware="h", wall_s=1.0, sources=(), registered=dict(table="paper"))
+    findings.record(fid="other", **kw, a_per_seed=[1.0] * 4, b_per_seed=[0.0] * 4)
+    for _ in range(2):
+        f = findings.record(fid="x", **kw, a_per_seed=[1.0, 1.1, 1.2, 1.3], b_per_seed=[1.1, 1.3, 1.35, 1.5])
+    assert f["verdict"] == "inconclusive" and f["p_holm"] == pytest.approx(0.125) and f["history"] == []
+    assert findings.load()["x"]["history"] == []
+
+
 def test_the_registry_reads_back_from_any_commit_without_running_code():
     source = open(os.path.join(ROOT, claims.FILE)).read()
     assert claims.literal(source, "CLAIMS") == claims.CLAIMS and claims.literal(source, "DESIGNS") == claims.DESIGNS
