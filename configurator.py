@@ -38,6 +38,9 @@ def exit_on_user_error(work, *errors):
     except KeyboardInterrupt:  # before or after a run's loop (its loop stops at the end of a step: StopFlag)
         print("stopped by Ctrl-C", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # stdout's reader went away (python report.py | head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush must not fail again)
+        sys.exit(1)
 
 
 def unknown_key(key, valid):

@@ -391,6 +391,17 @@ def test_ctrl_c_outside_a_loop_is_one_line_and_130():
     assert r.returncode == 130 and r.stderr.strip() == "stopped by Ctrl-C", r.stderr
 
 
+def test_a_reader_that_closes_stdout_early_gets_no_traceback():
+    # python report.py | head: the pipe closes while the command still prints
+    p = subprocess.Popen([sys.executable, "-c", "import configurator\nconfigurator.exit_on_user_error("
+                          "lambda: [print('x' * 100) for _ in range(10 ** 6)])"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 1 and err == "", err
+
+
 def test_sigterm_during_the_end_of_run_sample_leaves_a_finished_run(tmp_path):
     # the summary and figure of a finished run come before its sample: a signal during the sample costs only it
     c = cfg(tmp_path, max_steps=2, warmup_steps=0, decay_steps=0, sample_tokens=10 ** 5,
