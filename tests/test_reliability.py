@@ -449,7 +449,8 @@ def test_a_config_json_list_and_a_checkpoint_whose_weights_do_not_fit(tmp_path, 
     torch.save(ck, tmp_path / "run" / "ckpt.pt")
     cli(sample.main, [f"--out_dir={tmp_path / 'run'}"], "its weights do not fit its config")
     cli(train.main, ["export", tmp_path / "run", tmp_path / "again"], "its weights do not fit its config")
-    cli(dpo.main, [f"--init_from={tmp_path / 'run'}", "--data=x.jsonl"], "its weights do not fit its config")
+    cli(dpo.main, [f"--init_from={tmp_path / 'run'}", "--data=x.jsonl", f"--out_dir={tmp_path / 'dpo'}"],
+        "its weights do not fit its config")  # (its out_dir under tmp_path: nothing lands in the checkout)
     ck["config"] = "a string"
     torch.save(ck, tmp_path / "run" / "ckpt.pt")
     cli(sample.main, [f"--out_dir={tmp_path / 'run'}"], "has a config that cannot be built")
