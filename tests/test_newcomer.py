@@ -123,9 +123,10 @@ def test_every_entry_point_handles_bad_input_the_same_way(tmp_path, cli, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # (what a CPU machine says)
     need = "device='cuda' but CUDA is not available: use --device=cpu"
     cli(sample.main, ["--device=cuda", f"--out_dir={tmp_path}"], need)
-    cli(dpo.main, ["--device=cuda", "--init_from=x", "--data=y"], need)
+    cli(dpo.main, ["--device=cuda", "--init_from=x", "--data=y", f"--out_dir={tmp_path / 'dpo'}"], need)
     cli(train.main, ["--device=cuda", "--out_dir="], need)
-    cli(dpo.main, ["--init_from=x", "--data=y", "--max_steps=5", "--warmup_steps=10"], "schedule: W=10 > T=4")
+    cli(dpo.main, ["--init_from=x", "--data=y", "--max_steps=5", "--warmup_steps=10", f"--out_dir={tmp_path / 'd'}"],
+        "schedule: W=10 > T=4")
     cli(sample.main, ["--out_dir=out-typo"], "out-typo does not exist")
     (tmp_path / "empty.txt").write_text("\n")
     cli(corpus.main, ["--input", tmp_path / "empty.txt", "--out", tmp_path / "data"], "the documents are empty")
