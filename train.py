@@ -159,6 +159,7 @@ def train(cfg, quiet=False, progress=None):
     nothing; `progress`, a label, still shows the steps' progress bar under it (an experiment's run inside its
     sweep), cleared when the run ends."""
     cfg = validate_config({**default_config(), **cfg})
+    resolve_system(cfg["device"], cfg["dtype"], cfg["compile"])  # (a device this machine lacks: before out_dir exists)
     holds_lock = cfg["out_dir"] and os.environ.get("RANK", "0") == "0"
     with locked(cfg["out_dir"]) if holds_lock else nullcontext():
         return run(cfg, quiet, progress)

@@ -124,6 +124,7 @@ def test_every_entry_point_handles_bad_input_the_same_way(tmp_path, cli, monkeyp
     need = "device='cuda' but CUDA is not available: use --device=cpu"
     cli(sample.main, ["--device=cuda", f"--out_dir={tmp_path}"], need)
     cli(dpo.main, ["--device=cuda", "--init_from=x", "--data=y", f"--out_dir={tmp_path / 'dpo'}"], need)
+    assert not (tmp_path / "dpo").exists()  # (refused before its out_dir is made)
     cli(train.main, ["--device=cuda", "--out_dir="], need)
     cli(dpo.main, ["--init_from=x", "--data=y", "--max_steps=5", "--warmup_steps=10", f"--out_dir={tmp_path / 'd'}"],
         "schedule: W=10 > T=4")
