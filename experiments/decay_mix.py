@@ -14,7 +14,7 @@ from checkpoint import model_from_checkpoint
 from corpus import corpus_keys
 from experiments import claims, cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
-from experiments.two_stage import Judge, seed_runs
+from experiments.two_stage import Judge, design_runs
 from tasks import write_task_data
 
 DESIGN = claims.DESIGNS["decay_mix"]
@@ -38,15 +38,12 @@ def experiment(quick=False, out=runner.ROOT, fresh=False, seeds=8, data=None):
     files = write_task_data(os.path.join(out, "data", "tasks"))
     corpus = corpus_keys("python_source")
     S1, D, n, m = DESIGN["stable_steps"], DESIGN["decay_steps"], DESIGN["sft_steps"], DESIGN["matched_steps"]
-    st = dict(model=dict(preset="tiny"), S1=S1, D=D, S_sft=n, rows=DESIGN["rows"])
     runs, dirs = {}, {}
     for s in seed_list:
-        d = dirs[s] = {k: os.path.join(out, "out-decay-mix", f"seed{s}", k)
-                       for k in ("stable", "a1", "a2", "a1sft", "a2sft")}
-        one = seed_runs(st, corpus, files, s, d, every=DESIGN["ckpt_every"])
         # A-1's SFT runs n + m steps: a checkpoint at n (the same SFT as A-2's) and its end (as many task rows as
         # A-2's decay mixed in, added)
-        one["A-1 + SFT (2x, B-2)"] = dict(one["A-1 + SFT (2x, B-2)"], max_steps=S1 + D + n + m, eval_interval=n + m)
+        dirs[s], one = design_runs(DESIGN, os.path.join(out, "out-decay-mix"), s, corpus, files, n,
+                                   every=DESIGN["ckpt_every"], a1_sft=n + m)
         runs.update({runner.seed_name(k, s): one[name] for k, name in RUNS.items()})
     file = os.path.join(out, "results", "decay_mix_quick.json")
     runner.sweep(file, runs, desc="decay mixing", fresh=fresh)

@@ -18,7 +18,7 @@ from dpo import CONFIG as DPO_CONFIG
 from dpo import encode_pairs
 from experiments import claims, cli, findings, runner
 from experiments.runner import Experiment, ms, read_results
-from experiments.two_stage import DPO_SEQ_LEN, N_SCORED, Judge, dpo_keys, response_loss, seed_runs
+from experiments.two_stage import DPO_SEQ_LEN, N_SCORED, Judge, design_runs, dpo_keys, response_loss
 from files import replace_atomically
 from plots import save, subplots
 from tasks import task_answers, task_examples, task_score, write_task_data
@@ -30,24 +30,19 @@ PILOT_SEED = 1  # the pilot that centred the grid; not a scoring seed
 SFT_RUNS = {"stable": "stable", "a2": "A-2 decay (70% pre-training + 30% SFT tasks)", "a2sft": "A-2 + SFT"}
 
 
-def seed_dirs(out, seed):
-    return {k: os.path.join(out, "out-preference", f"seed{seed}", k) for k in ("stable", "a1", "a2", "a1sft", "a2sft")}
-
-
 def sft_sweep(out, seed_list, tag, fresh):
     """Train (or reuse) each seed's stable run, A-2 decay and A-2 + SFT; (the SFT checkpoints, the sweep's record)."""
     files = write_task_data(os.path.join(out, "data", "tasks"))
     corpus = corpus_keys("python_source")
-    st = dict(model=dict(preset="tiny"), S1=DESIGN["stable_steps"], D=DESIGN["decay_steps"],
-              S_sft=DESIGN["sft_steps"], rows=DESIGN["rows"])
-    runs = {}
+    runs, sft = {}, {}
     for s in seed_list:
-        one = seed_runs(st, corpus, files, s, seed_dirs(out, s), every=DESIGN["sft_steps"])
+        d, one = design_runs(DESIGN, os.path.join(out, "out-preference"), s, corpus, files, DESIGN["sft_steps"],
+                             every=DESIGN["sft_steps"])
         runs.update({runner.seed_name(k, s): one[name] for k, name in SFT_RUNS.items()})
+        sft[s] = os.path.join(d["a2sft"], "ckpt.pt")
     file = os.path.join(out, "results", f"preference_sft{tag}.json")
     runner.sweep(file, runs, desc="SFT models", fresh=fresh)
-    done = runner.read_json(file)
-    return {s: os.path.join(seed_dirs(out, s)["a2sft"], "ckpt.pt") for s in seed_list}, done, file, corpus, files
+    return sft, runner.read_json(file), file, corpus, files
 
 
 def on_policy_pairs(model, enc, seed_dir, run_id):

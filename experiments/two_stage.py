@@ -122,13 +122,24 @@ def sweep_runs(quick, steps, out, fresh, seeds, corpus, files, tag):
     return dirs, file
 
 
-def seed_runs(st, corpus, files, seed, d, every):
-    """{name: config} of one seed's stable run, its A-1 and A-2 decays and the SFT after each (A-1's twice as long:
-    B-2), in the run dirs d; st: model, S1, D, S_sft, rows; the SFT runs keep a checkpoint every `every` steps."""
+def design_runs(design, root, seed, corpus, files, S_sft, every, a1_sft=None):
+    """(run dirs, {name: config}) of one seed of a registered design's runs (seed_runs, the tiny model at the
+    design's stable_steps, decay_steps and rows), under root/seed<seed>/."""
+    d = {k: os.path.join(root, f"seed{seed}", k) for k in ("stable", "a1", "a2", "a1sft", "a2sft")}
+    st = dict(model=dict(preset="tiny"), S1=design["stable_steps"], D=design["decay_steps"], S_sft=S_sft,
+              rows=design["rows"])
+    return d, seed_runs(st, corpus, files, seed, d, every, a1_sft)
+
+
+def seed_runs(st, corpus, files, seed, d, every, a1_sft=None):
+    """{name: config} of one seed's stable run, its A-1 and A-2 decays and the SFT after each, in the run dirs d; st:
+    model, S1, D, S_sft (A-2's SFT steps), rows; a1_sft: A-1's SFT steps (default twice A-2's: the control B-2);
+    the SFT runs keep a checkpoint every `every` steps."""
     # standard parametrisation at lr 1e-3 for these shapes (as in longctx.py: the copy-like tasks need the lookup
     # heads that the tiny muP shape forms slowly); the decays end at 0.3 lr, and SFT trains at that final lr, as
     # the paper does
     S1, D, S_sft = st["S1"], st["D"], st["S_sft"]
+    a1_sft = a1_sft or 2 * S_sft
     base = dict(**st["model"], **corpus, use_mup=False, scale_emb=1.0, lr=1e-3, sample_tokens=0, eval_steps=4,
                 final_lr_ratio=0.3, batch_size=st["rows"], seq_len=128, warmup_steps=max(1, S1 // 20))
     ck = {k: os.path.join(v, "ckpt.pt") for k, v in d.items()}
@@ -142,8 +153,8 @@ def seed_runs(st, corpus, files, seed, d, every):
         "A-2 decay (70% pre-training + 30% SFT tasks)": dict(
             decay, out_dir=d["a2"], init_from=ck["stable"],
             decay_data=f"{corpus['data']}:0.7,{files['sft_train']}:0.3"),
-        "A-1 + SFT (2x, B-2)": dict(sft, out_dir=d["a1sft"], init_from=ck["a1"], max_steps=S1 + D + 2 * S_sft,
-                                    eval_interval=2 * S_sft),
+        "A-1 + SFT (2x, B-2)": dict(sft, out_dir=d["a1sft"], init_from=ck["a1"], max_steps=S1 + D + a1_sft,
+                                    eval_interval=a1_sft),
         "A-2 + SFT": dict(sft, out_dir=d["a2sft"], init_from=ck["a2"], max_steps=S1 + D + S_sft,
                           eval_interval=S_sft),
     }
